@@ -1,0 +1,319 @@
+"""Deep Q-Networks.
+
+Mnih et al. 2015, "Human-level control through deep reinforcement learning" (Nature), with
+Double DQN targets (van Hasselt et al. 2016), the dueling head (Wang et al. 2016), n-step
+returns (Sutton 1988; Hessel et al. 2018) and proportional prioritized replay (Schaul et al. 2016).
+
+The whole loop stays on the device: acting, env stepping (device-resident or staged through
+pinned memory), replay writes, sampling and updates. Values reach the host only at log and
+checkpoint intervals.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlbase.backbones import build_backbone
+from rlbase.buffers import ReplayBuffer, ReplaySample
+from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+from rlbase.config import CommonConfig, check, validate_common
+from rlbase.envs import TensorVecEnv
+from rlbase.errors import UsageError
+from rlbase.stats import RecentEpisodes
+from rlbase.utils import seed_everything
+
+
+@dataclass
+class DQNConfig(CommonConfig):
+    """DQN hyperparameters (defaults: the Nature/CleanRL Atari values)."""
+
+    learning_rate: float = 1e-4
+    """Adam learning rate."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions (split evenly over the parallel envs)."""
+    batch_size: int = 32
+    """Transitions per gradient step."""
+    gamma: float = 0.99
+    """Discount factor."""
+    learning_starts: int = 80_000
+    """Transitions collected before learning starts."""
+    train_freq: int = 4
+    """Environment steps (over all envs) per `gradient_steps` updates, whatever --num-envs is."""
+    gradient_steps: int = 1
+    """Gradient steps every `train_freq` environment steps."""
+    target_update_interval: int = 1_000
+    """Environment steps between target-network updates."""
+    tau: float = 1.0
+    """Target update rate: 1.0 copies the online network (hard update), < 1 is Polyak averaging."""
+    exploration_fraction: float = 0.1
+    """Fraction of total_timesteps over which epsilon decays linearly."""
+    exploration_initial_eps: float = 1.0
+    """Epsilon at the start of training."""
+    exploration_final_eps: float = 0.01
+    """Epsilon after the decay."""
+    max_grad_norm: float = 10.0
+    """Gradient-norm clip (0 disables it)."""
+    double_q: bool = True
+    """Double DQN targets: the online network picks the next action, the target network scores it."""
+    dueling: bool = False
+    """Dueling head: separate state-value and advantage streams."""
+    n_step: int = 1
+    """Steps of reward summed before bootstrapping (never across an episode end)."""
+    prioritized_replay: bool = False
+    """Proportional prioritized replay with importance-sampling weights."""
+    per_alpha: float = 0.6
+    """Priority exponent of prioritized replay."""
+    per_beta: float = 0.4
+    """Initial importance-sampling exponent, annealed to 1 over training."""
+    per_eps: float = 1e-6
+    """Added to |TD error| so no transition gets zero priority."""
+
+
+def validate(cfg: DQNConfig) -> None:
+    validate_common(cfg)
+    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
+    check(cfg.buffer_size >= cfg.batch_size, "buffer_size", "must be at least --batch-size")
+    check(cfg.batch_size > 0, "batch_size", f"must be positive, got {cfg.batch_size}")
+    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
+    check(cfg.learning_starts >= 0, "learning_starts", f"must be >= 0, got {cfg.learning_starts}")
+    check(cfg.train_freq > 0, "train_freq", f"must be positive, got {cfg.train_freq}")
+    check(cfg.gradient_steps > 0, "gradient_steps", f"must be positive, got {cfg.gradient_steps}")
+    check(cfg.target_update_interval > 0, "target_update_interval", "must be positive")
+    check(0.0 < cfg.tau <= 1.0, "tau", f"must be in (0, 1], got {cfg.tau}")
+    check(0.0 <= cfg.exploration_fraction <= 1.0, "exploration_fraction", "must be in [0, 1]")
+    for name in ("exploration_initial_eps", "exploration_final_eps"):
+        value = getattr(cfg, name)
+        check(0.0 <= value <= 1.0, name, f"epsilon must be in [0, 1], got {value}")
+    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+    check(cfg.n_step >= 1, "n_step", f"must be >= 1, got {cfg.n_step}")
+    check(cfg.per_alpha >= 0, "per_alpha", "must be >= 0")
+    check(0.0 <= cfg.per_beta <= 1.0, "per_beta", "must be in [0, 1]")
+
+
+class QNetwork(nn.Module):
+    """Backbone features -> one Q-value per action (optionally through a dueling head)."""
+
+    def __init__(self, backbone: nn.Module, num_actions: int, dueling: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.dueling = dueling
+        if dueling:
+            self.value = nn.Linear(backbone.out_dim, 1)
+            self.advantage = nn.Linear(backbone.out_dim, num_actions)
+        else:
+            self.head = nn.Linear(backbone.out_dim, num_actions)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(obs)
+        if not self.dueling:
+            return self.head(features)
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> QNetwork:
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {action_space}")
+    backbone = build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes)
+    return QNetwork(backbone, int(action_space.n), cfg.dueling)
+
+
+def linear_epsilon(cfg: DQNConfig, global_step: int) -> float:
+    duration = cfg.exploration_fraction * cfg.total_timesteps
+    progress = min(1.0, global_step / duration) if duration > 0 else 1.0
+    return cfg.exploration_initial_eps + progress * (cfg.exploration_final_eps - cfg.exploration_initial_eps)
+
+
+@torch.no_grad()
+def select_actions(q: nn.Module, obs: torch.Tensor, epsilon: float, num_actions: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Epsilon-greedy for the whole batch of envs with one forward pass, on the device."""
+    n = obs.shape[0]
+    random_actions = torch.randint(num_actions, (n,), device=obs.device, generator=generator)
+    if epsilon >= 1.0:  # pure exploration (warm-up): skip the network
+        return random_actions
+    explore = torch.rand(n, device=obs.device, generator=generator) < epsilon
+    return torch.where(explore, random_actions, q(obs).argmax(dim=1))
+
+
+def td_loss(q: nn.Module, target: nn.Module, batch: ReplaySample, double_q: bool) -> tuple[torch.Tensor, ...]:
+    """Importance-weighted Huber loss of the (double) DQN target; also returns Q(s, a) and TD errors."""
+    with torch.no_grad():
+        next_target_q = target(batch.next_obs)
+        next_actions = (q(batch.next_obs) if double_q else next_target_q).argmax(dim=1, keepdim=True)
+        next_q = next_target_q.gather(1, next_actions).squeeze(1)
+        # `discounts` is gamma**k, and 0 when a terminal state came within the n steps.
+        td_target = batch.returns + batch.discounts * next_q
+    q_taken = q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    loss = (batch.weights * F.huber_loss(q_taken, td_target, reduction="none", delta=1.0)).mean()
+    return loss, q_taken.detach(), (q_taken - td_target).detach()
+
+
+@torch.no_grad()
+def update_target(q: nn.Module, target: nn.Module, tau: float) -> None:
+    for p, tp in zip(q.parameters(), target.parameters()):
+        tp.lerp_(p, tau)  # tau = 1: hard copy
+
+
+def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
+    """Train DQN on `env`. `run` (rlbase.run.Run or None) logs, checkpoints and resumes.
+
+    Returns the final metrics (steps, updates, recent episode return and length, fps).
+    """
+    validate(cfg)
+    device = env.device
+    seed_everything(cfg.seed)
+    q = build_q_network(cfg, env.single_observation_space, env.single_action_space).to(device)
+    target = copy.deepcopy(q).requires_grad_(False)
+    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    num_actions = int(env.single_action_space.n)
+    obs_space = env.single_observation_space
+    buffer = ReplayBuffer(cfg.buffer_size, env.num_envs, obs_space.shape, torch.from_numpy(obs_space.sample()).dtype,
+                          device, frame_stack=env.frame_stack, n_step=cfg.n_step, gamma=cfg.gamma,
+                          prioritized=cfg.prioritized_replay, alpha=cfg.per_alpha, priority_eps=cfg.per_eps)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    recent = RecentEpisodes(100, device)
+    act_q = torch.compile(q) if cfg.compile else q
+
+    # Counters: everything a resume needs besides tensors.
+    counters = {"global_step": 0, "num_updates": 0, "update_credit": 0.0, "target_syncs": 0}
+    if run is not None and run.resume is not None:
+        tensors, state, buffer_state = run.resume
+        load_state(q, target, optimizer, generator, tensors, state)
+        counters.update(state["counters"])
+        if buffer_state is not None:
+            buffer.load_state_dict(buffer_state)
+
+    global_step = counters["global_step"]
+    obs, _ = env.reset(seed=cfg.seed + global_step)  # a resumed run starts fresh episodes
+    buffer.start(obs)
+    loss_sum = torch.zeros((), device=device)
+    q_sum = torch.zeros((), device=device)
+    updates_since_log = 0
+    next_log = (global_step // cfg.log_interval + 1) * cfg.log_interval
+    next_checkpoint = (global_step // cfg.checkpoint_interval + 1) * cfg.checkpoint_interval if cfg.checkpoint_interval else None
+
+    def snapshot() -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor] | None]:
+        counters["global_step"] = global_step
+        return (*save_state(q, target, optimizer, generator, counters), buffer.state_dict() if cfg.save_buffer else None)
+
+    if run is not None:
+        run.snapshot = snapshot  # lets the CLI checkpoint on Ctrl-C
+
+    while global_step < cfg.total_timesteps:
+        epsilon = linear_epsilon(cfg, global_step)
+        actions = select_actions(act_q, obs, epsilon, num_actions, generator)
+        next_obs, rewards, terminated, truncated, info = env.step(actions)
+        dones = terminated | truncated
+        train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
+        buffer.add(actions, train_rewards, train_terminal, dones, next_obs, info["final_obs"])
+        recent.add(info["episode_return"], info["episode_length"], dones)
+        obs = next_obs  # CRUCIAL: the env already reset ended episodes; final_obs went to the buffer
+        global_step += env.num_envs
+
+        if buffer.transitions_added >= cfg.learning_starts and buffer.can_sample():
+            # train_freq counts env steps over all envs, so the replay ratio does not depend on num_envs.
+            counters["update_credit"] += env.num_envs * cfg.gradient_steps / cfg.train_freq
+            beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, global_step / cfg.total_timesteps)
+            while counters["update_credit"] >= 1.0:
+                counters["update_credit"] -= 1.0
+                batch = buffer.sample(cfg.batch_size, generator, beta)
+                loss, q_taken, td_errors = td_loss(act_q, target, batch, cfg.double_q)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(q.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                if cfg.prioritized_replay:
+                    buffer.update_priorities(batch.indices, td_errors)
+                loss_sum += loss.detach()
+                q_sum += q_taken.mean()
+                updates_since_log += 1
+                counters["num_updates"] += 1
+
+        syncs_due = global_step // cfg.target_update_interval
+        if syncs_due > counters["target_syncs"]:
+            counters["target_syncs"] = syncs_due
+            update_target(q, target, cfg.tau)
+
+        if run is not None:
+            run.logger.progress(global_step)
+            if global_step >= next_log or global_step >= cfg.total_timesteps:
+                next_log += cfg.log_interval * max(1, (global_step - next_log) // cfg.log_interval + 1)
+                scalars = log_scalars(recent, epsilon, cfg.learning_rate, loss_sum, q_sum, updates_since_log,
+                                      counters["num_updates"])
+                loss_sum.zero_(), q_sum.zero_()
+                updates_since_log = 0
+                run.logger.log(global_step, scalars)
+            if next_checkpoint is not None and global_step >= next_checkpoint:
+                next_checkpoint += cfg.checkpoint_interval
+                run.save(global_step, *snapshot())
+
+    if run is not None:
+        run.save(global_step, *snapshot())
+    summary = recent.summary()
+    return {"global_step": global_step, "num_updates": counters["num_updates"],
+            "episodes": summary["episodes"], "ep_rew_mean": summary.get("ep_rew_mean"),
+            "ep_len_mean": summary.get("ep_len_mean"), "q_network": q}
+
+
+def log_scalars(recent: RecentEpisodes, epsilon: float, lr: float, loss_sum: torch.Tensor, q_sum: torch.Tensor,
+                updates: int, num_updates: int) -> dict[str, float]:
+    """The SB3 tags, read from the device once per log interval."""
+    scalars = {"rollout/exploration_rate": epsilon, "train/learning_rate": lr, "train/n_updates": num_updates}
+    summary = recent.summary()
+    if summary["episodes"]:
+        scalars["rollout/ep_rew_mean"] = summary["ep_rew_mean"]
+        scalars["rollout/ep_len_mean"] = summary["ep_len_mean"]
+    if updates:
+        scalars["train/loss"] = float(loss_sum) / updates
+        scalars["train/q_values"] = float(q_sum) / updates
+    return scalars
+
+
+def save_state(q: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               counters: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {f"q.{k}": v for k, v in q.state_dict().items()}
+    tensors.update({f"target.{k}": v for k, v in target.state_dict().items()})
+    optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.actions"] = generator.get_state()
+    return tensors, {"counters": dict(counters), "optimizer": optim_meta}
+
+
+def load_state(q: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    load_weights(q, tensors, "q.")
+    load_weights(target, tensors, "target.")
+    optimizer_from_tensors(optimizer, tensors, state["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"].cpu())
+    generator.set_state(tensors["rng.actions"].cpu())
+
+
+def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    module.load_state_dict(weights)
+
+
+def load_policy(cfg: DQNConfig, tensors: dict[str, torch.Tensor], env: TensorVecEnv,
+                epsilon: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The evaluation policy of a trained agent: epsilon-greedy on the saved Q-network."""
+    q = build_q_network(cfg, env.single_observation_space, env.single_action_space).to(env.device)
+    load_weights(q, tensors, "q.")
+    q.eval()
+    num_actions = int(env.single_action_space.n)
+    return lambda obs, generator: select_actions(q, obs, epsilon, num_actions, generator)
+
+
+Config = DQNConfig

@@ -1,0 +1,75 @@
+"""Environments: the `TensorVecEnv` interface, its backends, and `make_vec_env`."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from rlbase.envs.core import EpisodeStats, TensorVecEnv
+from rlbase.errors import UsageError
+
+__all__ = ["TensorVecEnv", "EpisodeStats", "make_vec_env", "check_env_id", "is_atari"]
+
+
+def _register_ale() -> None:
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a UsageError with close matches when `env_id` is not a known Gymnasium id."""
+    _register_ale()
+    if env_id in gym.registry:
+        if is_atari(env_id) and not env_id.endswith("-v5"):
+            raise UsageError(f"unsupported Atari id {env_id!r}: use the v5 ids, e.g. ALE/Breakout-v5")
+        return
+    ids = list(gym.registry)
+    matches = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+    if not matches:  # case-insensitive substring, e.g. "breakout" -> ALE/Breakout-v5
+        needle = env_id.lower().split("/")[-1].split("-v")[0]
+        matches = [i for i in ids if needle and needle in i.lower() and i.endswith("-v5")][:3]
+    hint = f"; did you mean {', '.join(matches)}?" if matches else ""
+    raise UsageError(f"unknown environment id {env_id!r}{hint}")
+
+
+def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bool = False,
+                 **options: Any) -> TensorVecEnv:
+    """Build the `TensorVecEnv` for `env_id` on `device`.
+
+    `options` are the Atari settings of the config (sticky_actions, frame_stack, noop_max,
+    max_episode_steps, clip_rewards, terminal_on_life_loss); other backends ignore them.
+    `render=True` builds a backend that can return RGB frames (for videos).
+    """
+    check_env_id(env_id)
+    from rlbase.envs.gym_adapter import GymVecEnv
+
+    if is_atari(env_id):
+        from rlbase.envs.atari import AtariVecEnv, make_single_atari
+
+        atari_opts = {k: options[k] for k in ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps")
+                      if k in options}
+        if not render:
+            train_opts = {k: options[k] for k in ("clip_rewards", "terminal_on_life_loss") if k in options}
+            return AtariVecEnv(env_id, num_envs, device, **atari_opts, **train_opts)
+        fns = [lambda: make_single_atari(env_id, render_mode="rgb_array", **atari_opts) for _ in range(num_envs)]
+        return GymVecEnv(fns, env_id, device, frame_stack=atari_opts.get("frame_stack", 4))
+
+    render_mode = "rgb_array" if render else None
+    fns = [lambda: gym.make(env_id, render_mode=render_mode) for _ in range(num_envs)]
+    try:
+        env = GymVecEnv(fns, env_id, device)
+    except gym.error.Error as exc:
+        raise UsageError(f"cannot create {env_id!r}: {exc}") from None
+    if not isinstance(env.single_observation_space, gym.spaces.Box):
+        env.close()
+        raise UsageError(f"{env_id} has a {type(env.single_observation_space).__name__} observation space; "
+                         "rlbase agents currently need a Box observation space")
+    return env

@@ -1,0 +1,97 @@
+"""Backbones: feature extractors built from an observation space, each exposing `out_dim`.
+
+uint8 images are scaled to [0, 1] inside the module, on the device, so replay and rollout
+storage can keep them as uint8.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rlbase.errors import UsageError
+
+
+class Backbone(nn.Module):
+    """Base class: `forward(obs) -> features (batch, out_dim)`."""
+
+    out_dim: int
+
+
+def is_image_space(space: gym.spaces.Space) -> bool:
+    """A (C, H, W) Box: Atari stacks, rendered frames."""
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and min(space.shape[1:]) >= 36
+
+
+class MLP(Backbone):
+    """Flatten the observation, then Linear + ReLU layers."""
+
+    def __init__(self, observation_space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        in_dim = int(torch.tensor(observation_space.shape).prod())
+        self.scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden_sizes:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            in_dim = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float() * self.scale)
+
+
+class NatureCNN(Backbone):
+    """The DQN Nature paper CNN (Mnih et al., 2015): 3 conv layers, then a 512-unit layer.
+
+    Works for any image size of at least 36x36: the flatten size comes from a dummy forward.
+    Runs in channels_last, which is faster for these convolutions on CPU (oneDNN) and GPU.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512):
+        super().__init__()
+        channels = observation_space.shape[0]
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, *observation_space.shape)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
+        self.out_dim = features_dim
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = (obs.to(torch.float32) * (1.0 / 255.0)).contiguous(memory_format=torch.channels_last)
+        return self.fc(self.convs(x))
+
+
+BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space], bool], str]] = {
+    "mlp": (lambda space, hidden_sizes=(256, 256): MLP(space, hidden_sizes),
+            lambda space: isinstance(space, gym.spaces.Box), "a Box observation space"),
+    "nature_cnn": (lambda space, hidden_sizes=None: NatureCNN(space),
+                   is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
+}
+
+
+def default_backbone(observation_space: gym.spaces.Space) -> str:
+    return "nature_cnn" if is_image_space(observation_space) else "mlp"
+
+
+def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256)) -> Backbone:
+    """Build backbone `name` (or the default for the space when `name` is `auto`)."""
+    if name == "auto":
+        name = default_backbone(observation_space)
+    if name not in BACKBONES:
+        raise UsageError(f"unknown backbone {name!r}; choose from auto, {', '.join(BACKBONES)}")
+    factory, accepts, needs = BACKBONES[name]
+    if not accepts(observation_space):
+        raise UsageError(f"backbone {name!r} needs {needs}, but the environment's observations have shape "
+                         f"{getattr(observation_space, 'shape', None)}")
+    return factory(observation_space, hidden_sizes=hidden_sizes)

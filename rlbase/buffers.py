@@ -1,0 +1,289 @@
+"""Replay buffer on the device: frames stored once, n-step returns, optional proportional priorities.
+
+Layout. Storage is a ring of `slots` rows per env, `(slots + 1, num_envs, ...)`; row `slots` is a
+scratch row that absorbs writes that must not land anywhere (see `add`). Each env has its own
+timeline, so a transition's neighbours in time are the rows above and below it in its column,
+and frame stacks and n-step returns are rebuilt by looking along that column.
+
+One row holds one *frame*: the newest frame of an observation (Atari: one 84x84 uint8 image of
+the stack of 4), or the whole observation when nothing is stacked (`frame_stack == 1`). With
+the row's action, training reward and flags:
+
+    first     the frame is the first of an episode: frames before it belong to another episode
+    has_next  the row is a complete transition (its action, reward and next frame are stored)
+    terminal  the transition ended in a terminal state for training (no bootstrap)
+    done      the episode ended there (terminated or truncated): the next row is its final frame
+
+When an episode ends at row `t`, row `t+1` holds the frame of `info["final_obs"]` (no action,
+`has_next` false) and row `t+2` the first frame of the next episode. So a truncated episode
+bootstraps from its real last observation, and nothing ever reads across an episode boundary:
+stacks stop at `first`, n-step sums stop at `terminal` or `done`.
+
+A row is sampled only when it is a complete transition whose n-step look-ahead is written
+(age >= n behind the write head) and whose stack look-back has not been overwritten yet.
+Atari: 84*84 + 4 (action) + 4 (reward) + 4 flags = 7,068 bytes per transition (+8 with
+priorities), so 1M transitions take 7.1 GB.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class ReplaySample(NamedTuple):
+    obs: torch.Tensor  # (batch, *obs_shape), the storage dtype (uint8 for pixels)
+    actions: torch.Tensor  # (batch,) int64
+    returns: torch.Tensor  # (batch,) n-step discounted sum of training rewards
+    next_obs: torch.Tensor  # (batch, *obs_shape): observation to bootstrap from
+    discounts: torch.Tensor  # (batch,) gamma**k, 0 when a terminal state came within the n steps
+    weights: torch.Tensor  # (batch,) importance-sampling weights (ones without priorities)
+    indices: torch.Tensor  # (batch,) flat row*num_envs+env index, for `update_priorities`
+
+
+class SumTree:
+    """Binary sum tree over `size` leaves, as a flat tensor on the device (root at index 1)."""
+
+    def __init__(self, size: int, device: torch.device):
+        self.leaves = 1 << max(0, (size - 1).bit_length())
+        self.depth = self.leaves.bit_length() - 1
+        # float64: sums over a million priorities must not lose the small ones.
+        self.tree = torch.zeros(2 * self.leaves, dtype=torch.float64, device=device)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.tree[1]
+
+    def get(self, index: torch.Tensor) -> torch.Tensor:
+        return self.tree[index + self.leaves]
+
+    def set(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        node = index + self.leaves
+        self.tree[node] = values.to(self.tree.dtype)
+        for _ in range(self.depth):  # recompute parents from children, level by level
+            node = node // 2
+            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+
+    def find(self, mass: torch.Tensor) -> torch.Tensor:
+        """Leaf index where the prefix sum of priorities reaches `mass` (batched descent)."""
+        node = torch.ones_like(mass, dtype=torch.long)
+        mass = mass.to(self.tree.dtype)
+        for _ in range(self.depth):
+            left = 2 * node
+            left_sum = self.tree[left]
+            # Never step into an empty subtree, whatever the rounding of `mass`.
+            go_right = (mass >= left_sum) & (self.tree[left + 1] > 0)
+            mass = torch.where(go_right, mass - left_sum, mass)
+            node = torch.where(go_right, left + 1, left)
+        return node - self.leaves
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                 device: torch.device, *, frame_stack: int = 1, n_step: int = 1, gamma: float = 0.99,
+                 prioritized: bool = False, alpha: float = 0.6, priority_eps: float = 1e-6):
+        self.slots = capacity // num_envs
+        self.num_envs = num_envs
+        self.obs_shape = tuple(obs_shape)
+        self.frame_stack = frame_stack
+        self.n_step = n_step
+        self.gamma = gamma
+        self.device = device
+        self.prioritized = prioritized
+        self.alpha = alpha
+        self.priority_eps = priority_eps
+        # Oldest sampleable age: the look-back of `frame_stack` frames (and the two rows that an
+        # episode end writes at once) must not reach rows that were overwritten.
+        self.max_age = self.slots - frame_stack - 2
+        if self.max_age < n_step + 1:
+            raise ValueError(f"replay capacity {capacity} is too small for {num_envs} envs, "
+                             f"frame stack {frame_stack} and n-step {n_step}")
+        frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
+        rows = self.slots + 1  # + scratch row
+        self.frames = torch.zeros((rows, num_envs, *frame_shape), dtype=obs_dtype, device=device)
+        self.actions = torch.zeros((rows, num_envs), dtype=torch.int32, device=device)
+        self.rewards = torch.zeros((rows, num_envs), dtype=torch.float32, device=device)
+        self.first = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
+        self.has_next = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
+        self.terminal = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
+        self.done = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
+        self.pos = torch.zeros(num_envs, dtype=torch.long, device=device)  # absolute row of the current obs
+        self.envs = torch.arange(num_envs, device=device)
+        self.transitions_added = 0  # host counter, for learning_starts
+        if prioritized:
+            self.tree = SumTree(self.slots * num_envs + 1, device)  # last leaf: dummy, always 0
+            self.dummy_leaf = self.slots * num_envs
+            self.max_priority = torch.ones((), dtype=torch.float64, device=device)
+
+    # ------------------------------------------------------------------ writing
+    def _newest_frame(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs[:, -1] if self.frame_stack > 1 else obs
+
+    def _write_frame(self, rows: torch.Tensor, frames: torch.Tensor, first: bool) -> None:
+        self.frames[rows, self.envs] = frames
+        self.first[rows, self.envs] = first
+        self.has_next[rows, self.envs] = False
+        self.terminal[rows, self.envs] = False
+        self.done[rows, self.envs] = False
+
+    def start(self, obs: torch.Tensor) -> None:
+        """Record the first observation of every env (after `env.reset`, or after a resume)."""
+        self._write_frame(self.pos % self.slots, self._newest_frame(obs), first=True)
+
+    def add(self, actions: torch.Tensor, rewards: torch.Tensor, terminal: torch.Tensor, dones: torch.Tensor,
+            next_obs: torch.Tensor, final_obs: torch.Tensor) -> None:
+        """Complete the current transition of every env and record the next observation.
+
+        `rewards`/`terminal` are the training signal, `dones` the real episode ends, `next_obs`
+        the env's returned observation (already the next episode's where `dones`), and
+        `final_obs` the last observation of the ended episodes.
+        """
+        row = self.pos % self.slots
+        self.actions[row, self.envs] = actions.to(torch.int32)
+        self.rewards[row, self.envs] = rewards
+        self.terminal[row, self.envs] = terminal
+        self.done[row, self.envs] = dones
+        self.has_next[row, self.envs] = True
+
+        new_frame = self._newest_frame(next_obs)
+        final_frame = self._newest_frame(final_obs)
+        mask = dones.view(-1, *([1] * (new_frame.dim() - 1)))
+        self._write_frame((self.pos + 1) % self.slots, torch.where(mask, final_frame, new_frame), first=False)
+        # Ended envs also start the next episode one row further; the others write to scratch.
+        scratch = torch.full_like(self.pos, self.slots)
+        self._write_frame(torch.where(dones, (self.pos + 2) % self.slots, scratch), new_frame, first=True)
+        self.pos += 1 + dones.long()
+        self.transitions_added += self.num_envs
+        if self.prioritized:
+            self._refresh_priorities(dones)
+
+    def _refresh_priorities(self, dones: torch.Tensor) -> None:
+        head = self.pos
+        # Rows just overwritten, or whose look-back now reaches overwritten rows: never sample.
+        stale = torch.stack([(head + j) % self.slots for j in range(0, self.frame_stack + 2)])
+        self.tree.set((stale * self.num_envs + self.envs).flatten(), torch.zeros(stale.numel(), device=self.device))
+        # Rows that just became old enough for their n-step look-ahead enter with max priority;
+        # an env whose episode ended advanced two rows, so two rows matured for it.
+        for offset, mask in ((self.n_step, None), (self.n_step + 1, dones)):
+            row = (head - offset) % self.slots
+            leaf = row * self.num_envs + self.envs
+            value = torch.where(self.has_next[row, self.envs], self.max_priority, 0.0)
+            if mask is not None:
+                leaf = torch.where(mask, leaf, torch.full_like(leaf, self.dummy_leaf))
+                value = torch.where(mask, value, 0.0)
+            self.tree.set(leaf, value)
+
+    # ------------------------------------------------------------------ reading
+    def stack(self, t: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+        """Observations at absolute rows `t` of envs `env`, frame stacks rebuilt (zeros before `first`)."""
+        if self.frame_stack == 1:
+            return self.frames[t % self.slots, env]
+        frames = []
+        same_episode = torch.ones_like(t, dtype=torch.bool)
+        for lag in range(self.frame_stack):
+            if lag > 0:  # the frame `lag` rows back is ours only if no episode started in between
+                same_episode = same_episode & ~self.first[(t - lag + 1) % self.slots, env]
+            frame = self.frames[(t - lag) % self.slots, env]
+            mask = same_episode.view(-1, *([1] * (frame.dim() - 1)))
+            frames.append(torch.where(mask, frame, torch.zeros_like(frame)))
+        return torch.stack(frames[::-1], dim=1)
+
+    def n_step_return(self, t: torch.Tensor, env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(returns, discounts, steps) of the n-step look-ahead from rows `t`, cut at episode ends."""
+        returns = torch.zeros(t.shape, dtype=torch.float32, device=self.device)
+        steps = torch.zeros_like(t)
+        running = torch.ones_like(t, dtype=torch.bool)
+        hit_terminal = torch.zeros_like(running)
+        for j in range(self.n_step):
+            row = (t + j) % self.slots
+            returns += torch.where(running, (self.gamma ** j) * self.rewards[row, env], 0.0)
+            steps += running.long()
+            hit_terminal |= running & self.terminal[row, env]
+            running = running & ~(self.terminal[row, env] | self.done[row, env])
+        discounts = torch.where(hit_terminal, 0.0, torch.pow(self.gamma, steps.to(torch.float32)))
+        return returns, discounts, steps
+
+    def can_sample(self) -> bool:
+        return self.transitions_added >= self.num_envs * (self.n_step + self.frame_stack + 1)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None, beta: float = 0.4) -> ReplaySample:
+        if self.prioritized:
+            t, env, weights = self._sample_prioritized(batch_size, generator, beta)
+        else:
+            t, env = self._sample_uniform(batch_size, generator)
+            weights = torch.ones(batch_size, device=self.device)
+        returns, discounts, steps = self.n_step_return(t, env)
+        return ReplaySample(
+            obs=self.stack(t, env),
+            actions=self.actions[t % self.slots, env].long(),
+            returns=returns,
+            next_obs=self.stack(t + steps, env),
+            discounts=discounts,
+            weights=weights,
+            indices=(t % self.slots) * self.num_envs + env,
+        )
+
+    def _sample_uniform(self, batch_size: int, generator: torch.Generator | None,
+                        candidates: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        # Draw a few candidate rows per sample and keep the first complete transition: only the
+        # final-frame rows of ended episodes are incomplete, so all candidates failing is
+        # vanishingly rare; then the row before (the episode's last transition) is used.
+        n = batch_size * candidates
+        env = torch.randint(self.num_envs, (n,), device=self.device, generator=generator)
+        head = self.pos[env]
+        oldest = torch.clamp(head, max=self.max_age)
+        span = (oldest - self.n_step + 1).clamp(min=1)
+        age = self.n_step + (torch.rand(n, device=self.device, generator=generator) * span).long().clamp(max=span - 1)
+        t = head - age
+        ok = self.has_next[t % self.slots, env].view(batch_size, candidates)
+        pick = ok.int().argmax(dim=1)  # first complete candidate (0 when none)
+        take = torch.arange(batch_size, device=self.device) * candidates + pick
+        t, env = t[take], env[take]
+        t = torch.where(ok.any(dim=1), t, t - 1)
+        return t, env
+
+    def _sample_prioritized(self, batch_size: int, generator: torch.Generator | None,
+                            beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        total = self.tree.total
+        # Stratified: one draw from each of `batch_size` equal slices of the priority mass.
+        u = torch.rand(batch_size, device=self.device, generator=generator, dtype=torch.float64)
+        mass = (torch.arange(batch_size, device=self.device, dtype=torch.float64) + u) * (total / batch_size)
+        leaf = self.tree.find(mass)
+        priority = self.tree.get(leaf)
+        # w_i = (N * P(i))^-beta normalised by the largest weight in the batch: N cancels out.
+        weights = (priority / priority.min().clamp(min=1e-12)).pow(-beta).to(torch.float32)
+        row, env = leaf // self.num_envs, leaf % self.num_envs
+        head = self.pos[env]
+        t = head - ((head - row) % self.slots)  # absolute row from the ring row
+        return t, env, weights
+
+    def update_priorities(self, indices: torch.Tensor, td_errors: torch.Tensor) -> None:
+        priority = (td_errors.detach().abs().to(torch.float64) + self.priority_eps).pow(self.alpha)
+        self.tree.set(indices, priority)
+        self.max_priority = torch.maximum(self.max_priority, priority.max())
+
+    # ------------------------------------------------------------------ saving
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {name: getattr(self, name) for name in
+                 ("frames", "actions", "rewards", "first", "has_next", "terminal", "done", "pos")}
+        state["transitions_added"] = torch.tensor(self.transitions_added)
+        if self.prioritized:
+            state["tree"] = self.tree.tree
+            state["max_priority"] = self.max_priority
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            if name == "transitions_added":
+                self.transitions_added = int(value)
+            elif name == "tree":
+                self.tree.tree.copy_(value)
+            elif name == "max_priority":
+                self.max_priority = value.to(self.device, torch.float64)
+            else:
+                target = getattr(self, name)
+                if target.shape != value.shape:
+                    raise ValueError(f"replay buffer field {name} has shape {tuple(value.shape)}, "
+                                     f"expected {tuple(target.shape)}")
+                target.copy_(value)

@@ -1,0 +1,220 @@
+"""Configuration: dataclasses whose field docstrings become `--help`, presets from data files, CLI overrides.
+
+Resolution order for a training run: dataclass defaults < env-family preset < per-env preset < --flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, get_type_hints
+
+import yaml
+
+from rlbase.errors import UsageError
+
+
+@dataclass
+class CommonConfig:
+    """Options shared by every algorithm."""
+
+    env_id: str = ""
+    """Environment id: any Gymnasium id (CartPole-v1, ALE/Breakout-v5, ...)."""
+    total_timesteps: int = 100_000
+    """Environment steps to train for (summed over all parallel envs)."""
+    num_envs: int = 1
+    """Parallel environments stepped together; actions for all of them come from one batched forward pass."""
+    seed: int = 0
+    """Seed for network initialisation, exploration and the environments."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu or cuda."""
+    log_dir: str = "runs"
+    """Folder under which the run directory is created."""
+    run_name: str = ""
+    """Name of the run directory (default: <env>__<algo>__<seed>__<date-time>)."""
+    backbone: str = "auto"
+    """Feature extractor: auto (nature_cnn for images, mlp for vectors), mlp or nature_cnn."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the mlp backbone."""
+    log_interval: int = 10_000
+    """Environment steps between logged points (TensorBoard, metrics.jsonl, progress bar values)."""
+    checkpoint_interval: int = 100_000
+    """Environment steps between periodic checkpoints (0: only the final one)."""
+    save_buffer: bool = False
+    """Also save the replay buffer with each checkpoint, so --resume continues with it."""
+    compile: bool = False
+    """Wrap the networks in torch.compile (eager mode is the tested default)."""
+    eval_episodes: int = 10
+    """Episodes played by `rlbase eval` when --episodes is not given."""
+    eval_epsilon: float = 0.0
+    """Exploration rate used by `rlbase eval` (Atari preset: 0.05)."""
+    sticky_actions: float = 0.25
+    """Atari only: probability of repeating the previous action (v5 default 0.25)."""
+    frame_stack: int = 4
+    """Atari only: number of stacked 84x84 grey frames."""
+    noop_max: int = 30
+    """Atari only: up to this many no-op actions at the start of each game."""
+    max_episode_steps: int = 27_000
+    """Atari only: agent steps (of 4 frames) after which a game is truncated (108,000 frames)."""
+    clip_rewards: bool = True
+    """Atari only: train on sign-clipped rewards (logged returns are always the real score)."""
+    terminal_on_life_loss: bool = True
+    """Atari only: treat a lost life as terminal in training targets (episodes are still full games)."""
+
+
+FLAG_NAMES = {"env_id": "--env"}
+
+
+def flag_name(field_name: str) -> str:
+    return FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Read the docstring written under each dataclass field (the CleanRL/tyro convention)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _parse_value(type_: Any, text: str, flag: str) -> Any:
+    try:
+        if type_ is int:
+            return int(text.replace("_", ""))  # 1_000_000 and 1e6 style are both common
+        if type_ is float:
+            return float(text)
+        if type_ == tuple[int, ...]:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(type_, "a comma-separated list of integers")
+        raise UsageError(f"{flag} expects {kind}, got {text!r}") from None
+    return text
+
+
+def _int_or_float_int(text: str) -> str:
+    # Accept `1e6` for integer step counts: users type it all the time.
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if value.is_integer() and "e" in text.lower() else text
+
+
+class _Store(argparse.Action):
+    """Store a parsed value and remember that the user gave it (defaults come from presets)."""
+
+    def __init__(self, *args, field_type: Any = str, **kwargs):
+        self.field_type = field_type
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        text = _int_or_float_int(values) if self.field_type is int else values
+        setattr(namespace, self.dest, _parse_value(self.field_type, text, option_string or self.dest))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of `cls`, with its docstring and default in the help text.
+
+    Flags default to argparse.SUPPRESS so the namespace holds only what the user typed.
+    """
+    docs = field_docs(cls)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = flag_name(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{docs.get(f.name, '')} (default: {shown if shown != '' else 'none'})".replace("%", "%%")
+        type_ = hints[f.name]
+        if type_ is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            metavar = {int: "INT", float: "FLOAT", str: "STR"}.get(type_, "INTS")
+            parser.add_argument(flag, dest=f.name, action=_Store, field_type=type_, metavar=metavar,
+                                default=argparse.SUPPRESS, help=help_text)
+
+
+def env_family(env_id: str) -> str:
+    """The preset family of an env id: `atari` for ALE ids, `classic_control` otherwise."""
+    return "atari" if env_id.startswith("ALE/") else "classic_control"
+
+
+def load_preset(algo: str, env_id: str) -> dict[str, Any]:
+    """Preset values for `algo` on `env_id`: the family's block, then the env's own block on top."""
+    text = resources.files("rlbase").joinpath("presets", f"{algo}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    values = dict(data.get("families", {}).get(env_family(env_id), {}) or {})
+    values.update(data.get("envs", {}).get(env_id, {}) or {})
+    return values
+
+
+def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
+    """Build `cls` from a dict, rejecting unknown keys and coercing list -> tuple."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UsageError(f"{source}: unknown option(s) {', '.join(unknown)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if hints[key] == tuple[int, ...] and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def resolve_config(cls: type, algo: str, cli_values: dict[str, Any]) -> Any:
+    """Defaults < preset(env family, env id) < command-line values."""
+    env_id = cli_values.get("env_id", "")
+    values = load_preset(algo, env_id) if env_id else {}
+    values.update(cli_values)
+    return from_dict(cls, values, f"preset for {algo}")
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+
+
+def check(condition: bool, field_name: str, message: str) -> None:
+    """Raise a UsageError naming the flag when `condition` is false."""
+    if not condition:
+        raise UsageError(f"invalid {flag_name(field_name)}: {message}")
+
+
+def validate_common(cfg: CommonConfig) -> None:
+    check(bool(cfg.env_id), "env_id", "an environment id is required, e.g. --env CartPole-v1")
+    check(cfg.total_timesteps > 0, "total_timesteps", f"must be positive, got {cfg.total_timesteps}")
+    check(cfg.num_envs > 0, "num_envs", f"must be positive, got {cfg.num_envs}")
+    check(cfg.log_interval > 0, "log_interval", f"must be positive, got {cfg.log_interval}")
+    check(cfg.checkpoint_interval >= 0, "checkpoint_interval", f"must be >= 0, got {cfg.checkpoint_interval}")
+    check(cfg.eval_episodes > 0, "eval_episodes", f"must be positive, got {cfg.eval_episodes}")
+    check(0.0 <= cfg.eval_epsilon <= 1.0, "eval_epsilon", f"must be in [0, 1], got {cfg.eval_epsilon}")
+    check(0.0 <= cfg.sticky_actions <= 1.0, "sticky_actions", f"must be in [0, 1], got {cfg.sticky_actions}")
+    check(cfg.frame_stack > 0, "frame_stack", f"must be positive, got {cfg.frame_stack}")
+    check(cfg.noop_max >= 0, "noop_max", f"must be >= 0, got {cfg.noop_max}")
+    check(cfg.max_episode_steps > 0, "max_episode_steps", f"must be positive, got {cfg.max_episode_steps}")
+    check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes), "hidden_sizes",
+          f"must be positive integers, got {cfg.hidden_sizes}")
+    check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",
+          f"use auto, cpu or cuda, got {cfg.device!r}")

@@ -1,0 +1,32 @@
+"""Small shared helpers: device resolution and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from rlbase.errors import UsageError
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map `auto|cpu|cuda|cuda:N` to a torch device; `auto` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"invalid --device {name!r}: use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"invalid --device {name!r}: use auto, cpu or cuda")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (network initialisation); env and action RNGs are seeded separately."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
