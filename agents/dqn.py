@@ -127,6 +127,15 @@ def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_
     return QNetwork(backbone, int(action_space.n), cfg.dueling)
 
 
+def make_adam(params, lr: float, eps: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where this torch build has it (one kernel for all parameters)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+
+
 def linear_epsilon(cfg: DQNConfig, global_step: int) -> float:
     duration = cfg.exploration_fraction * cfg.total_timesteps
     progress = min(1.0, global_step / duration) if duration > 0 else 1.0
@@ -174,7 +183,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
     seed_everything(cfg.seed)
     q = build_q_network(cfg, env.single_observation_space, env.single_action_space).to(device)
     target = copy.deepcopy(q).requires_grad_(False)
-    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    optimizer = make_adam(q.parameters(), cfg.learning_rate, cfg.adam_eps)
     num_actions = int(env.single_action_space.n)
     obs_space = env.single_observation_space
     buffer = ReplayBuffer(cfg.buffer_size, env.num_envs, obs_space.shape, torch.from_numpy(obs_space.sample()).dtype,
@@ -182,7 +191,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
                           prioritized=cfg.prioritized_replay, alpha=cfg.per_alpha, priority_eps=cfg.per_eps)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
-    recent = RecentEpisodes(100, device)
+    recent = RecentEpisodes(100, device, env.num_envs)
     act_q = torch.compile(q) if cfg.compile else q
 
     # Counters: everything a resume needs besides tensors.

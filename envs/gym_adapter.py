@@ -15,6 +15,7 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from rlbase.envs.core import EpisodeStats, HostToDevice, TensorVecEnv, actions_to_numpy
+from rlbase.errors import RlbaseError
 
 
 class GymVecEnv(TensorVecEnv):
@@ -57,7 +58,10 @@ class GymVecEnv(TensorVecEnv):
         return to_dev("obs", obs), rewards_t, terminated_t, truncated_t, out
 
     def render(self) -> list[np.ndarray]:
-        return list(self._env.render())
+        try:
+            return list(self._env.render())
+        except gym.error.DependencyNotInstalled as exc:
+            raise RlbaseError(f"rendering {self.env_id} needs an extra package: {exc}") from None
 
     def close(self) -> None:
         self._env.close()

@@ -129,6 +129,12 @@ class ReplayBuffer:
 
     def start(self, obs: torch.Tensor) -> None:
         """Record the first observation of every env (after `env.reset`, or after a resume)."""
+        if self.transitions_added > 0:
+            # Resumed with a saved buffer: the interrupted episodes end here. Their last observation
+            # (the head row) stays as a final frame, so their last transition bootstraps from it,
+            # as for a truncation; the new episodes start on the next row.
+            self.done[(self.pos - 1) % self.slots, self.envs] = True
+            self.pos += 1
         self._write_frame(self.pos % self.slots, self._newest_frame(obs), first=True)
 
     def add(self, actions: torch.Tensor, rewards: torch.Tensor, terminal: torch.Tensor, dones: torch.Tensor,

@@ -8,25 +8,48 @@ import torch
 class RecentEpisodes:
     """Returns and lengths of the last `window` finished episodes, updated without host syncs.
 
-    Finished episodes of a step are scattered into a ring at positions computed from a running
-    count; rows of envs that did not finish go to a dump slot at the end.
+    Each step only copies the env's per-env episode totals and done mask into a staging block
+    (three cheap copies). Every `stage_steps` steps, and before a summary, the staged episodes
+    are scattered into the ring in one vectorised pass: positions come from a running count,
+    and entries that are not finished episodes go to a dump slot at the end of the ring.
     """
 
-    def __init__(self, window: int, device: torch.device):
+    def __init__(self, window: int, device: torch.device, num_envs: int = 1, stage_steps: int = 256):
         self.window = window
         self.returns = torch.zeros(window + 1, device=device)
         self.lengths = torch.zeros(window + 1, device=device)
         self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.stage_returns = torch.zeros(stage_steps, num_envs, device=device)
+        self.stage_lengths = torch.zeros(stage_steps, num_envs, device=device)
+        self.stage_dones = torch.zeros(stage_steps, num_envs, dtype=torch.bool, device=device)
+        self.staged = 0
 
     def add(self, episode_return: torch.Tensor, episode_length: torch.Tensor, dones: torch.Tensor) -> None:
+        i = self.staged
+        self.stage_returns[i] = episode_return
+        self.stage_lengths[i] = episode_length
+        self.stage_dones[i] = dones
+        self.staged += 1
+        if self.staged == self.stage_returns.shape[0]:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.staged == 0:
+            return
+        dones = self.stage_dones[: self.staged].flatten()
         order = torch.cumsum(dones.long(), 0) - 1 + self.count
-        slot = torch.where(dones, order % self.window, torch.full_like(order, self.window))
-        self.returns[slot] = episode_return.to(self.returns.dtype)
-        self.lengths[slot] = episode_length.to(self.lengths.dtype)
-        self.count += dones.long().sum()
+        new_count = self.count + dones.long().sum()
+        # Only the newest `window` episodes of this flush go to the ring, so no ring slot is written twice.
+        keep = dones & (order >= new_count - self.window)
+        slot = torch.where(keep, order % self.window, torch.full_like(order, self.window))
+        self.returns.index_copy_(0, slot, self.stage_returns[: self.staged].flatten())
+        self.lengths.index_copy_(0, slot, self.stage_lengths[: self.staged].flatten())
+        self.count = new_count
+        self.staged = 0
 
     def summary(self) -> dict[str, float]:
         """Host values (one sync): mean return and length over the window, episodes so far."""
+        self.flush()
         count = int(self.count)
         n = min(count, self.window)
         if n == 0:
