@@ -120,6 +120,12 @@ class QNetwork(nn.Module):
         return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
+def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
+    """A UsageError when DQN cannot act in `env` (it needs a discrete action space)."""
+    if not isinstance(env.single_action_space, gym.spaces.Discrete):
+        raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {env.single_action_space}")
+
+
 def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {action_space}")
@@ -222,13 +228,9 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
     while global_step < cfg.total_timesteps:
         epsilon = linear_epsilon(cfg, global_step)
         actions = select_actions(act_q, obs, epsilon, num_actions, generator)
-        next_obs, rewards, terminated, truncated, info = env.step(actions)
-        dones = terminated | truncated
-        train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
-        buffer.add(actions, train_rewards, train_terminal, dones, next_obs, info["final_obs"])
-        recent.add(info["episode_return"], info["episode_length"], dones)
-        obs = next_obs  # CRUCIAL: the env already reset ended episodes; final_obs went to the buffer
-        global_step += env.num_envs
+        # Host-side envs (Atari) step in their own threads while the learner updates below;
+        # the updates sample from what is already stored, one env step behind.
+        env.step_async(actions)
 
         if buffer.transitions_added >= cfg.learning_starts and buffer.can_sample():
             # train_freq counts env steps over all envs, so the replay ratio does not depend on num_envs.
@@ -249,6 +251,14 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
                 q_sum += q_taken.mean()
                 updates_since_log += 1
                 counters["num_updates"] += 1
+
+        next_obs, rewards, terminated, truncated, info = env.step_wait()
+        dones = terminated | truncated
+        train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
+        buffer.add(actions, train_rewards, train_terminal, dones, next_obs, info["final_obs"])
+        recent.add(info["episode_return"], info["episode_length"], dones)
+        obs = next_obs  # CRUCIAL: the env already reset ended episodes; final_obs went to the buffer
+        global_step += env.num_envs
 
         syncs_due = global_step // cfg.target_update_interval
         if syncs_due > counters["target_syncs"]:

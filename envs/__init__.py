@@ -9,7 +9,7 @@ import gymnasium as gym
 import torch
 
 from rlbase.envs.core import EpisodeStats, TensorVecEnv
-from rlbase.errors import UsageError
+from rlbase.errors import RlbaseError, UsageError
 
 __all__ = ["TensorVecEnv", "EpisodeStats", "make_vec_env", "check_env_id", "is_atari"]
 
@@ -60,7 +60,10 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
             train_opts = {k: options[k] for k in ("clip_rewards", "terminal_on_life_loss") if k in options}
             return AtariVecEnv(env_id, num_envs, device, **atari_opts, **train_opts)
         fns = [lambda: make_single_atari(env_id, render_mode="rgb_array", **atari_opts) for _ in range(num_envs)]
-        return GymVecEnv(fns, env_id, device, frame_stack=atari_opts.get("frame_stack", 4))
+        try:
+            return GymVecEnv(fns, env_id, device, frame_stack=atari_opts.get("frame_stack", 4))
+        except gym.error.DependencyNotInstalled as exc:
+            raise RlbaseError(f"recording {env_id} needs the video extras (pip install 'rlbase[video]'): {exc}") from None
 
     render_mode = "rgb_array" if render else None
     fns = [lambda: gym.make(env_id, render_mode=render_mode) for _ in range(num_envs)]

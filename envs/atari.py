@@ -56,7 +56,14 @@ class AtariVecEnv(TensorVecEnv):
         return self._to_device("obs", obs), {}
 
     def step(self, actions: torch.Tensor):
-        obs, rewards, terminated, truncated, info = self._env.step(actions_to_numpy(actions).astype(np.int64))
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        self._env.send(actions_to_numpy(actions).astype(np.int64))  # ale-py's C++ threads start stepping
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, info = self._env.recv()
         dones = terminated | truncated
         # A life lost without the game ending; `lives` of a reset env is its new game's count.
         life_lost = (info["lives"] < self._lives) & ~dones

@@ -62,6 +62,14 @@ class TensorVecEnv:
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
+    def step_async(self, actions: torch.Tensor) -> None:
+        """Start a step; `step_wait` returns its results. Backends that step in their own threads
+        (Atari) run it while the caller does other work (a learner update); others step in `step_wait`."""
+        self._pending_actions = actions
+
+    def step_wait(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        return self.step(self._pending_actions)
+
     def training_signal(self, rewards: torch.Tensor, terminated: torch.Tensor,
                         info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards and terminal flags for learning targets; by default the real ones."""

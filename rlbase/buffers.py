@@ -21,8 +21,8 @@ stacks stop at `first`, n-step sums stop at `terminal` or `done`.
 
 A row is sampled only when it is a complete transition whose n-step look-ahead is written
 (age >= n behind the write head) and whose stack look-back has not been overwritten yet.
-Atari: 84*84 + 4 (action) + 4 (reward) + 4 flags = 7,068 bytes per transition (+8 with
-priorities), so 1M transitions take 7.1 GB.
+Atari: 84*84 + 4 (action) + 4 (reward) + 4 flags = 7,068 bytes per transition, so 1M transitions
+take 7.1 GB (prioritized replay adds a float64 sum tree: about 17 bytes per transition at 1M).
 """
 
 from __future__ import annotations
@@ -129,13 +129,18 @@ class ReplayBuffer:
 
     def start(self, obs: torch.Tensor) -> None:
         """Record the first observation of every env (after `env.reset`, or after a resume)."""
-        if self.transitions_added > 0:
+        resumed = self.transitions_added > 0
+        if resumed:
             # Resumed with a saved buffer: the interrupted episodes end here. Their last observation
             # (the head row) stays as a final frame, so their last transition bootstraps from it,
             # as for a truncation; the new episodes start on the next row.
             self.done[(self.pos - 1) % self.slots, self.envs] = True
             self.pos += 1
         self._write_frame(self.pos % self.slots, self._newest_frame(obs), first=True)
+        if resumed and self.prioritized:  # moving the head made one more row old enough to sample
+            row = (self.pos - self.n_step) % self.slots
+            self.tree.set(row * self.num_envs + self.envs,
+                          torch.where(self.has_next[row, self.envs], self.max_priority, 0.0))
 
     def add(self, actions: torch.Tensor, rewards: torch.Tensor, terminal: torch.Tensor, dones: torch.Tensor,
             next_obs: torch.Tensor, final_obs: torch.Tensor) -> None:

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from rlbase.agents import get_algorithm
+    from rlbase.backbones import check_backbone
     from rlbase.checkpoint import load_checkpoint
     from rlbase.config import from_dict, resolve_config, to_json
     from rlbase.envs import check_env_id, make_vec_env
@@ -95,6 +96,12 @@ def _train(args: argparse.Namespace) -> int:
     options = {k: getattr(cfg, k) for k in ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps",
                                              "clip_rewards", "terminal_on_life_loss")}
     env = make_vec_env(cfg.env_id, cfg.num_envs, device, **options)
+    try:  # everything the user can get wrong is checked before the run directory exists
+        check_backbone(cfg.backbone, env.single_observation_space)
+        module.check_env(cfg, env)
+    except RlbaseError:
+        env.close()
+        raise
     if not args.resume:
         run_dir = new_run_dir(cfg, args.algo)
     write_config(run_dir, args.algo, cfg)

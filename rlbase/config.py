@@ -216,5 +216,9 @@ def validate_common(cfg: CommonConfig) -> None:
     check(cfg.max_episode_steps > 0, "max_episode_steps", f"must be positive, got {cfg.max_episode_steps}")
     check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes), "hidden_sizes",
           f"must be positive integers, got {cfg.hidden_sizes}")
+    from rlbase.backbones import BACKBONES
+
+    check(cfg.backbone == "auto" or cfg.backbone in BACKBONES, "backbone",
+          f"unknown backbone {cfg.backbone!r}; choose from auto, {', '.join(BACKBONES)}")
     check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",
           f"use auto, cpu or cuda, got {cfg.device!r}")

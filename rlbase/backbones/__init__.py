@@ -84,14 +84,20 @@ def default_backbone(observation_space: gym.spaces.Space) -> str:
     return "nature_cnn" if is_image_space(observation_space) else "mlp"
 
 
-def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256)) -> Backbone:
-    """Build backbone `name` (or the default for the space when `name` is `auto`)."""
+def check_backbone(name: str, observation_space: gym.spaces.Space) -> str:
+    """The backbone name to use (`auto` resolved); a UsageError when it cannot take these observations."""
     if name == "auto":
         name = default_backbone(observation_space)
     if name not in BACKBONES:
         raise UsageError(f"unknown backbone {name!r}; choose from auto, {', '.join(BACKBONES)}")
-    factory, accepts, needs = BACKBONES[name]
+    _, accepts, needs = BACKBONES[name]
     if not accepts(observation_space):
         raise UsageError(f"backbone {name!r} needs {needs}, but the environment's observations have shape "
                          f"{getattr(observation_space, 'shape', None)}")
-    return factory(observation_space, hidden_sizes=hidden_sizes)
+    return name
+
+
+def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256)) -> Backbone:
+    """Build backbone `name` (or the default for the space when `name` is `auto`)."""
+    name = check_backbone(name, observation_space)
+    return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes)

@@ -1,0 +1,661 @@
+"""DQN throughput benchmark: rlbase vs Stable-Baselines3, env speed, and the learner's compute ceiling.
+
+Run from the repository root (CPU only; every measurement, both libraries, uses the same
+torch.set_num_threads, os.cpu_count() unless --threads says otherwise):
+
+    python scripts/bench_dqn.py                      # CartPole-v1 and ALE/Breakout-v5
+    python scripts/bench_dqn.py --only cartpole      # one family
+    python scripts/bench_dqn.py --quick              # smoke test: tiny step counts, a few seconds per job
+    python scripts/bench_dqn.py --repeats 3 --json bench.json
+    python scripts/bench_dqn.py --threads 1          # on a machine shared with other CPU-heavy jobs
+
+SB3's Atari wrappers need OpenCV (`pip install opencv-python-headless`); without it the SB3 and
+Gymnasium Atari rows are skipped with a note. On a machine whose cores are busy with other work,
+torch's intra-op threads can slow small networks down many times over (threads spin-wait for
+each other); compare runs made with the same --threads on a quiet machine.
+
+Everything is measured in one invocation; each measurement runs in a fresh subprocess of this
+script (`--in-process` runs them in this process instead), so no run inherits another's memory,
+threads or warm caches.
+
+1. Training steps/s, rlbase DQN vs SB3 DQN with identical hyperparameters. The rlbase config is
+   the preset (`rlbase/presets/dqn.yaml`) with `learning_starts` = 10% of the steps (so the run is
+   short and 90% of it is learning); SB3 gets the same values. Atari uses buffer_size=100_000 for
+   both libraries: the buffer size changes memory, not speed; speed is set by batch_size and
+   train_freq. The clock covers model setup + training (rlbase `train()`; SB3 `DQN(...)` +
+   `learn()`), not env creation; steps/s = env steps (summed over envs) / wall seconds.
+   - rlbase counts `train_freq` in env steps summed over all envs; SB3 counts calls of
+     `vec_env.step` (n_envs transitions each). Equal updates per transition: SB3 does g updates
+     every f vec steps with g/f = gradient_steps * n_envs / train_freq (reduced fraction). Both
+     runs' update counts are printed (they agree to within one update: rlbase starts learning at
+     `>= learning_starts` transitions, SB3 at `> learning_starts`).
+   - `target_update_interval` is in env steps over all envs in both libraries (SB3 syncs every
+     `target_update_interval // n_envs` vec steps). `n_step` maps to SB3's `n_steps`; a preset's
+     dueling head or prioritized replay (SB3 has neither) is turned off for every run, with a note.
+   - SB3 DQN is not Double DQN, so rlbase runs with `double_q=False` (the headline ratio, same
+     algorithm) and with its default `double_q=True` (one extra forward pass per update).
+   - SB3 runs with n_envs=1 (how SB3 DQN is usually run) and with rlbase's num_envs.
+   - Atari for SB3: `make_atari_env` + `VecFrameStack(4)`, with `frameskip=1` passed to the v5 env,
+     because the v5 ids already skip 4 frames and SB3's AtariWrapper skips 4 more (16 per step
+     otherwise). Sticky actions (0.25, per frame), 30 no-ops, FIRE reset, 84x84 grey, life loss
+     as terminal and reward clipping then match rlbase's env.
+2. Raw env steps/s with random actions: rlbase's `make_vec_env` (torch actions), Gymnasium's own
+   sync vector env, SB3's VecEnv and, for Atari, ale-py's C++ vector env that rlbase wraps.
+3. The learner's compute ceiling: a plain NatureCNN (or the CartPole MLP) written here as a user
+   would, default memory format, forward + Huber loss + backward + Adam step on random inputs
+   (uint8 frames scaled /255 for Atari). ceiling steps/s = samples/s / (batch_size *
+   gradient_steps / train_freq). A second figure adds the target network's no-grad forward pass
+   that every DQN update also needs. The "% of compute ceiling" line compares a run's wall time
+   with the time this bare learner needs for the same number of updates (so the no-update warm-up
+   10% does not flatter the run); acting and env time are not in the ceiling.
+
+Timings on a shared machine are noisy: the load average is printed at start and end; use
+--repeats to report medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+CARTPOLE = "CartPole-v1"
+BREAKOUT = "ALE/Breakout-v5"
+FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
+RESULT_MARKER = "BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def set_threads(job: dict[str, Any]) -> int:
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    return torch.get_num_threads()
+
+
+def resolve_rlbase_config(env_id: str, steps: int, double_q: bool, buffer_size: int | None):
+    """The rlbase DQN preset for `env_id`, shortened to `steps` with learning_starts = 10%."""
+    from rlbase.agents.dqn import DQNConfig
+    from rlbase.config import resolve_config
+
+    overrides: dict[str, Any] = {"env_id": env_id, "total_timesteps": steps, "learning_starts": steps // 10,
+                                 "double_q": double_q, "device": "cpu", "seed": 0}
+    if buffer_size is not None:
+        overrides["buffer_size"] = buffer_size
+    cfg = resolve_config(DQNConfig, "dqn", overrides)
+    # SB3's DQN has neither a dueling head nor prioritized replay: a preset that turns them on is
+    # benchmarked with them off, so both libraries run the same algorithm (reported in the output).
+    return dataclasses.replace(cfg, dueling=False, prioritized_replay=False), {
+        k for k in ("dueling", "prioritized_replay") if getattr(cfg, k)}
+
+
+def config_from_dict(values: dict[str, Any]):
+    from rlbase.agents.dqn import DQNConfig
+    from rlbase.config import from_dict
+
+    return from_dict(DQNConfig, values, "benchmark config")
+
+
+def sb3_schedule(train_freq: int, gradient_steps: int, n_envs: int) -> tuple[int, int]:
+    """SB3 (train_freq in vec steps, gradient_steps) with rlbase's updates per transition.
+
+    rlbase: `gradient_steps` updates per `train_freq` transitions (summed over envs).
+    SB3: g updates per f calls of vec_env.step = per f * n_envs transitions.
+    g / (f * n_envs) == gradient_steps / train_freq  <=>  g / f == gradient_steps * n_envs / train_freq.
+    """
+    num, den = gradient_steps * n_envs, train_freq
+    d = math.gcd(num, den)
+    return den // d, num // d
+
+
+def round_up(steps: int, multiple: int) -> int:
+    return -(-steps // multiple) * multiple
+
+
+def make_rlbase_env(cfg, num_envs: int | None = None):
+    import torch
+    from rlbase.envs import make_vec_env
+
+    return make_vec_env(cfg.env_id, num_envs or cfg.num_envs, torch.device("cpu"), sticky_actions=cfg.sticky_actions,
+                        frame_stack=cfg.frame_stack, noop_max=cfg.noop_max, max_episode_steps=cfg.max_episode_steps,
+                        clip_rewards=cfg.clip_rewards, terminal_on_life_loss=cfg.terminal_on_life_loss)
+
+
+def register_ale() -> None:
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+
+
+def make_sb3_env(cfg, n_envs: int):
+    """SB3's own env stack for `cfg.env_id`, with the same Atari settings as rlbase's env."""
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    if not cfg.env_id.startswith("ALE/"):
+        return make_vec_env(cfg.env_id, n_envs=n_envs, seed=cfg.seed)
+    register_ale()
+    env = make_atari_env(
+        cfg.env_id, n_envs=n_envs, seed=cfg.seed,
+        # v5 ids skip 4 frames themselves; AtariWrapper's MaxAndSkipEnv does the skipping here.
+        env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.sticky_actions,
+                    "max_num_frames_per_episode": cfg.max_episode_steps * 4},
+        wrapper_kwargs={"noop_max": cfg.noop_max, "frame_skip": 4, "screen_size": 84,
+                        "terminal_on_life_loss": cfg.terminal_on_life_loss, "clip_reward": cfg.clip_rewards},
+    )
+    return VecFrameStack(env, n_stack=cfg.frame_stack)
+
+
+# --------------------------------------------------------------------------- workers (one measurement each)
+
+def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
+    from rlbase.agents.dqn import train
+
+    threads = set_threads(job)
+    cfg = config_from_dict(job["config"])
+    env = make_rlbase_env(cfg)
+    start = time.perf_counter()
+    out = train(cfg, env, run=None)
+    wall = time.perf_counter() - start
+    env.close()
+    return {"steps": out["global_step"], "wall_s": wall, "updates": out["num_updates"], "threads": threads}
+
+
+def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
+    from stable_baselines3 import DQN
+
+    threads = set_threads(job)
+    cfg = config_from_dict(job["config"])
+    n_envs = job["n_envs"]
+    train_freq, gradient_steps = sb3_schedule(cfg.train_freq, cfg.gradient_steps, n_envs)
+    env = make_sb3_env(cfg, n_envs)
+    atari = cfg.env_id.startswith("ALE/")
+    start = time.perf_counter()
+    model = DQN(
+        "CnnPolicy" if atari else "MlpPolicy", env,
+        learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
+        batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, n_steps=cfg.n_step,
+        train_freq=(train_freq, "step"), gradient_steps=gradient_steps,
+        target_update_interval=cfg.target_update_interval, exploration_fraction=cfg.exploration_fraction,
+        exploration_initial_eps=cfg.exploration_initial_eps, exploration_final_eps=cfg.exploration_final_eps,
+        max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf,
+        optimize_memory_usage=False,
+        # CnnPolicy: NatureCNN (512 features) then a linear head, as rlbase's nature_cnn backbone + head.
+        policy_kwargs={"net_arch": [] if atari else list(cfg.hidden_sizes), "optimizer_kwargs": {"eps": cfg.adam_eps}},
+        device="cpu", seed=cfg.seed, verbose=0,
+    )
+    model.learn(total_timesteps=cfg.total_timesteps)
+    wall = time.perf_counter() - start
+    env.close()
+    return {"steps": int(model.num_timesteps), "wall_s": wall, "updates": int(model._n_updates), "threads": threads,
+            "sb3_train_freq": train_freq, "sb3_gradient_steps": gradient_steps}
+
+
+def work_env(job: dict[str, Any]) -> dict[str, Any]:
+    """Random-action env steps/s of one implementation."""
+    import numpy as np
+
+    threads = set_threads(job)
+    cfg = config_from_dict(job["config"])
+    impl, n = job["impl"], job["num_envs"]
+    rng = np.random.default_rng(0)
+    atari = cfg.env_id.startswith("ALE/")
+    if impl == "rlbase":
+        import torch
+
+        env = make_rlbase_env(cfg, n)
+        env.reset(seed=0)
+        num_actions = int(env.single_action_space.n)
+        gen = torch.Generator().manual_seed(0)
+
+        def step():
+            env.step(torch.randint(num_actions, (n,), generator=gen))
+    elif impl == "gymnasium":
+        import gymnasium as gym
+
+        if atari:
+            register_ale()
+
+            def make_one():
+                e = gym.make(cfg.env_id, frameskip=1, repeat_action_probability=cfg.sticky_actions,
+                             max_num_frames_per_episode=cfg.max_episode_steps * 4)
+                e = gym.wrappers.AtariPreprocessing(e, noop_max=cfg.noop_max, frame_skip=4, screen_size=84,
+                                                    terminal_on_life_loss=False, grayscale_obs=True)
+                return gym.wrappers.FrameStackObservation(e, cfg.frame_stack)
+
+            env = gym.vector.SyncVectorEnv([make_one for _ in range(n)])
+        else:
+            env = gym.make_vec(cfg.env_id, num_envs=n, vectorization_mode="sync")
+        env.reset(seed=0)
+        num_actions = int(env.single_action_space.n)
+
+        def step():
+            env.step(rng.integers(num_actions, size=n))
+    elif impl == "ale_py":
+        import gymnasium as gym
+        from ale_py.vector_env import AtariVectorEnv
+
+        register_ale()
+        env = AtariVectorEnv(gym.spec(cfg.env_id).kwargs["game"], n, autoreset_mode="SameStep",
+                             repeat_action_probability=cfg.sticky_actions, frameskip=4, stack_num=cfg.frame_stack,
+                             noop_max=cfg.noop_max, use_fire_reset=True, reward_clipping=False,
+                             max_num_frames_per_episode=cfg.max_episode_steps * 4)
+        env.reset(seed=0)
+        num_actions = int(env.single_action_space.n)
+
+        def step():
+            env.step(rng.integers(num_actions, size=n))
+    elif impl == "sb3":
+        env = make_sb3_env(cfg, n)
+        env.reset()
+        num_actions = int(env.action_space.n)
+
+        def step():
+            env.step(rng.integers(num_actions, size=n))
+    else:
+        raise ValueError(f"unknown env implementation {impl!r}")
+
+    for _ in range(20):  # warm-up, untimed
+        step()
+    vec_steps = max(1, job["steps"] // n)
+    start = time.perf_counter()
+    for _ in range(vec_steps):
+        step()
+    wall = time.perf_counter() - start
+    env.close()
+    return {"steps": vec_steps * n, "wall_s": wall, "threads": threads}
+
+
+def nature_cnn(in_channels: int, num_actions: int):
+    """The Nature DQN network, written plainly (default memory format)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3136, 512), nn.ReLU(),
+        nn.Linear(512, num_actions),
+    )
+
+
+def mlp(in_dim: int, hidden_sizes: tuple[int, ...], num_actions: int):
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    for width in hidden_sizes:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, num_actions))
+
+
+def work_ceiling(job: dict[str, Any]) -> dict[str, Any]:
+    """Samples/s of forward + backward + Adam on random batches (optionally + a target forward)."""
+    import copy
+
+    import gymnasium as gym
+    import torch
+    import torch.nn.functional as F
+
+    threads = set_threads(job)
+    torch.manual_seed(0)
+    cfg = config_from_dict(job["config"])
+    batch = cfg.batch_size
+    atari = cfg.env_id.startswith("ALE/")
+    if atari:
+        register_ale()
+    probe = gym.make(cfg.env_id)
+    num_actions = int(probe.action_space.n)
+    obs_shape = probe.observation_space.shape
+    probe.close()
+    if atari:
+        net = nature_cnn(cfg.frame_stack, num_actions)
+        pool = [torch.randint(0, 256, (batch, cfg.frame_stack, 84, 84), dtype=torch.uint8) for _ in range(8)]
+
+        def prep(x):
+            return x.float() / 255.0
+    else:
+        net = mlp(int(math.prod(obs_shape)), cfg.hidden_sizes, num_actions)
+        pool = [torch.randn(batch, *obs_shape) for _ in range(8)]
+
+        def prep(x):
+            return x
+    target = copy.deepcopy(net).requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    actions = torch.randint(num_actions, (batch, 1))
+    fixed_targets = torch.randn(batch, 1)
+    with_target = job["with_target"]
+
+    def update(i: int) -> None:
+        obs = prep(pool[i % len(pool)])
+        if with_target:
+            with torch.no_grad():
+                next_q = target(prep(pool[(i + 1) % len(pool)])).max(dim=1, keepdim=True).values
+            td_target = 0.99 * next_q
+        else:
+            td_target = fixed_targets
+        q = net(obs).gather(1, actions)
+        loss = F.smooth_l1_loss(q, td_target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(5):  # warm-up, untimed
+        update(i)
+    iters = 0
+    start = time.perf_counter()
+    while True:
+        update(iters)
+        iters += 1
+        wall = time.perf_counter() - start
+        if wall >= job["seconds"] and iters >= 3:
+            break
+    return {"iters": iters, "batch": batch, "wall_s": wall, "samples_per_s": iters * batch / wall, "threads": threads}
+
+
+WORKERS = {"train_rlbase": work_train_rlbase, "train_sb3": work_train_sb3, "env": work_env, "ceiling": work_ceiling}
+
+
+def run_job(job: dict[str, Any], in_process: bool) -> dict[str, Any]:
+    if in_process:
+        return WORKERS[job["kind"]](job)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+    sys.stderr.write(proc.stdout + proc.stderr)
+    raise RuntimeError(f"benchmark job failed (exit {proc.returncode}): {job['kind']} {job.get('label', '')}")
+
+
+# --------------------------------------------------------------------------- the benchmark plan
+
+def plan(args) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every measurement of this invocation, in the order they run, and notes about what was left out."""
+    import importlib.util
+
+    jobs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    # SB3's Atari wrappers (WarpFrame) and Gymnasium's AtariPreprocessing resize frames with OpenCV.
+    have_cv2 = importlib.util.find_spec("cv2") is not None
+    families = [args.only] if args.only else list(FAMILIES)
+    for family in families:
+        env_id = FAMILIES[family]
+        atari = family == "atari"
+        steps = args.atari_steps if atari else args.cartpole_steps
+        buffer_size = args.atari_buffer if atari else None
+        base, forced_off = resolve_rlbase_config(env_id, steps, False, buffer_size)
+        if forced_off:
+            notes.append(f"{env_id}: the preset turns on {', '.join(sorted(forced_off))}, which SB3's DQN lacks; "
+                         "benchmarked with it off in every rlbase run")
+        # Whole rollouts for every variant, so all runs do exactly `steps` env steps.
+        steps = round_up(steps, math.lcm(base.num_envs, base.train_freq))
+        configs = {dq: dataclasses.asdict(resolve_rlbase_config(env_id, steps, dq, buffer_size)[0])
+                   for dq in (False, True)}
+        n = base.num_envs
+        common = {"env_id": env_id, "family": family, "threads": args.threads}
+        sb3_ok = have_cv2 or not atari
+        if not sb3_ok:
+            notes.append(f"{env_id}: SB3 and Gymnasium Atari runs SKIPPED: their Atari preprocessing needs OpenCV "
+                         "(pip install opencv-python-headless, or stable-baselines3[extra])")
+
+        env_impls = ["rlbase"] + (["gymnasium", "sb3"] if sb3_ok else []) + (["ale_py"] if atari else [])
+        for impl in env_impls:
+            jobs.append({**common, "kind": "env", "impl": impl, "num_envs": n, "steps": steps,
+                         "config": configs[False], "label": f"env {impl}"})
+
+        train_jobs = [
+            {**common, "kind": "train_rlbase", "library": "rlbase", "variant": "DQN (double_q=False)",
+             "key": "rlbase", "config": configs[False]},
+            {**common, "kind": "train_rlbase", "library": "rlbase", "variant": "Double DQN (default)",
+             "key": "rlbase_double", "config": configs[True]},
+        ]
+        for sb3_n in sorted({1, n}) if sb3_ok else []:
+            f, g = sb3_schedule(base.train_freq, base.gradient_steps, sb3_n)
+            train_jobs.append({**common, "kind": "train_sb3", "library": "SB3", "n_envs": sb3_n,
+                               "variant": f"DQN n_envs={sb3_n} (train_freq={f}, gradient_steps={g})",
+                               "key": f"sb3_n{sb3_n}", "config": configs[False]})
+        for rep in range(args.repeats):  # interleaved, so slow drifts in machine load hit every variant alike
+            for job in train_jobs:
+                jobs.append({**job, "repeat": rep, "label": f"{job['library']} {job['variant']}"})
+
+        for with_target in (False, True):
+            jobs.append({**common, "kind": "ceiling", "with_target": with_target, "seconds": args.ceiling_seconds,
+                         "config": configs[False], "label": "ceiling" + (" + target fwd" if with_target else "")})
+    return jobs, notes
+
+
+def git_revision() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(r, widths)))
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cartpole-steps", type=int, default=20_000, help="env steps per CartPole-v1 run")
+    parser.add_argument("--atari-steps", type=int, default=4_000, help="env steps per ALE/Breakout-v5 run")
+    parser.add_argument("--atari-buffer", type=int, default=100_000,
+                        help="replay size for both libraries on Atari (speed depends on batch size/train freq)")
+    parser.add_argument("--only", choices=sorted(FAMILIES), help="benchmark one env family only")
+    parser.add_argument("--repeats", type=int, default=1, help="training runs per variant (median reported)")
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="timed seconds per compute-ceiling probe")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny step counts (numbers meaningless)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch.set_num_threads for every run, both libraries (default: os.cpu_count())")
+    parser.add_argument("--in-process", action="store_true", help="run every measurement in this process")
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON to PATH")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:  # a subprocess running one measurement
+        job = json.loads(args.worker)
+        result = WORKERS[job["kind"]](job)
+        print(RESULT_MARKER + json.dumps(result), flush=True)
+        return 0
+
+    if args.quick:
+        args.cartpole_steps, args.atari_steps = 1_000, 200
+        args.atari_buffer, args.ceiling_seconds, args.repeats = 10_000, 0.3, 1
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
+
+    import ale_py
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    command = "python " + shlex.join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
+    meta = {"command": command, "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
+            "gymnasium": gymnasium.__version__, "ale_py": ale_py.__version__, "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch_threads": args.threads, "rlbase_revision": git_revision(),
+            "platform": platform.platform(), "load_average_start": load_average(), "quick": args.quick}
+    print(f"command: {command}")
+    print(f"torch {meta['torch']}, stable-baselines3 {meta['stable_baselines3']}, gymnasium {meta['gymnasium']}, "
+          f"ale-py {meta['ale_py']}, python {meta['python']}, rlbase {meta['rlbase_revision']}")
+    print(f"CPUs: {meta['cpu_count']} (torch.set_num_threads({args.threads}) in every run); "
+          f"load average at start: {meta['load_average_start']}")
+    if args.quick:
+        print("QUICK MODE: tiny runs for a smoke test; the numbers below are not a benchmark.")
+    print()
+
+    jobs, notes = plan(args)
+    for note in notes:
+        print("NOTE: " + note)
+    results: list[dict[str, Any]] = []
+    for i, job in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {job['env_id']}: {job['label']} ...", end=" ", flush=True)
+        res = run_job(job, args.in_process)
+        print(f"{res['wall_s']:.1f} s", flush=True)
+        results.append({**job, **res})
+    meta["load_average_end"] = load_average()
+    print(f"load average at end: {meta['load_average_end']}\n")
+
+    summary = report(args, jobs, results)
+    for note in notes:
+        print("NOTE: " + note)
+    if args.json:
+        configs = {j["env_id"] + (" double_q" if j["config"]["double_q"] else ""): j["config"]
+                   for j in jobs if j["kind"] == "train_rlbase"}
+        with open(args.json, "w") as fh:
+            runs = [{k: v for k, v in r.items() if k != "config"} for r in results]  # configs are listed once
+            json.dump({"meta": meta, "notes": notes, "configs": configs, "results": runs, "summary": summary}, fh,
+                      indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Print the tables and ratio lines; return the same numbers for the JSON file."""
+    summary: dict[str, Any] = {}
+    env_ids = list(dict.fromkeys(j["env_id"] for j in jobs))
+
+    # Training: median over repeats per variant.
+    train: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        if r["kind"].startswith("train"):
+            train.setdefault((r["env_id"], r["key"]), {"runs": [], **r})["runs"].append(r)
+    for entry in train.values():
+        rates = [run["steps"] / run["wall_s"] for run in entry["runs"]]
+        entry["steps_per_s"] = statistics.median(rates)
+        entry["wall_s"] = statistics.median(run["wall_s"] for run in entry["runs"])
+    rows = []
+    for (env_id, _), e in train.items():
+        spread = "" if len(e["runs"]) == 1 else f" ({min(r['steps'] / r['wall_s'] for r in e['runs']):,.0f}-" \
+                                                f"{max(r['steps'] / r['wall_s'] for r in e['runs']):,.0f})"
+        rows.append([env_id, e["library"], e["variant"], f"{e['steps']:,}", f"{e['wall_s']:.2f}",
+                     fmt_rate(e["steps_per_s"]) + spread, f"{e['updates']:,}", f"{e['updates'] / e['steps']:.4f}"])
+    print("Training throughput (model setup + training; env creation excluded)"
+          + (f", median of {args.repeats} runs (min-max)" if args.repeats > 1 else ""))
+    print_table(["env", "library", "variant", "steps", "wall s", "steps/s", "updates", "updates/step"], rows)
+
+    # Raw env throughput.
+    env_rates: dict[tuple[str, str], float] = {}
+    rows = []
+    for r in results:
+        if r["kind"] == "env":
+            rate = r["steps"] / r["wall_s"]
+            env_rates[(r["env_id"], r["impl"])] = rate
+            rows.append([r["env_id"], r["impl"], str(r["num_envs"]), f"{r['steps']:,}", f"{r['wall_s']:.2f}",
+                         fmt_rate(rate)])
+    print("Environment throughput, random actions (steps summed over envs)")
+    print_table(["env", "implementation", "num_envs", "steps", "wall s", "steps/s"], rows)
+
+    # Compute ceiling.
+    ceilings: dict[tuple[str, bool], dict[str, Any]] = {}
+    rows = []
+    for r in results:
+        if r["kind"] == "ceiling":
+            cfg = next(j["config"] for j in jobs if j["env_id"] == r["env_id"] and j["kind"] == "ceiling")
+            samples_per_step = cfg["batch_size"] * cfg["gradient_steps"] / cfg["train_freq"]
+            r["ceiling_steps_per_s"] = r["samples_per_s"] / samples_per_step
+            ceilings[(r["env_id"], r["with_target"])] = r
+            net = "NatureCNN" if r["env_id"].startswith("ALE/") else "MLP " + "x".join(map(str, cfg["hidden_sizes"]))
+            what = "fwd+bwd+Adam" + (" + target fwd" if r["with_target"] else "")
+            rows.append([r["env_id"], net, what, str(r["batch"]), fmt_rate(r["samples_per_s"]),
+                         f"{samples_per_step:g}", fmt_rate(r["ceiling_steps_per_s"])])
+    print("Learner compute ceiling (plain network written in this script, random batches)")
+    print_table(["env", "network", "work per update", "batch", "samples/s", "samples/env step", "ceiling steps/s"],
+                rows)
+
+    print("Summary")
+    for env_id in env_ids:
+        ours, double = train.get((env_id, "rlbase")), train.get((env_id, "rlbase_double"))
+        if ours is None:
+            continue
+        n = next(j["config"]["num_envs"] for j in jobs if j["env_id"] == env_id and j["kind"] == "train_rlbase")
+        env_summary: dict[str, Any] = {"rlbase_steps_per_s": ours["steps_per_s"],
+                                       "rlbase_double_steps_per_s": double["steps_per_s"]}
+        parts, parts_double = [], []
+        for sb3_n in sorted({1, n}):
+            sb3 = train.get((env_id, f"sb3_n{sb3_n}"))
+            if sb3 is None:
+                continue
+            ratio, ratio_double = ours["steps_per_s"] / sb3["steps_per_s"], double["steps_per_s"] / sb3["steps_per_s"]
+            label = f"SB3(n_envs={sb3_n})"
+            parts.append(f"rlbase/{label} = {ratio:.2f}x")
+            parts_double.append(f"rlbase Double DQN/{label} = {ratio_double:.2f}x")
+            env_summary[f"ratio_vs_sb3_n{sb3_n}"] = ratio
+            env_summary[f"ratio_double_vs_sb3_n{sb3_n}"] = ratio_double
+            env_summary[f"sb3_n{sb3_n}_steps_per_s"] = sb3["steps_per_s"]
+        counts = [f"rlbase {ours['updates']:,}", f"rlbase Double DQN {double['updates']:,}"] + [
+            f"SB3(n_envs={k}) {train[(env_id, f'sb3_n{k}')]['updates']:,}"
+            for k in sorted({1, n}) if (env_id, f"sb3_n{k}") in train]
+        print(f"{env_id}: gradient updates in {ours['steps']:,} steps: {', '.join(counts)}")
+        same_n = " (rlbase also runs 1 env)" if n == 1 else f" (rlbase runs {n} envs)"
+        if parts:
+            print(f"{env_id}: {', '.join(parts)}{same_n}  [same algorithm, same hyperparameters]")
+            print(f"{env_id}: {', '.join(parts_double)}  [rlbase's default Double DQN]")
+
+        plain = ceilings.get((env_id, False))
+        if plain is not None:
+            # Time the bare learner needs for this run's updates, vs the run's wall time.
+            learner_s = ours["updates"] * ours["config"]["batch_size"] / plain["samples_per_s"]
+            ceiling_rate = ours["steps"] / learner_s
+            frac = ours["steps_per_s"] / ceiling_rate
+            print(f"{env_id}: rlbase = {frac:.0%} of compute ceiling ({fmt_rate(ours['steps_per_s'])} steps/s of "
+                  f"{fmt_rate(ceiling_rate)}: {ours['updates']:,} updates x {ours['config']['batch_size']} samples "
+                  f"at {fmt_rate(plain['samples_per_s'])} samples/s)")
+            env_summary.update(ceiling_steps_per_s=ceiling_rate, fraction_of_ceiling=frac)
+            full = ceilings.get((env_id, True))
+            env_rate = env_rates.get((env_id, "rlbase"))
+            if full is not None and env_rate is not None:
+                # A sequential loop can at best step the env and run the (full) updates back to back.
+                bound = ours["steps"] / (ours["steps"] / env_rate
+                                         + ours["updates"] * ours["config"]["batch_size"] / full["samples_per_s"])
+                print(f"{env_id}: rlbase = {ours['steps_per_s'] / bound:.0%} of the env + learner bound "
+                      f"({fmt_rate(bound)} steps/s: rlbase env at {fmt_rate(env_rate)} steps/s, then updates "
+                      f"incl. the target forward; acting excluded)")
+                env_summary.update(env_plus_learner_bound_steps_per_s=bound)
+        if env_id.startswith("ALE/"):
+            print(f"{env_id}: buffer_size={ours['config']['buffer_size']:,} for both libraries; speed is set by "
+                  f"batch_size={ours['config']['batch_size']} and train_freq={ours['config']['train_freq']}, "
+                  "not by the replay size")
+        summary[env_id] = env_summary
+    print(f"torch threads: {args.threads} for every run (os.cpu_count() = {os.cpu_count()}); "
+          f"torch {__import__('torch').__version__}")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
