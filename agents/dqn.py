@@ -182,7 +182,8 @@ def update_target(q: nn.Module, target: nn.Module, tau: float) -> None:
 def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
     """Train DQN on `env`. `run` (rlbase.run.Run or None) logs, checkpoints and resumes.
 
-    Returns the final metrics (steps, updates, recent episode return and length, fps).
+    Returns the final counters and recent-episode statistics, and the trained network as
+    `q_network` (for in-process use: tests, benchmarks, notebooks).
     """
     validate(cfg)
     device = env.device
@@ -201,7 +202,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
     act_q = torch.compile(q) if cfg.compile else q
 
     # Counters: everything a resume needs besides tensors.
-    counters = {"global_step": 0, "num_updates": 0, "update_credit": 0.0, "target_syncs": 0}
+    counters = {"global_step": 0, "num_updates": 0, "update_credit": 0, "target_syncs": 0}
     if run is not None and run.resume is not None:
         tensors, state, buffer_state = run.resume
         load_state(q, target, optimizer, generator, tensors, state)
@@ -233,11 +234,12 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
         env.step_async(actions)
 
         if buffer.transitions_added >= cfg.learning_starts and buffer.can_sample():
-            # train_freq counts env steps over all envs, so the replay ratio does not depend on num_envs.
-            counters["update_credit"] += env.num_envs * cfg.gradient_steps / cfg.train_freq
+            # train_freq counts env steps over all envs, so the replay ratio does not depend on
+            # num_envs. Credit is kept in integer units of 1/train_freq update: no rounding drift.
+            counters["update_credit"] += env.num_envs * cfg.gradient_steps
             beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, global_step / cfg.total_timesteps)
-            while counters["update_credit"] >= 1.0:
-                counters["update_credit"] -= 1.0
+            while counters["update_credit"] >= cfg.train_freq:
+                counters["update_credit"] -= cfg.train_freq
                 batch = buffer.sample(cfg.batch_size, generator, beta)
                 loss, q_taken, td_errors = td_loss(act_q, target, batch, cfg.double_q)
                 optimizer.zero_grad(set_to_none=True)

@@ -48,8 +48,13 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
     max_episode_steps, clip_rewards, terminal_on_life_loss); other backends ignore them.
     `render=True` builds a backend that can return RGB frames (for videos).
     """
-    check_env_id(env_id)
+    from rlbase.config import ENV_OPTIONS
     from rlbase.envs.gym_adapter import GymVecEnv
+
+    unknown = sorted(set(options) - set(ENV_OPTIONS))
+    if unknown:
+        raise TypeError(f"make_vec_env got unknown option(s) {', '.join(unknown)}; known: {', '.join(ENV_OPTIONS)}")
+    check_env_id(env_id)
 
     if is_atari(env_id):
         from rlbase.envs.atari import AtariVecEnv, make_single_atari

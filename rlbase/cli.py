@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     from rlbase.agents import get_algorithm
     from rlbase.backbones import check_backbone
     from rlbase.checkpoint import load_checkpoint
-    from rlbase.config import from_dict, resolve_config, to_json
+    from rlbase.config import env_options, from_dict, resolve_config, to_json
     from rlbase.envs import check_env_id, make_vec_env
     from rlbase.logger import RunLogger
     from rlbase.run import Run, new_run_dir, read_config, write_config
@@ -93,9 +93,7 @@ def _train(args: argparse.Namespace) -> int:
         if step >= cfg.total_timesteps:
             raise UsageError(f"{run_dir} already reached {step} steps; pass a larger --total-timesteps to continue")
 
-    options = {k: getattr(cfg, k) for k in ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps",
-                                             "clip_rewards", "terminal_on_life_loss")}
-    env = make_vec_env(cfg.env_id, cfg.num_envs, device, **options)
+    env = make_vec_env(cfg.env_id, cfg.num_envs, device, **env_options(cfg))
     try:  # everything the user can get wrong is checked before the run directory exists
         check_backbone(cfg.backbone, env.single_observation_space)
         module.check_env(cfg, env)

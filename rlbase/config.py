@@ -71,6 +71,15 @@ class CommonConfig:
 FLAG_NAMES = {"env_id": "--env"}
 
 
+ENV_OPTIONS = ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps", "clip_rewards", "terminal_on_life_loss")
+
+
+def env_options(cfg: CommonConfig, training: bool = True) -> dict[str, Any]:
+    """The config's environment settings, as keyword arguments of `rlbase.envs.make_vec_env`."""
+    names = ENV_OPTIONS if training else ENV_OPTIONS[:4]  # evaluation plays real, unclipped games
+    return {name: getattr(cfg, name) for name in names}
+
+
 def flag_name(field_name: str) -> str:
     return FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rlbase.checkpoint import atomic_write_text, find_checkpoint, load_checkpoint
-from rlbase.config import from_dict
+from rlbase.config import env_options, from_dict
 from rlbase.envs import TensorVecEnv, make_vec_env
 from rlbase.errors import RlbaseError
 from rlbase.run import CONFIG_FILE, read_config
@@ -110,8 +110,7 @@ def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | 
     epsilon = cfg.eval_epsilon if epsilon is None else epsilon
     video = Path(video_dir) if video_dir is not None else None
     num_envs = 1 if video is not None else (num_envs or min(episodes, 8))
-    options = {k: getattr(cfg, k) for k in ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps")}
-    env = make_vec_env(cfg.env_id, num_envs, device, render=video is not None, **options)
+    env = make_vec_env(cfg.env_id, num_envs, device, render=video is not None, **env_options(cfg, training=False))
     try:
         try:
             policy = module.load_policy(cfg, tensors, env, epsilon)

@@ -5,7 +5,8 @@ torch.set_num_threads, os.cpu_count() unless --threads says otherwise):
 
     python scripts/bench_dqn.py                      # CartPole-v1 and ALE/Breakout-v5
     python scripts/bench_dqn.py --only cartpole      # one family
-    python scripts/bench_dqn.py --quick              # smoke test: tiny step counts, a few seconds per job
+    python scripts/bench_dqn.py --quick              # smoke test: tiny step counts, numbers meaningless
+    python scripts/bench_dqn.py --quick --threads 1 --in-process   # fastest smoke test (for tests)
     python scripts/bench_dqn.py --repeats 3 --json bench.json
     python scripts/bench_dqn.py --threads 1          # on a machine shared with other CPU-heavy jobs
 
@@ -15,8 +16,9 @@ torch's intra-op threads can slow small networks down many times over (threads s
 each other); compare runs made with the same --threads on a quiet machine.
 
 Everything is measured in one invocation; each measurement runs in a fresh subprocess of this
-script (`--in-process` runs them in this process instead), so no run inherits another's memory,
-threads or warm caches.
+script, so no run inherits another's memory, threads or warm caches. `--in-process` runs them all
+in this process instead (faster to start, for smoke tests: there the first run also pays the
+process's one-time warm-up costs).
 
 1. Training steps/s, rlbase DQN vs SB3 DQN with identical hyperparameters. The rlbase config is
    the preset (`rlbase/presets/dqn.yaml`) with `learning_starts` = 10% of the steps (so the run is
@@ -26,12 +28,14 @@ threads or warm caches.
    `learn()`), not env creation; steps/s = env steps (summed over envs) / wall seconds.
    - rlbase counts `train_freq` in env steps summed over all envs; SB3 counts calls of
      `vec_env.step` (n_envs transitions each). Equal updates per transition: SB3 does g updates
-     every f vec steps with g/f = gradient_steps * n_envs / train_freq (reduced fraction). Both
-     runs' update counts are printed (they agree to within one update: rlbase starts learning at
-     `>= learning_starts` transitions, SB3 at `> learning_starts`).
+     every f vec steps with g/f = gradient_steps * n_envs / train_freq (reduced fraction). Every
+     run's update count is printed (equal at the default sizes; tiny runs may differ by an update
+     or two: rlbase starts learning at `>= learning_starts` transitions once its replay can
+     sample, and accrues fractional updates per vec step; SB3 starts at `> learning_starts`).
    - `target_update_interval` is in env steps over all envs in both libraries (SB3 syncs every
-     `target_update_interval // n_envs` vec steps). `n_step` maps to SB3's `n_steps`; a preset's
-     dueling head or prioritized replay (SB3 has neither) is turned off for every run, with a note.
+     `target_update_interval // n_envs` vec steps, i.e. rounded down to whole vec steps).
+     `n_step` maps to SB3's `n_steps`; a preset's dueling head or prioritized replay (SB3 has
+     neither) is turned off for every run, with a note.
    - SB3 DQN is not Double DQN, so rlbase runs with `double_q=False` (the headline ratio, same
      algorithm) and with its default `double_q=True` (one extra forward pass per update).
    - SB3 runs with n_envs=1 (how SB3 DQN is usually run) and with rlbase's num_envs.
@@ -43,11 +47,12 @@ threads or warm caches.
    sync vector env, SB3's VecEnv and, for Atari, ale-py's C++ vector env that rlbase wraps.
 3. The learner's compute ceiling: a plain NatureCNN (or the CartPole MLP) written here as a user
    would, default memory format, forward + Huber loss + backward + Adam step on random inputs
-   (uint8 frames scaled /255 for Atari). ceiling steps/s = samples/s / (batch_size *
-   gradient_steps / train_freq). A second figure adds the target network's no-grad forward pass
-   that every DQN update also needs. The "% of compute ceiling" line compares a run's wall time
-   with the time this bare learner needs for the same number of updates (so the no-update warm-up
-   10% does not flatter the run); acting and env time are not in the ceiling.
+   (uint8 frames scaled /255 for Atari), samples/s from the fastest of 5 timing windows.
+   ceiling steps/s = samples/s / (batch_size * gradient_steps / train_freq). A second figure adds
+   the target network's no-grad forward pass that every DQN update also needs. The "% of compute
+   ceiling" line compares a run's wall time with the time this bare learner needs for the same
+   number of updates (so the no-update warm-up 10% does not flatter the run); acting and env time
+   are not in the ceiling. The "env + learner bound" adds rlbase's measured env time to that.
 
 Timings on a shared machine are noisy: the load average is printed at start and end; use
 --repeats to report medians.
@@ -72,6 +77,7 @@ CARTPOLE = "CartPole-v1"
 BREAKOUT = "ALE/Breakout-v5"
 FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
 RESULT_MARKER = "BENCH_RESULT "
+CEILING_WINDOWS = 5
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -124,11 +130,10 @@ def round_up(steps: int, multiple: int) -> int:
 
 def make_rlbase_env(cfg, num_envs: int | None = None):
     import torch
+    from rlbase.config import env_options
     from rlbase.envs import make_vec_env
 
-    return make_vec_env(cfg.env_id, num_envs or cfg.num_envs, torch.device("cpu"), sticky_actions=cfg.sticky_actions,
-                        frame_stack=cfg.frame_stack, noop_max=cfg.noop_max, max_episode_steps=cfg.max_episode_steps,
-                        clip_rewards=cfg.clip_rewards, terminal_on_life_loss=cfg.terminal_on_life_loss)
+    return make_vec_env(cfg.env_id, num_envs or cfg.num_envs, torch.device("cpu"), **env_options(cfg))
 
 
 def register_ale() -> None:
@@ -185,7 +190,7 @@ def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     model = DQN(
         "CnnPolicy" if atari else "MlpPolicy", env,
         learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
-        batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, n_steps=cfg.n_step,
+        batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
         train_freq=(train_freq, "step"), gradient_steps=gradient_steps,
         target_update_interval=cfg.target_update_interval, exploration_fraction=cfg.exploration_fraction,
         exploration_initial_eps=cfg.exploration_initial_eps, exploration_final_eps=cfg.exploration_final_eps,
@@ -194,6 +199,8 @@ def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
         # CnnPolicy: NatureCNN (512 features) then a linear head, as rlbase's nature_cnn backbone + head.
         policy_kwargs={"net_arch": [] if atari else list(cfg.hidden_sizes), "optimizer_kwargs": {"eps": cfg.adam_eps}},
         device="cpu", seed=cfg.seed, verbose=0,
+        # n-step returns (NStepReplayBuffer) exist in SB3 >= 2.7; keep older SB3 working for n_step=1.
+        **({"n_steps": cfg.n_step} if cfg.n_step > 1 else {}),
     )
     model.learn(total_timesteps=cfg.total_timesteps)
     wall = time.perf_counter() - start
@@ -354,15 +361,21 @@ def work_ceiling(job: dict[str, Any]) -> dict[str, Any]:
 
     for i in range(5):  # warm-up, untimed
         update(i)
-    iters = 0
-    start = time.perf_counter()
-    while True:
-        update(iters)
-        iters += 1
-        wall = time.perf_counter() - start
-        if wall >= job["seconds"] and iters >= 3:
-            break
-    return {"iters": iters, "batch": batch, "wall_s": wall, "samples_per_s": iters * batch / wall, "threads": threads}
+    # A ceiling is the best the hardware does: time several windows and keep the fastest, so a burst
+    # of load from other processes during one window does not lower it.
+    windows, iters, total_wall = [], 0, 0.0
+    for _ in range(CEILING_WINDOWS):
+        n, start = 0, time.perf_counter()
+        while True:
+            update(iters + n)
+            n += 1
+            wall = time.perf_counter() - start
+            if wall >= job["seconds"] / CEILING_WINDOWS and n >= 2:
+                break
+        windows.append(n * batch / wall)
+        iters, total_wall = iters + n, total_wall + wall
+    return {"iters": iters, "batch": batch, "wall_s": total_wall, "samples_per_s": max(windows),
+            "samples_per_s_mean": iters * batch / total_wall, "threads": threads}
 
 
 WORKERS = {"train_rlbase": work_train_rlbase, "train_sb3": work_train_sb3, "env": work_env, "ceiling": work_ceiling}
@@ -637,6 +650,9 @@ def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> d
                   f"{fmt_rate(ceiling_rate)}: {ours['updates']:,} updates x {ours['config']['batch_size']} samples "
                   f"at {fmt_rate(plain['samples_per_s'])} samples/s)")
             env_summary.update(ceiling_steps_per_s=ceiling_rate, fraction_of_ceiling=frac)
+            if frac > 1.0:
+                print(f"{env_id}: WARNING: above 100% means the ceiling probe ran while other processes slowed "
+                      "it down; rerun on a quieter machine")
             full = ceilings.get((env_id, True))
             env_rate = env_rates.get((env_id, "rlbase"))
             if full is not None and env_rate is not None:
