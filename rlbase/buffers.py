@@ -202,16 +202,22 @@ class ReplayBuffer:
 
     def n_step_return(self, t: torch.Tensor, env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(returns, discounts, steps) of the n-step look-ahead from rows `t`, cut at episode ends."""
-        returns = torch.zeros(t.shape, dtype=torch.float32, device=self.device)
-        steps = torch.zeros_like(t)
-        running = torch.ones_like(t, dtype=torch.bool)
-        hit_terminal = torch.zeros_like(running)
-        for j in range(self.n_step):
-            row = (t + j) % self.slots
-            returns += torch.where(running, (self.gamma ** j) * self.rewards[row, env], 0.0)
-            steps += running.long()
-            hit_terminal |= running & self.terminal[row, env]
-            running = running & ~(self.terminal[row, env] | self.done[row, env])
+        n = self.n_step
+        if n == 1:  # the common case, without the look-ahead machinery
+            row = t % self.slots
+            terminal = self.terminal[row, env]
+            return (self.rewards[row, env], torch.where(terminal, 0.0, self.gamma),
+                    torch.ones_like(t))
+        rows = (t.unsqueeze(1) + torch.arange(n, device=self.device)) % self.slots  # (batch, n)
+        envs = env.unsqueeze(1)
+        terminal = self.terminal[rows, envs]
+        stop = terminal | self.done[rows, envs]
+        # Step j counts only if no episode end came at an earlier step of the look-ahead.
+        running = (torch.cumsum(stop.int(), dim=1) - stop.int()) == 0
+        powers = self.gamma ** torch.arange(n, device=self.device, dtype=torch.float32)
+        returns = (running * powers * self.rewards[rows, envs]).sum(dim=1)
+        steps = running.sum(dim=1)
+        hit_terminal = (running & terminal).any(dim=1)
         discounts = torch.where(hit_terminal, 0.0, torch.pow(self.gamma, steps.to(torch.float32)))
         return returns, discounts, steps
 
