@@ -160,7 +160,8 @@ def select_actions(q: nn.Module, obs: torch.Tensor, epsilon: float, num_actions:
     return torch.where(explore, random_actions, q(obs).argmax(dim=1))
 
 
-def td_loss(q: nn.Module, target: nn.Module, batch: ReplaySample, double_q: bool) -> tuple[torch.Tensor, ...]:
+def td_loss(q: nn.Module, target: nn.Module, batch: ReplaySample, double_q: bool,
+            weighted: bool = False) -> tuple[torch.Tensor, ...]:
     """Importance-weighted Huber loss of the (double) DQN target; also returns Q(s, a) and TD errors."""
     with torch.no_grad():
         next_target_q = target(batch.next_obs)
@@ -169,7 +170,10 @@ def td_loss(q: nn.Module, target: nn.Module, batch: ReplaySample, double_q: bool
         # `discounts` is gamma**k, and 0 when a terminal state came within the n steps.
         td_target = batch.returns + batch.discounts * next_q
     q_taken = q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-    loss = (batch.weights * F.huber_loss(q_taken, td_target, reduction="none", delta=1.0)).mean()
+    if weighted:  # prioritized replay: importance-sampling weights
+        loss = (batch.weights * F.huber_loss(q_taken, td_target, reduction="none", delta=1.0)).mean()
+    else:
+        loss = F.huber_loss(q_taken, td_target, delta=1.0)
     return loss, q_taken.detach(), (q_taken - td_target).detach()
 
 
@@ -238,10 +242,14 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
             # num_envs. Credit is kept in integer units of 1/train_freq update: no rounding drift.
             counters["update_credit"] += env.num_envs * cfg.gradient_steps
             beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, global_step / cfg.total_timesteps)
-            while counters["update_credit"] >= cfg.train_freq:
-                counters["update_credit"] -= cfg.train_freq
-                batch = buffer.sample(cfg.batch_size, generator, beta)
-                loss, q_taken, td_errors = td_loss(act_q, target, batch, cfg.double_q)
+            num_updates = counters["update_credit"] // cfg.train_freq
+            counters["update_credit"] -= num_updates * cfg.train_freq
+            if cfg.prioritized_replay:  # each batch sees the priorities the previous update wrote
+                batches = (buffer.sample(cfg.batch_size, generator, beta) for _ in range(num_updates))
+            else:  # nothing is added between this step's updates: draw all their batches at once
+                batches = buffer.sample(cfg.batch_size * num_updates, generator).split(cfg.batch_size) if num_updates else []
+            for batch in batches:
+                loss, q_taken, td_errors = td_loss(act_q, target, batch, cfg.double_q, cfg.prioritized_replay)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
@@ -250,7 +258,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
                 if cfg.prioritized_replay:
                     buffer.update_priorities(batch.indices, td_errors)
                 loss_sum += loss.detach()
-                q_sum += q_taken.mean()
+                q_sum += q_taken.sum()
                 updates_since_log += 1
                 counters["num_updates"] += 1
 
@@ -271,8 +279,8 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
             run.logger.progress(global_step)
             if global_step >= next_log or global_step >= cfg.total_timesteps:
                 next_log += cfg.log_interval * max(1, (global_step - next_log) // cfg.log_interval + 1)
-                scalars = log_scalars(recent, epsilon, cfg.learning_rate, loss_sum, q_sum, updates_since_log,
-                                      counters["num_updates"])
+                scalars = log_scalars(recent, epsilon, cfg.learning_rate, loss_sum, q_sum / cfg.batch_size,
+                                      updates_since_log, counters["num_updates"])
                 loss_sum.zero_(), q_sum.zero_()
                 updates_since_log = 0
                 run.logger.log(global_step, scalars)

@@ -41,6 +41,10 @@ class ReplaySample(NamedTuple):
     weights: torch.Tensor  # (batch,) importance-sampling weights (ones without priorities)
     indices: torch.Tensor  # (batch,) flat row*num_envs+env index, for `update_priorities`
 
+    def split(self, size: int) -> list["ReplaySample"]:
+        """Cut a large sample into batches of `size` (views, no copies)."""
+        return [ReplaySample(*parts) for parts in zip(*(field.split(size) for field in self))]
+
 
 class SumTree:
     """Binary sum tree over `size` leaves, as a flat tensor on the device (root at index 1)."""
@@ -231,14 +235,15 @@ class ReplayBuffer:
             t, env = self._sample_uniform(batch_size, generator)
             weights = torch.ones(batch_size, device=self.device)
         returns, discounts, steps = self.n_step_return(t, env)
+        row = t % self.slots
         return ReplaySample(
             obs=self.stack(t, env),
-            actions=self.actions[t % self.slots, env].long(),
+            actions=self.actions[row, env].long(),
             returns=returns,
             next_obs=self.stack(t + steps, env),
             discounts=discounts,
             weights=weights,
-            indices=(t % self.slots) * self.num_envs + env,
+            indices=row * self.num_envs + env,
         )
 
     def _sample_uniform(self, batch_size: int, generator: torch.Generator | None,

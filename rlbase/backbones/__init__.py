@@ -32,9 +32,10 @@ class MLP(Backbone):
 
     def __init__(self, observation_space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256)):
         super().__init__()
-        in_dim = int(torch.tensor(observation_space.shape).prod())
-        self.scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
-        layers: list[nn.Module] = [nn.Flatten()]
+        in_dim = int(np.prod(observation_space.shape))
+        self.scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else None
+        # Vector observations go straight in (no per-call flatten or scaling: small nets are overhead-bound).
+        layers: list[nn.Module] = [nn.Flatten()] if len(observation_space.shape) > 1 else []
         for width in hidden_sizes:
             layers += [nn.Linear(in_dim, width), nn.ReLU()]
             in_dim = width
@@ -42,7 +43,8 @@ class MLP(Backbone):
         self.out_dim = in_dim
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.float() * self.scale)
+        x = obs.float()
+        return self.net(x * self.scale if self.scale is not None else x)
 
 
 class NatureCNN(Backbone):
