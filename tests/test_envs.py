@@ -216,3 +216,30 @@ def test_check_env_id_accepts_known_ids(env_id):
 def test_unknown_env_id_through_make_vec_env():
     with pytest.raises(UsageError, match="CartPole-v1"):
         make_vec_env("CartPol-v1", 1, CPU)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "ALE/Breakout-v5"])
+def test_step_async_then_wait_equals_step(env_id):
+    """The DQN loop overlaps env stepping with learning through step_async/step_wait; it must
+    give exactly what `step` gives for the same seed and actions."""
+    device = torch.device("cpu")
+    a = make_vec_env(env_id, 2, device, max_episode_steps=40)
+    b = make_vec_env(env_id, 2, device, max_episode_steps=40)
+    obs_a, _ = a.reset(seed=3)
+    obs_b, _ = b.reset(seed=3)
+    assert torch.equal(obs_a, obs_b)
+    gen = torch.Generator().manual_seed(0)
+    ended = 0
+    for _ in range(60):
+        actions = torch.randint(int(a.single_action_space.n), (2,), generator=gen)
+        out_a = a.step(actions)
+        b.step_async(actions)
+        out_b = b.step_wait()
+        for x, y in zip(out_a[:4], out_b[:4]):
+            assert torch.equal(x, y)
+        for key in ("final_obs", "episode_return", "episode_length"):
+            assert torch.equal(out_a[4][key], out_b[4][key])
+        ended += int((out_a[2] | out_a[3]).sum())
+    assert ended > 0  # the comparison covered autoresets too
+    a.close()
+    b.close()
