@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlbase.backbones import build_backbone
+from rlbase.backbones import build_backbone, check_backbone
 from rlbase.buffers import ReplayBuffer, ReplaySample
 from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
-from rlbase.config import CommonConfig, check, validate_common
+from rlbase.config import CommonConfig, check, training_threads, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.stats import RecentEpisodes
-from rlbase.utils import seed_everything
+from rlbase.utils import intra_op_threads, seed_everything
 
 
 @dataclass
@@ -190,6 +190,12 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
     `q_network` (for in-process use: tests, benchmarks, notebooks).
     """
     validate(cfg)
+    backbone = check_backbone(cfg.backbone, env.single_observation_space)
+    with intra_op_threads(training_threads(cfg, backbone, env.device.type)):
+        return _train(cfg, env, run)
+
+
+def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
     device = env.device
     seed_everything(cfg.seed)
     q = build_q_network(cfg, env.single_observation_space, env.single_action_space).to(device)

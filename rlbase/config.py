@@ -50,6 +50,9 @@ class CommonConfig:
     """Also save the replay buffer with each checkpoint, so --resume continues with it."""
     compile: bool = False
     """Wrap the networks in torch.compile (eager mode is the tested default)."""
+    torch_threads: int = 0
+    """Torch intra-op threads while training (0: auto, 1 for an mlp backbone on CPU, whose small ops
+    run faster on one thread than split over several; torch's default otherwise)."""
     eval_episodes: int = 10
     """Episodes played by `rlbase eval` when --episodes is not given."""
     eval_epsilon: float = 0.0
@@ -205,6 +208,15 @@ def to_json(config: Any) -> str:
     return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
 
 
+def training_threads(cfg: CommonConfig, backbone: str, device_type: str) -> int:
+    """Intra-op threads for a run: --torch-threads, else 1 for an mlp on CPU, else torch's current count."""
+    import torch
+
+    if cfg.torch_threads:
+        return cfg.torch_threads
+    return 1 if backbone == "mlp" and device_type == "cpu" else torch.get_num_threads()
+
+
 def check(condition: bool, field_name: str, message: str) -> None:
     """Raise a UsageError naming the flag when `condition` is false."""
     if not condition:
@@ -217,6 +229,7 @@ def validate_common(cfg: CommonConfig) -> None:
     check(cfg.num_envs > 0, "num_envs", f"must be positive, got {cfg.num_envs}")
     check(cfg.log_interval > 0, "log_interval", f"must be positive, got {cfg.log_interval}")
     check(cfg.checkpoint_interval >= 0, "checkpoint_interval", f"must be >= 0, got {cfg.checkpoint_interval}")
+    check(cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads}")
     check(cfg.eval_episodes > 0, "eval_episodes", f"must be positive, got {cfg.eval_episodes}")
     check(0.0 <= cfg.eval_epsilon <= 1.0, "eval_epsilon", f"must be in [0, 1], got {cfg.eval_epsilon}")
     check(0.0 <= cfg.sticky_actions <= 1.0, "sticky_actions", f"must be in [0, 1], got {cfg.sticky_actions}")
