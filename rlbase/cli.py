@@ -11,7 +11,6 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from rlbase import __version__
 from rlbase.errors import RlbaseError, UsageError
