@@ -31,7 +31,9 @@ def check_env_id(env_id: str) -> None:
         if is_atari(env_id) and not env_id.endswith("-v5"):
             raise UsageError(f"unsupported Atari id {env_id!r}: use the v5 ids, e.g. ALE/Breakout-v5")
         return
-    ids = list(gym.registry)
+    # Suggest only ids rlbase runs: of ale-py's ids, the ALE/<Game>-v5 ones.
+    ids = [i for i, spec in gym.registry.items()
+           if "ale_py" not in str(spec.entry_point) or (is_atari(i) and i.endswith("-v5"))]
     matches = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
     if not matches:  # case-insensitive substring, e.g. "breakout" -> ALE/Breakout-v5
         needle = env_id.lower().split("/")[-1].split("-v")[0]
