@@ -11,7 +11,45 @@ import torch
 from rlbase.envs.core import EpisodeStats, TensorVecEnv
 from rlbase.errors import RlbaseError, UsageError
 
-__all__ = ["TensorVecEnv", "EpisodeStats", "make_vec_env", "check_env_id", "is_atari"]
+__all__ = ["TensorVecEnv", "EpisodeStats", "make_vec_env", "check_env_id", "is_atari", "is_native", "NATIVE_ENVS"]
+
+# rlbase's own envs: id -> (module, batched class, single-instance class, default keyword arguments).
+# The batched class runs in `rlbase train/eval`; the single-instance one is what `gymnasium.make` gives.
+NATIVE_ENVS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "rlbase/CartPole-v1": ("rlbase.envs.classic", "CartPoleVecEnv", "CartPoleEnv", {}),
+    "rlbase/Pendulum-v1": ("rlbase.envs.classic", "PendulumVecEnv", "PendulumEnv", {}),
+    "rlbase/Maze-v0": ("rlbase.envs.maze", "MazeVecEnv", "MazeEnv", {}),
+    "rlbase/Driving-v0": ("rlbase.envs.driving", "DrivingVecEnv", "DrivingEnv", {}),
+    "rlbase/DrivingDiscrete-v0": ("rlbase.envs.driving", "DrivingVecEnv", "DrivingEnv", {"discrete": True}),
+}
+
+
+def register_envs() -> None:
+    """Register the native envs with Gymnasium (done on `import rlbase`); idempotent."""
+    for env_id, (module, _, single, kwargs) in NATIVE_ENVS.items():
+        if env_id not in gym.registry:
+            # No TimeLimit wrapper: the env truncates itself, identically in its batched form.
+            gym.register(env_id, entry_point=f"{module}:{single}", kwargs=dict(kwargs), disable_env_checker=True)
+
+
+def is_native(env_id: str) -> bool:
+    return env_id in NATIVE_ENVS
+
+
+def make_native_vec_env(env_id: str, num_envs: int, device: torch.device, split: str = "train",
+                        **env_kwargs: Any) -> TensorVecEnv:
+    """The batched version of a native env, on `device`; a UsageError for bad keyword arguments."""
+    import importlib
+
+    module, batched, _, defaults = NATIVE_ENVS[env_id]
+    cls = getattr(importlib.import_module(module), batched)
+    try:
+        return cls(num_envs, device, split=split, **{**defaults, **env_kwargs})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad --env-kwargs for {env_id}: {exc}") from None
+
+
+register_envs()
 
 
 def _register_ale() -> None:
@@ -43,12 +81,14 @@ def check_env_id(env_id: str) -> None:
 
 
 def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bool = False,
-                 **options: Any) -> TensorVecEnv:
+                 split: str = "train", env_kwargs: dict[str, Any] | None = None, **options: Any) -> TensorVecEnv:
     """Build the `TensorVecEnv` for `env_id` on `device`.
 
     `options` are the Atari settings of the config (sticky_actions, frame_stack, noop_max,
     max_episode_steps, clip_rewards, terminal_on_life_loss); other backends ignore them.
     `render=True` builds a backend that can return RGB frames (for videos).
+    `split` (train or eval) picks the level-seed half of procedural native envs, and `env_kwargs`
+    go to the env's constructor (native and other Gymnasium ids).
     """
     from rlbase.config import ENV_OPTIONS
     from rlbase.envs.gym_adapter import GymVecEnv
@@ -57,8 +97,13 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
     if unknown:
         raise TypeError(f"make_vec_env got unknown option(s) {', '.join(unknown)}; known: {', '.join(ENV_OPTIONS)}")
     check_env_id(env_id)
+    env_kwargs = dict(env_kwargs or {})
+    if is_native(env_id):
+        return make_native_vec_env(env_id, num_envs, device, split, **env_kwargs)
 
     if is_atari(env_id):
+        if env_kwargs:
+            raise UsageError("--env-kwargs is not supported for Atari ids; use the Atari flags (--sticky-actions, ...)")
         from rlbase.envs.atari import AtariVecEnv, make_single_atari
 
         atari_opts = {k: options[k] for k in ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps")
@@ -73,11 +118,11 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
             raise RlbaseError(f"recording {env_id} needs the video extras (pip install 'rlbase[video]'): {exc}") from None
 
     render_mode = "rgb_array" if render else None
-    fns = [lambda: gym.make(env_id, render_mode=render_mode) for _ in range(num_envs)]
+    fns = [lambda: gym.make(env_id, render_mode=render_mode, **env_kwargs) for _ in range(num_envs)]
     try:
         env = GymVecEnv(fns, env_id, device)
-    except gym.error.Error as exc:
-        raise UsageError(f"cannot create {env_id!r}: {exc}") from None
+    except (gym.error.Error, TypeError) as exc:
+        raise UsageError(f"cannot create {env_id!r}: {str(exc).splitlines()[0]}") from None
     if not isinstance(env.single_observation_space, gym.spaces.Box):
         env.close()
         raise UsageError(f"{env_id} has a {type(env.single_observation_space).__name__} observation space; "

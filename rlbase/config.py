@@ -25,7 +25,9 @@ class CommonConfig:
     """Options shared by every algorithm."""
 
     env_id: str = ""
-    """Environment id: any Gymnasium id (CartPole-v1, ALE/Breakout-v5, ...)."""
+    """Environment id: any Gymnasium id (CartPole-v1, ALE/Breakout-v5, rlbase/Maze-v0, ...)."""
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the environment, as KEY=VALUE,KEY=VALUE (e.g. size=15,obs_mode=pixels)."""
     total_timesteps: int = 100_000
     """Environment steps to train for (summed over all parallel envs)."""
     num_envs: int = 1
@@ -80,7 +82,10 @@ ENV_OPTIONS = ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps",
 def env_options(cfg: CommonConfig, training: bool = True) -> dict[str, Any]:
     """The config's environment settings, as keyword arguments of `rlbase.envs.make_vec_env`."""
     names = ENV_OPTIONS if training else ENV_OPTIONS[:4]  # evaluation plays real, unclipped games
-    return {name: getattr(cfg, name) for name in names}
+    options: dict[str, Any] = {name: getattr(cfg, name) for name in names}
+    options["env_kwargs"] = dict(cfg.env_kwargs)
+    options["split"] = "train" if training else "eval"  # procedural envs evaluate on unseen levels
+    return options
 
 
 def flag_name(field_name: str) -> str:
@@ -118,10 +123,27 @@ def _parse_value(type_: Any, text: str, flag: str) -> Any:
             return float(text)
         if type_ == tuple[int, ...]:
             return tuple(int(x) for x in text.split(",") if x.strip())
+        if type_ == dict[str, Any]:
+            return parse_kwargs(text)
     except ValueError:
-        kind = {int: "an integer", float: "a number"}.get(type_, "a comma-separated list of integers")
+        kinds = {int: "an integer", float: "a number", dict[str, Any]: "KEY=VALUE pairs separated by commas"}
+        kind = kinds.get(type_, "a comma-separated list of integers")
         raise UsageError(f"{flag} expects {kind}, got {text!r}") from None
     return text
+
+
+def parse_kwargs(text: str) -> dict[str, Any]:
+    """`KEY=VALUE,KEY=VALUE` -> dict; values are read as YAML scalars (15 -> int, true -> bool, pixels -> str)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(item)
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise ValueError(item) from None
+    return out
 
 
 def _int_or_float_int(text: str) -> str:
@@ -155,14 +177,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = flag_name(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if isinstance(default, tuple):
+            shown = ",".join(map(str, default))
+        elif isinstance(default, dict):
+            shown = ",".join(f"{k}={v}" for k, v in default.items()) or "none"
+        else:
+            shown = default
         help_text = f"{docs.get(f.name, '')} (default: {shown if shown != '' else 'none'})".replace("%", "%%")
         type_ = hints[f.name]
         if type_ is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
-            metavar = {int: "INT", float: "FLOAT", str: "STR"}.get(type_, "INTS")
+            metavar = {int: "INT", float: "FLOAT", str: "STR", dict[str, Any]: "KEY=VALUE,..."}.get(type_, "INTS")
             parser.add_argument(flag, dest=f.name, action=_Store, field_type=type_, metavar=metavar,
                                 default=argparse.SUPPRESS, help=help_text)
 

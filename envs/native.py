@@ -1,0 +1,217 @@
+"""rlbase's own environments: batched tensor code on the device (the native backend).
+
+A native env is a set of state tensors with a leading batch dimension `num_envs`. `step` is
+batched tensor code: no Python loop over envs, no `.item()`, no host sync. Ended envs are reset
+inside the same step by masking (`torch.where`), following the `TensorVecEnv` rules.
+
+Randomness is counter-based rather than drawn from a stateful generator: every random number of
+env `i` is a hash of (its seed, its episode number, a stream id, an index). So
+
+- a given seed reproduces the same episodes on any batch size and on any device
+  (env `i` of a batch reset with seed `s` is seeded `s + i`, as Gymnasium's vector envs do);
+- resetting a subset of envs draws nothing for the others, with no host round trip.
+
+Procedural envs (maze, driving) draw a *level seed* per episode. The train and eval splits use
+disjoint halves of the level-seed space (even and odd), so evaluation always plays levels the
+agent never saw in training; `num_levels > 0` restricts training to a finite set, as Procgen does.
+
+Each native env is also a single-instance `gymnasium.Env` through `SingleEnv` (a batch of one on
+the CPU), registered under an `rlbase/...` id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlbase.envs.core import EpisodeStats, TensorVecEnv
+
+MASK32 = 0xFFFFFFFF
+SPLITS = ("train", "eval")
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash ("lowbias32"), elementwise on int64 tensors; the result is in [0, 2**32).
+
+    Products of two 32-bit values may exceed int64's range; they wrap, and the low 32 bits kept
+    by the mask are exact either way.
+    """
+    x = x & MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
+def random_bits(keys: torch.Tensor, counters: torch.Tensor, stream: int, n: int) -> torch.Tensor:
+    """(B, n) int64 pseudo-random 32-bit values, a pure function of (key, counter, stream, index).
+
+    `keys` and `counters` are (B,) int64 (per-env seed and episode number); `stream` separates
+    independent uses (start position, level seed, noise, ...) so they never share numbers.
+    """
+    base = hash32(hash32(keys) ^ hash32(counters * 0x9E3779B1 + stream * 0x85EBCA77))
+    index = torch.arange(n, device=keys.device, dtype=torch.int64)
+    return hash32(base[:, None] ^ hash32(index * 0xC2B2AE3D + 0x27D4EB2F)[None, :])
+
+
+def random_uniform(keys: torch.Tensor, counters: torch.Tensor, stream: int, n: int,
+                   low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """(B, n) float32 uniform in [low, high), counter-based like `random_bits`."""
+    u = (random_bits(keys, counters, stream, n) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    return low + (high - low) * u
+
+
+def level_seeds(keys: torch.Tensor, episodes: torch.Tensor, split: str, num_levels: int = 0) -> torch.Tensor:
+    """(B,) int64 level seed of each env's current episode: even for `train`, odd for `eval`.
+
+    With `num_levels > 0` the train split cycles through that many levels (Procgen's
+    `num_levels`); the eval split always draws from the whole (disjoint) odd half.
+    """
+    level = random_bits(keys, episodes, stream=0x5EED, n=1)[:, 0] >> 1
+    if split == "train" and num_levels > 0:
+        level = level % num_levels
+    return 2 * level + (1 if split == "eval" else 0)
+
+
+class NativeVecEnv(TensorVecEnv):
+    """Base class of the native envs. Subclasses set the spaces and implement three hooks:
+
+    - `_reset_envs(mask)`: re-initialise the state of the envs where `mask` (B,) bool is True, with
+      `torch.where` / masked writes, drawing randomness from `self.keys` and `self.episodes`;
+    - `_advance(actions) -> (rewards, terminated)`: the dynamics of every env, one step;
+    - `_observe() -> obs`: the observation of every env from the current state.
+
+    The base class does the time limit, episode statistics, same-step autoreset and seeding.
+    `render_env(i)` (optional) draws env `i` as an (H, W, 3) uint8 array.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, env_id: str, num_envs: int, device: torch.device | str = "cpu", *,
+                 max_episode_steps: int, split: str = "train", num_levels: int = 0, autoreset: bool = True):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if num_levels < 0:
+            raise ValueError(f"num_levels must be >= 0, got {num_levels}")
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.split = split
+        self.num_levels = num_levels
+        self.max_episode_steps = max_episode_steps
+        self.autoreset = autoreset  # False only for `SingleEnv`, which Gymnasium resets explicitly
+        self.keys = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.episodes = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._stats = EpisodeStats(num_envs, self.device)
+        self._all = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _reset_envs(self, mask: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _advance(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _observe(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _info(self) -> dict[str, torch.Tensor]:
+        """Extra per-env values reported in `info` after each step (progress, laps, ...)."""
+        return {}
+
+    # -- interface ---------------------------------------------------------------------------
+    def level_seeds(self) -> torch.Tensor:
+        """(B,) level seed of each env's current episode (procedural envs build their level from it)."""
+        return level_seeds(self.keys, self.episodes, self.split, self.num_levels)
+
+    def seed(self, seed: int | None) -> None:
+        if seed is None:  # fresh entropy; host-side, and only at reset
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        self.keys = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
+
+    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        self.seed(seed)
+        self.episodes.zero_()
+        self.elapsed.zero_()
+        self._stats.reset()
+        self._reset_envs(self._all)
+        return self._observe(), {}
+
+    def step(self, actions: torch.Tensor):
+        rewards, terminated = self._advance(actions)
+        self.elapsed += 1
+        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        dones = terminated | truncated
+        info: dict[str, Any] = {"final_obs": self._observe(), **self._info()}
+        info["episode_return"], info["episode_length"] = self._stats.update(rewards, dones)
+        if not self.autoreset:
+            return info["final_obs"], rewards, terminated, truncated, info
+        self.episodes += dones
+        self.elapsed.masked_fill_(dones, 0)
+        self._reset_envs(dones)
+        return self._observe(), rewards, terminated, truncated, info
+
+    def start_next_episode(self, mask: torch.Tensor) -> None:
+        """Begin the next episode of the envs in `mask` (what autoreset does to ended envs)."""
+        self.episodes += mask
+        self.elapsed.masked_fill_(mask, 0)
+        self._reset_envs(mask)
+
+    def render(self) -> list[np.ndarray]:
+        return [self.render_env(i) for i in range(self.num_envs)]
+
+    def render_env(self, index: int) -> np.ndarray:
+        raise NotImplementedError(f"{self.env_id} has no renderer")
+
+
+class SingleEnv(gym.Env):
+    """A native env as a normal single-instance `gymnasium.Env`: the same dynamics, a batch of one on the CPU.
+
+    Subclass with `vec_cls = <NativeVecEnv subclass>`; constructor keywords go to that class.
+    Unlike the batched env it does not autoreset: after an episode ends, Gymnasium's rule applies
+    (call `reset()`); `reset()` without a seed plays the next episode of the seed's sequence.
+    """
+
+    vec_cls: type[NativeVecEnv]
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.vec = self.vec_cls(1, "cpu", autoreset=False, **kwargs)
+        self.observation_space = self.vec.single_observation_space
+        self.action_space = self.vec.single_action_space
+        self._seeded = False
+
+    def _to_numpy(self, obs: torch.Tensor) -> np.ndarray:
+        return obs[0].numpy().astype(self.observation_space.dtype, copy=False)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self._seeded:
+            if seed is None:  # first reset without a seed: draw one from Gymnasium's np_random
+                seed = int(self.np_random.integers(0, 2**31 - 1))
+            obs, _ = self.vec.reset(seed=seed)
+            self._seeded = True
+        else:  # the next episode of this seed's sequence
+            self.vec.start_next_episode(self.vec._all)
+            obs = self.vec._observe()
+        return self._to_numpy(obs), {}
+
+    def step(self, action: Any):
+        act = torch.as_tensor(np.asarray(action)).unsqueeze(0)
+        obs, rewards, terminated, truncated, info = self.vec.step(act)
+        extra = {k: v[0].item() for k, v in info.items()
+                 if k not in ("final_obs", "episode_return", "episode_length") and torch.is_tensor(v) and v.dim() == 1}
+        return (self._to_numpy(obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), extra)
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        return self.vec.render_env(0)
