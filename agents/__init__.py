@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 from rlbase.errors import UsageError
 
-ALGORITHMS = ("dqn",)
+ALGORITHMS = ("dqn", "ppo", "a2c", "reinforce")
 
 
 def get_algorithm(name: str) -> ModuleType:
-    """The agent module for `name`, with `Config`, `validate`, `train` and `load_policy`."""
-    if name == "dqn":
-        from rlbase.agents import dqn
-
-        return dqn
-    raise UsageError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
+    """The agent module for `name`, with `Config`, `validate`, `check_env`, `train` and `load_policy`."""
+    if name not in ALGORITHMS:
+        raise UsageError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
+    return importlib.import_module(f"rlbase.agents.{name}")

@@ -129,7 +129,7 @@ def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
 def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {action_space}")
-    backbone = build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes)
+    backbone = build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes, cfg.activation)
     return QNetwork(backbone, int(action_space.n), cfg.dueling)
 
 

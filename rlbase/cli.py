@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors")
     ev.add_argument("--episodes", type=int, default=None, help="episodes to play (default: the config's eval_episodes)")
     ev.add_argument("--epsilon", type=float, default=None,
-                    help="exploration rate while evaluating (default: the config's eval_epsilon; Atari 0.05)")
+                    help="DQN: exploration rate while evaluating (default: the config's eval_epsilon; Atari 0.05)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--num-envs", type=int, default=None, help="parallel envs (default: min(episodes, 8))")
@@ -142,7 +142,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['env_id']} ({report['algo']}, step {report['global_step']}, epsilon {report['epsilon']}): "
+    print(f"{report['env_id']} ({report['algo']}, step {report['global_step']}, {report['policy']} policy): "
           f"{report['num_episodes']} episodes")
     print(f"  mean return {report['mean_return']:.2f} +/- {report['std_return']:.2f} (std)   "
           f"95% CI [{report['ci95_low']:.2f}, {report['ci95_high']:.2f}]")

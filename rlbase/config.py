@@ -44,6 +44,8 @@ class CommonConfig:
     """Feature extractor: auto (nature_cnn for images, mlp for vectors), mlp or nature_cnn."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the mlp backbone."""
+    activation: str = "relu"
+    """Activation of the mlp backbone: relu or tanh."""
     log_interval: int = 10_000
     """Environment steps between logged points (TensorBoard, metrics.jsonl, progress bar values)."""
     checkpoint_interval: int = 100_000
@@ -265,7 +267,9 @@ def validate_common(cfg: CommonConfig) -> None:
     check(cfg.max_episode_steps > 0, "max_episode_steps", f"must be positive, got {cfg.max_episode_steps}")
     check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes), "hidden_sizes",
           f"must be positive integers, got {cfg.hidden_sizes}")
-    from rlbase.backbones import BACKBONES
+    from rlbase.backbones import ACTIVATIONS, BACKBONES
+
+    check(cfg.activation in ACTIVATIONS, "activation", f"choose from {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
 
     check(cfg.backbone == "auto" or cfg.backbone in BACKBONES, "backbone",
           f"unknown backbone {cfg.backbone!r}; choose from auto, {', '.join(BACKBONES)}")

@@ -107,7 +107,12 @@ def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | 
     cfg = from_dict(module.Config, values, f"{checkpoint} config")
     tensors, state, _ = load_checkpoint(checkpoint, device)
     episodes = episodes or cfg.eval_episodes
-    epsilon = cfg.eval_epsilon if epsilon is None else epsilon
+    if hasattr(cfg, "eval_deterministic"):  # policy-gradient agents: mode/mean or sampled actions
+        epsilon = None
+        policy_kind = "deterministic" if cfg.eval_deterministic else "stochastic"
+    else:
+        epsilon = cfg.eval_epsilon if epsilon is None else epsilon
+        policy_kind = f"epsilon-greedy {epsilon}"
     video = Path(video_dir) if video_dir is not None else None
     num_envs = 1 if video is not None else (num_envs or min(episodes, 8))
     env = make_vec_env(cfg.env_id, num_envs, device, render=video is not None, **env_options(cfg, training=False))
@@ -121,7 +126,7 @@ def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | 
     finally:
         env.close()
     report = {"env_id": cfg.env_id, "algo": algo, "checkpoint": str(checkpoint), "global_step": state.get("step"),
-              "epsilon": epsilon, "seed": seed, "num_episodes": episodes, **summarize(returns, lengths)}
+              "epsilon": epsilon, "policy": policy_kind, "seed": seed, "num_episodes": episodes, **summarize(returns, lengths)}
     run_dir = checkpoint.parent.parent
     if (run_dir / CONFIG_FILE).exists():
         atomic_write_text(run_dir / f"eval_{checkpoint.name}.json", json.dumps(report, indent=2))

@@ -27,17 +27,23 @@ def is_image_space(space: gym.spaces.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and min(space.shape[1:]) >= 36
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
 class MLP(Backbone):
     """Flatten the observation, then Linear + ReLU layers."""
 
-    def __init__(self, observation_space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256)):
+    def __init__(self, observation_space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256),
+                 activation: str = "relu"):
         super().__init__()
         in_dim = int(np.prod(observation_space.shape))
-        self.scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else None
+        # uint8 pixels (0..255) are scaled to [0, 1]; uint8 one-hot grids (high 1) are used as they are.
+        pixels = observation_space.dtype == np.uint8 and float(np.max(observation_space.high)) > 1
+        self.scale = 1.0 / float(np.max(observation_space.high)) if pixels else None
         # Vector observations go straight in (no per-call flatten or scaling: small nets are overhead-bound).
         layers: list[nn.Module] = [nn.Flatten()] if len(observation_space.shape) > 1 else []
         for width in hidden_sizes:
-            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
             in_dim = width
         self.net = nn.Sequential(*layers)
         self.out_dim = in_dim
@@ -75,9 +81,9 @@ class NatureCNN(Backbone):
 
 
 BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space], bool], str]] = {
-    "mlp": (lambda space, hidden_sizes=(256, 256): MLP(space, hidden_sizes),
+    "mlp": (lambda space, hidden_sizes=(256, 256), activation="relu": MLP(space, hidden_sizes, activation),
             lambda space: isinstance(space, gym.spaces.Box), "a Box observation space"),
-    "nature_cnn": (lambda space, hidden_sizes=None: NatureCNN(space),
+    "nature_cnn": (lambda space, hidden_sizes=None, activation=None: NatureCNN(space),
                    is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
 }
 
@@ -99,7 +105,11 @@ def check_backbone(name: str, observation_space: gym.spaces.Space) -> str:
     return name
 
 
-def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256)) -> Backbone:
-    """Build backbone `name` (or the default for the space when `name` is `auto`)."""
+def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256),
+                   activation: str = "relu") -> Backbone:
+    """Build backbone `name` (or the default for the space when `name` is `auto`).
+
+    `hidden_sizes` and `activation` shape the mlp backbone; image backbones ignore them.
+    """
     name = check_backbone(name, observation_space)
-    return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes)
+    return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes, activation=activation)

@@ -1,0 +1,635 @@
+"""What the policy-gradient agents (PPO, A2C, REINFORCE) share: config, policy distributions,
+the actor-critic network, running normalisation, rollout storage with GAE, and the training loop.
+
+Each agent module adds only its own hyperparameters and its `update` (the loss and the optimiser
+steps on one rollout); collection, returns, logging and checkpoints are written once, here.
+
+Rollouts live on the device, `(num_steps, num_envs, ...)`, allocated once. Acting is one batched
+forward for all envs; values reach the host only at log intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rlbase.backbones import build_backbone, check_backbone
+from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+from rlbase.config import CommonConfig, check, training_threads, validate_common
+from rlbase.envs import TensorVecEnv
+from rlbase.errors import UsageError
+from rlbase.stats import RecentEpisodes
+from rlbase.utils import intra_op_threads, seed_everything
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class PGConfig(CommonConfig):
+    """Hyperparameters shared by the policy-gradient agents."""
+
+    learning_rate: float = 2.5e-4
+    """Optimiser learning rate (annealed linearly to 0 with --anneal-lr)."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over training."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    num_steps: int = 128
+    """Steps per env in each rollout (a rollout is num_steps * num_envs transitions)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (1.0: Monte Carlo returns bootstrapped at the rollout's end)."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip (0 disables it)."""
+    shared_backbone: bool = False
+    """One backbone for actor and critic (Atari); otherwise each has its own."""
+    ortho_init: bool = True
+    """Orthogonal initialisation (gain sqrt(2) for hidden layers, 0.01 for the policy head, 1 for the value head)."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (Box actions)."""
+    action_bounds: str = "clip"
+    """Box actions: clip (sample a Gaussian, clip to the bounds in the env) or squash (tanh onto the bounds)."""
+    normalize_obs: bool = False
+    """Normalise observations with running mean/std on the device (saved in checkpoints, used by eval)."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    clip_obs: float = 10.0
+    """Normalised observations are clipped to [-clip_obs, clip_obs]."""
+    clip_reward: float = 10.0
+    """Normalised rewards are clipped to [-clip_reward, clip_reward]."""
+    eval_deterministic: bool = True
+    """`rlbase eval` plays the mode (discrete) or mean (continuous) action instead of sampling."""
+
+
+def validate_pg(cfg: PGConfig) -> None:
+    validate_common(cfg)
+    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
+    check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
+    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
+    check(0.0 <= cfg.gae_lambda <= 1.0, "gae_lambda", f"must be in [0, 1], got {cfg.gae_lambda}")
+    check(cfg.ent_coef >= 0, "ent_coef", "must be >= 0")
+    check(cfg.vf_coef >= 0, "vf_coef", "must be >= 0")
+    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+    check(cfg.action_bounds in ("clip", "squash"), "action_bounds", f"use clip or squash, got {cfg.action_bounds!r}")
+    check(cfg.clip_obs > 0, "clip_obs", "must be positive")
+    check(cfg.clip_reward > 0, "clip_reward", "must be positive")
+
+
+def check_env(cfg: PGConfig, env: TensorVecEnv) -> None:
+    """A UsageError when the agent cannot act in `env`."""
+    space = env.single_action_space
+    if isinstance(space, gym.spaces.Box):
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise UsageError(f"{cfg.env_id} has an unbounded Box action space; policy-gradient agents need finite bounds")
+        return
+    if not isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        raise UsageError(f"{cfg.env_id} has a {type(space).__name__} action space; "
+                         "supported: Discrete, MultiDiscrete and Box")
+
+
+# --------------------------------------------------------------------------------------------
+# Policy distributions. Small and explicit (torch.distributions validates and allocates on every
+# call, which costs more than the math for small policies); tests check them against it.
+# --------------------------------------------------------------------------------------------
+class Categorical:
+    """Discrete actions: logits (B, n)."""
+
+    def __init__(self, n: int):
+        self.num_params = n
+        self.action_shape: tuple[int, ...] = ()
+        self.action_dtype = torch.int64
+
+    def sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample, and cheaper than multinomial.
+        u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(min=1e-20)
+        return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+    def mode(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1)
+
+    def log_prob(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return logits.log_softmax(-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        logp = logits.log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1)
+
+
+class MultiCategorical:
+    """MultiDiscrete actions: one categorical per component; logits (B, sum(nvec))."""
+
+    def __init__(self, nvec: np.ndarray):
+        self.sizes = [int(n) for n in np.asarray(nvec).reshape(-1)]
+        self.num_params = sum(self.sizes)
+        self.action_shape = (len(self.sizes),)
+        self.action_dtype = torch.int64
+        self.part = Categorical(1)
+
+    def _split(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return logits.split(self.sizes, dim=-1)
+
+    def sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.stack([self.part.sample(part, generator) for part in self._split(logits)], dim=-1)
+
+    def mode(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.stack([part.argmax(-1) for part in self._split(logits)], dim=-1)
+
+    def log_prob(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return sum(self.part.log_prob(part, actions[..., i]) for i, part in enumerate(self._split(logits)))
+
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        return sum(self.part.entropy(part) for part in self._split(logits))
+
+
+class DiagGaussian:
+    """Box actions: a diagonal Gaussian with state-independent log-std; params (B, 2A) = (mean, log_std).
+
+    With `squash`, the sampled u is mapped onto the bounds by low + (tanh(u) + 1) / 2 * (high - low)
+    and the log-probability includes that change of variables; the stored action is u itself.
+    With clipping, the Gaussian sample is the action and the env side clips it (as SB3 does):
+    the policy's log-probability is that of the unclipped sample it drew.
+    """
+
+    def __init__(self, space: gym.spaces.Box, squash: bool):
+        self.dim = int(np.prod(space.shape))
+        self.num_params = self.dim  # the mean; log-std is a separate parameter
+        self.action_shape = (self.dim,)
+        self.action_dtype = torch.float32
+        self.squash = squash
+        self.low = torch.as_tensor(space.low, dtype=torch.float32).reshape(-1)
+        self.high = torch.as_tensor(space.high, dtype=torch.float32).reshape(-1)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        mean, log_std = params.chunk(2, dim=-1)
+        noise = torch.randn(mean.shape, device=mean.device, generator=generator)
+        return mean + log_std.exp() * noise
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return params.chunk(2, dim=-1)[0]
+
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        mean, log_std = params.chunk(2, dim=-1)
+        z = (actions - mean) * torch.exp(-log_std)
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+        if self.squash:  # d(action)/du = (high - low) / 2 * (1 - tanh(u)^2), in a stable form
+            half_range = ((self.high - self.low) / 2).to(actions.device)
+            log_det = math.log(2.0) - actions - nn.functional.softplus(-2.0 * actions)
+            logp = logp - (torch.log(half_range) + 2.0 * log_det).sum(-1)
+        return logp
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        # The Gaussian's entropy (for squash, the usual stand-in: the tanh's has no closed form).
+        log_std = params.chunk(2, dim=-1)[1]
+        return (0.5 + 0.5 * LOG_2PI + log_std).sum(-1)
+
+    def to_env(self, actions: torch.Tensor) -> torch.Tensor:
+        low, high = self.low.to(actions.device), self.high.to(actions.device)
+        if self.squash:
+            return low + (torch.tanh(actions) + 1.0) * 0.5 * (high - low)
+        return torch.maximum(torch.minimum(actions, high), low)
+
+
+def make_distribution(space: gym.spaces.Space, action_bounds: str = "clip"):
+    if isinstance(space, gym.spaces.Discrete):
+        return Categorical(int(space.n))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return MultiCategorical(space.nvec)
+    if isinstance(space, gym.spaces.Box):
+        return DiagGaussian(space, squash=action_bounds == "squash")
+    raise UsageError(f"unsupported action space {space}")
+
+
+def env_actions(dist: Any, actions: torch.Tensor, space: gym.spaces.Space) -> torch.Tensor:
+    """What the env receives: bounded Box actions; MultiDiscrete offsets for spaces with `start`."""
+    if isinstance(dist, DiagGaussian):
+        return dist.to_env(actions).reshape(actions.shape[:-1] + space.shape)
+    start = getattr(space, "start", None)
+    if start is not None and np.any(start != 0):
+        return actions + torch.as_tensor(start, device=actions.device)
+    return actions
+
+
+# --------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------
+def _orthogonal_init(module: nn.Module, gain: float) -> None:
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)
+
+
+class ActorCritic(nn.Module):
+    """Backbone(s) -> policy parameters and state value. `forward(obs) -> (dist_params, value)`."""
+
+    def __init__(self, cfg: PGConfig, observation_space: gym.spaces.Space, dist: Any):
+        super().__init__()
+        make = lambda: build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes, cfg.activation)  # noqa: E731
+        self.actor_backbone = make()
+        self.critic_backbone = None if cfg.shared_backbone else make()
+        critic_dim = (self.critic_backbone or self.actor_backbone).out_dim
+        self.policy_head = nn.Linear(self.actor_backbone.out_dim, dist.num_params)
+        self.value_head = nn.Linear(critic_dim, 1)
+        self.log_std = (nn.Parameter(torch.full((dist.dim,), cfg.log_std_init))
+                        if isinstance(dist, DiagGaussian) else None)
+        if cfg.ortho_init:
+            for backbone in (self.actor_backbone, self.critic_backbone):
+                if backbone is not None:
+                    _orthogonal_init(backbone, math.sqrt(2))
+            _orthogonal_init(self.policy_head, 0.01)
+            _orthogonal_init(self.value_head, 1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.actor_backbone(obs)
+        params = self.policy_head(features)
+        if self.log_std is not None:
+            params = torch.cat([params, self.log_std.expand_as(params)], dim=-1)
+        critic_features = features if self.critic_backbone is None else self.critic_backbone(obs)
+        return params, self.value_head(critic_features).squeeze(-1)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self.actor_backbone(obs) if self.critic_backbone is None else self.critic_backbone(obs)
+        return self.value_head(features).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Running normalisation (VecNormalize's statistics, kept on the device)
+# --------------------------------------------------------------------------------------------
+class RunningMeanStd:
+    """Running mean and variance over batches (parallel algorithm of Chan et al.), on the device."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device):
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.var = torch.ones(shape, dtype=torch.float64, device=device)
+        self.count = torch.full((), 1e-4, dtype=torch.float64, device=device)
+
+    def update(self, batch: torch.Tensor) -> None:
+        batch = batch.to(torch.float64)
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0, unbiased=False)
+        n = batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean += delta * (n / total)
+        self.var = (self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total) / total
+        self.count = total
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.mean": self.mean, f"{prefix}.var": self.var, f"{prefix}.count": self.count}
+
+    def load(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        device = self.mean.device
+        self.mean = tensors[f"{prefix}.mean"].to(device, torch.float64).clone()
+        self.var = tensors[f"{prefix}.var"].to(device, torch.float64).clone()
+        self.count = tensors[f"{prefix}.count"].to(device, torch.float64).clone()
+
+
+class Normalizer:
+    """Observation and reward normalisation for one run; a no-op for what is switched off."""
+
+    def __init__(self, cfg: PGConfig, obs_shape: tuple[int, ...], num_envs: int, device: torch.device):
+        self.cfg = cfg
+        self.obs = RunningMeanStd(obs_shape, device) if cfg.normalize_obs else None
+        self.ret = RunningMeanStd((), device) if cfg.normalize_reward else None
+        self.discounted = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.training = True
+
+    def observation(self, obs: torch.Tensor, update: bool = True) -> torch.Tensor:
+        if self.obs is None:
+            return obs
+        if update and self.training:
+            self.obs.update(obs)
+        scaled = (obs - self.obs.mean) / torch.sqrt(self.obs.var + 1e-8)
+        return scaled.clamp(-self.cfg.clip_obs, self.cfg.clip_obs).to(torch.float32)
+
+    def reward(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        if self.ret is None:
+            return rewards
+        self.discounted = self.discounted * self.cfg.gamma + rewards
+        self.ret.update(self.discounted)
+        self.discounted = self.discounted.masked_fill(dones, 0.0)
+        scaled = rewards / torch.sqrt(self.ret.var + 1e-8)
+        return scaled.clamp(-self.cfg.clip_reward, self.cfg.clip_reward).to(torch.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.obs is not None:
+            out.update(self.obs.state("obs_rms"))
+        if self.ret is not None:
+            out.update(self.ret.state("ret_rms"))
+        return out
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.obs is not None:
+            self.obs.load(tensors, "obs_rms")
+        if self.ret is not None:
+            self.ret.load(tensors, "ret_rms")
+
+
+# --------------------------------------------------------------------------------------------
+# Rollout storage and returns
+# --------------------------------------------------------------------------------------------
+class RolloutStorage:
+    """One rollout, `(num_steps, num_envs, ...)` on the device, allocated once.
+
+    `dones[t]` marks that the episode ended at step t for learning purposes (terminated, truncated,
+    or an Atari life loss): nothing is bootstrapped across it. Truncated steps bootstrap from the
+    value of their `final_obs`, added to their reward as gamma * V(final_obs) in `bootstrap_truncated`.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                 action_shape: tuple[int, ...], action_dtype: torch.dtype, device: torch.device):
+        T, N = num_steps, num_envs
+        self.num_steps, self.num_envs = T, N
+        self.obs = torch.zeros((T, N, *obs_shape), dtype=obs_dtype, device=device)  # e.g. (128, 8, 4, 84, 84) uint8
+        self.final_obs = torch.zeros_like(self.obs)  # the last obs of episodes that ended at t (for truncation)
+        self.actions = torch.zeros((T, N, *action_shape), dtype=action_dtype, device=device)
+        self.logprobs = torch.zeros((T, N), device=device)
+        self.rewards = torch.zeros((T, N), device=device)
+        self.values = torch.zeros((T, N), device=device)
+        self.dones = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.truncated = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.advantages = torch.zeros((T, N), device=device)
+        self.returns = torch.zeros((T, N), device=device)
+
+    @torch.no_grad()
+    def bootstrap_truncated(self, value_fn: Callable[[torch.Tensor], torch.Tensor], gamma: float) -> None:
+        """rewards[t] += gamma * V(final_obs[t]) where an episode was truncated (not terminated).
+
+        One host sync per rollout to find the (usually few) truncated steps; only those rows are
+        evaluated.
+        """
+        index = self.truncated.flatten().nonzero().squeeze(-1)
+        if index.numel() == 0:
+            return
+        final = self.final_obs.flatten(0, 1)[index]
+        self.rewards.view(-1).index_add_(0, index, gamma * value_fn(final).to(self.rewards.dtype))
+
+    @torch.no_grad()
+    def compute_returns(self, last_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
+        compute_gae(self.rewards, self.values, self.dones, last_value, gamma, gae_lambda,
+                    out_advantages=self.advantages)
+        torch.add(self.advantages, self.values, out=self.returns)
+
+    def flat(self) -> dict[str, torch.Tensor]:
+        """The rollout as (num_steps * num_envs, ...) views, for minibatching."""
+        return {"obs": self.obs.flatten(0, 1), "actions": self.actions.flatten(0, 1),
+                "logprobs": self.logprobs.flatten(), "values": self.values.flatten(),
+                "advantages": self.advantages.flatten(), "returns": self.returns.flatten()}
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+                gamma: float, gae_lambda: float, out_advantages: torch.Tensor | None = None) -> torch.Tensor:
+    """Generalised advantage estimation (Schulman et al. 2016) as a reverse scan over time.
+
+    All arguments are (T, N) except `last_value` (N,), the value of the observation after the
+    rollout. `dones[t]` cuts the recursion: the value at t + 1 belongs to the next episode.
+    Truncation bootstraps are expected to be already folded into `rewards`.
+    """
+    T = rewards.shape[0]
+    advantages = out_advantages if out_advantages is not None else torch.empty_like(rewards)
+    not_done = (~dones).to(rewards.dtype)
+    next_values = torch.cat([values[1:], last_value.unsqueeze(0)], dim=0)
+    # Every delta at once; only the recursion runs step by step (over time, never over envs).
+    deltas = rewards + gamma * next_values * not_done - values
+    decay = gamma * gae_lambda * not_done
+    running = torch.zeros_like(last_value, dtype=rewards.dtype)
+    for t in range(T - 1, -1, -1):
+        running = deltas[t] + decay[t] * running
+        advantages[t] = running
+    return advantages
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Var[target - predicted] / Var[target] (nan when the target is constant), on the device."""
+    var = target.var()
+    return torch.where(var > 0, 1 - (target - predicted).var() / var, torch.full_like(var, float("nan")))
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop shared by the agents
+# --------------------------------------------------------------------------------------------
+class StageTimer:
+    """Wall time per stage of the loop (env, act, store, learn). Synchronises CUDA at each mark,
+    so it is only switched on for benchmarks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+class _NoTimer:
+    def mark(self, stage: str) -> None:
+        pass
+
+
+UpdateFn = Callable[[PGConfig, ActorCritic, torch.optim.Optimizer, RolloutStorage, Any, torch.Generator],
+                    dict[str, torch.Tensor]]
+
+
+def make_adam(params, lr: float, eps: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where this torch build has it."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+
+
+def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn,
+               make_optimizer: Callable[[PGConfig, nn.Module], torch.optim.Optimizer] | None = None,
+               timer: StageTimer | None = None) -> dict[str, Any]:
+    """Collect rollouts and hand each one to `update`; log, checkpoint and resume through `run`."""
+    backbone = check_backbone(cfg.backbone, env.single_observation_space)
+    with intra_op_threads(training_threads(cfg, backbone, env.device.type)):
+        return _train_loop(cfg, env, run, update, make_optimizer, timer or _NoTimer())
+
+
+def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, make_optimizer, timer) -> dict[str, Any]:
+    device = env.device
+    seed_everything(cfg.seed)
+    action_space = env.single_action_space
+    dist = make_distribution(action_space, cfg.action_bounds)
+    model = ActorCritic(cfg, env.single_observation_space, dist).to(device)
+    optimizer = (make_optimizer or (lambda c, m: make_adam(m.parameters(), c.learning_rate, c.adam_eps)))(cfg, model)
+    obs_space = env.single_observation_space
+    obs_dtype = torch.float32 if cfg.normalize_obs else torch.from_numpy(obs_space.sample()).dtype
+    storage = RolloutStorage(cfg.num_steps, env.num_envs, obs_space.shape, obs_dtype,
+                             dist.action_shape, dist.action_dtype, device)
+    normalizer = Normalizer(cfg, obs_space.shape, env.num_envs, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    recent = RecentEpisodes(100, device, env.num_envs)
+    act_model = torch.compile(model) if cfg.compile else model
+
+    batch = cfg.num_steps * env.num_envs
+    num_rollouts = max(1, math.ceil(cfg.total_timesteps / batch))
+    counters = {"global_step": 0, "rollouts": 0, "num_updates": 0}
+    if run is not None and run.resume is not None:
+        tensors, state, _ = run.resume
+        load_state(model, optimizer, generator, normalizer, tensors, state)
+        counters.update(state["counters"])
+
+    global_step = counters["global_step"]
+    obs, _ = env.reset(seed=cfg.seed + global_step)  # a resumed run starts fresh episodes
+    obs = normalizer.observation(obs)
+    next_log = (global_step // cfg.log_interval + 1) * cfg.log_interval
+    next_checkpoint = (global_step // cfg.checkpoint_interval + 1) * cfg.checkpoint_interval if cfg.checkpoint_interval else None
+    metrics: dict[str, torch.Tensor] = {}
+
+    def snapshot() -> tuple[dict[str, torch.Tensor], dict[str, Any], None]:
+        counters["global_step"] = global_step
+        return (*save_state(model, optimizer, generator, normalizer, counters), None)
+
+    if run is not None:
+        run.snapshot = snapshot  # lets the CLI checkpoint on Ctrl-C
+
+    while counters["rollouts"] < num_rollouts:
+        lr = cfg.learning_rate * (1.0 - counters["rollouts"] / num_rollouts if cfg.anneal_lr else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # ---- collect one rollout ------------------------------------------------------------
+        model.eval()
+        with torch.no_grad():
+            for t in range(cfg.num_steps):
+                params, value = act_model(obs)
+                actions = dist.sample(params, generator)
+                env.step_async(env_actions(dist, actions, action_space))
+                timer.mark("act")
+                storage.obs[t] = obs
+                storage.actions[t] = actions
+                storage.logprobs[t] = dist.log_prob(params, actions)
+                storage.values[t] = value
+                timer.mark("store")
+                next_obs, rewards, terminated, truncated, info = env.step_wait()
+                timer.mark("env")
+                dones = terminated | truncated
+                train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
+                storage.rewards[t] = normalizer.reward(train_rewards, dones)
+                storage.dones[t] = train_terminal | truncated
+                storage.truncated[t] = truncated
+                storage.final_obs[t] = normalizer.observation(info["final_obs"], update=False)
+                recent.add(info["episode_return"], info["episode_length"], dones)
+                obs = normalizer.observation(next_obs)  # the env already reset ended episodes
+                global_step += env.num_envs
+                timer.mark("store")
+            storage.bootstrap_truncated(model.value, cfg.gamma)
+            storage.compute_returns(model.value(obs), cfg.gamma, cfg.gae_lambda)
+        timer.mark("learn")
+
+        # ---- learn from it ---------------------------------------------------------------------
+        model.train()
+        metrics = update(cfg, model, optimizer, storage, dist, generator)
+        metrics["train/explained_variance"] = explained_variance(storage.values.flatten(), storage.returns.flatten())
+        counters["rollouts"] += 1
+        counters["num_updates"] += int(metrics.pop("num_updates", 1))
+        timer.mark("learn")
+
+        if run is not None:
+            run.logger.progress(global_step)
+            last = counters["rollouts"] == num_rollouts
+            if global_step >= next_log or last:
+                next_log += cfg.log_interval * max(1, (global_step - next_log) // cfg.log_interval + 1)
+                run.logger.log(global_step, log_scalars(recent, metrics, lr, counters["num_updates"], model))
+            if next_checkpoint is not None and global_step >= next_checkpoint and not last:
+                next_checkpoint += cfg.checkpoint_interval * max(1, (global_step - next_checkpoint) // cfg.checkpoint_interval + 1)
+                run.save(global_step, *snapshot()[:2])
+
+    if run is not None:
+        run.save(global_step, *snapshot()[:2])
+    summary = recent.summary()
+    return {"global_step": global_step, "num_updates": counters["num_updates"], "episodes": summary["episodes"],
+            "ep_rew_mean": summary.get("ep_rew_mean"), "ep_len_mean": summary.get("ep_len_mean"),
+            "model": model, "normalizer": normalizer,
+            "train_metrics": {k: float(v) for k, v in metrics.items()}}
+
+
+def log_scalars(recent: RecentEpisodes, metrics: dict[str, torch.Tensor], lr: float, num_updates: int,
+                model: ActorCritic) -> dict[str, float]:
+    """The SB3 on-policy tags, read from the device once per log interval."""
+    scalars = {"train/learning_rate": lr, "train/n_updates": num_updates}
+    scalars.update({k: float(v) for k, v in metrics.items()})
+    if model.log_std is not None:
+        scalars["train/std"] = float(model.log_std.detach().exp().mean())
+    summary = recent.summary()
+    if summary["episodes"]:
+        scalars["rollout/ep_rew_mean"] = summary["ep_rew_mean"]
+        scalars["rollout/ep_len_mean"] = summary["ep_len_mean"]
+    return scalars
+
+
+def minibatch_update(model: ActorCritic, optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and evaluation
+# --------------------------------------------------------------------------------------------
+def save_state(model: ActorCritic, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               normalizer: Normalizer, counters: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
+    tensors.update(optim_tensors)
+    tensors.update(normalizer.state())
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.actions"] = generator.get_state()
+    return tensors, {"counters": dict(counters), "optimizer": optim_meta}
+
+
+def load_state(model: ActorCritic, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               normalizer: Normalizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_from_tensors(optimizer, tensors, state["optimizer"])
+    normalizer.load(tensors)
+    torch.set_rng_state(tensors["rng.torch"].cpu())
+    generator.set_state(tensors["rng.actions"].cpu())
+
+
+def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], env: TensorVecEnv,
+                epsilon: float = 0.0) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The evaluation policy of a trained agent: the saved network behind the saved (frozen) normalisation.
+
+    Plays the mode / mean action when `cfg.eval_deterministic`, else samples; `epsilon` (DQN's
+    evaluation exploration) does not apply to policy-gradient agents and is ignored.
+    """
+    dist = make_distribution(env.single_action_space, cfg.action_bounds)
+    model = ActorCritic(cfg, env.single_observation_space, dist).to(env.device)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.eval()
+    normalizer = Normalizer(cfg, env.single_observation_space.shape, env.num_envs, env.device)
+    normalizer.load(tensors)
+    normalizer.training = False
+    space = env.single_action_space
+
+    @torch.no_grad()
+    def policy(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        params, _ = model(normalizer.observation(obs, update=False))
+        actions = dist.mode(params) if cfg.eval_deterministic else dist.sample(params, generator)
+        return env_actions(dist, actions, space)
+
+    return policy

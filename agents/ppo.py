@@ -1,0 +1,124 @@
+"""Proximal Policy Optimization.
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms": the clipped surrogate objective
+over several epochs of minibatches per rollout, with GAE(lambda) advantages (Schulman et al.
+2016), advantage normalisation per minibatch, an entropy bonus, optional value-loss clipping,
+gradient-norm clipping, learning-rate annealing and an optional target-KL early stop. The
+implementation details follow "The 37 Implementation Details of PPO" (Huang et al. 2022).
+
+Rollout collection, returns, logging and checkpoints are shared with A2C and REINFORCE (agents/pg.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, load_policy,  # noqa: F401
+                              minibatch_update, train_loop, validate_pg)
+from rlbase.config import check
+from rlbase.envs import TensorVecEnv
+
+
+@dataclass
+class PPOConfig(PGConfig):
+    """PPO hyperparameters (defaults: the standard Atari values of Schulman et al. / CleanRL)."""
+
+    num_envs: int = 8
+    """Parallel environments stepped together; actions for all of them come from one batched forward pass."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (minibatch size = num_steps * num_envs / num_minibatches)."""
+    clip_coef: float = 0.1
+    """Surrogate clipping range epsilon."""
+    clip_vloss: bool = True
+    """Clip the value update around the old values with the same range."""
+    norm_adv: bool = True
+    """Normalise advantages within each minibatch."""
+    target_kl: float = 0.0
+    """Stop the epochs of an update early once the approximate KL exceeds this (0: never)."""
+
+
+def validate(cfg: PPOConfig) -> None:
+    validate_pg(cfg)
+    check(cfg.update_epochs > 0, "update_epochs", f"must be positive, got {cfg.update_epochs}")
+    check(cfg.num_minibatches > 0, "num_minibatches", f"must be positive, got {cfg.num_minibatches}")
+    check(cfg.num_steps * cfg.num_envs >= cfg.num_minibatches, "num_minibatches",
+          f"must be at most num_steps * num_envs = {cfg.num_steps * cfg.num_envs}")
+    check(cfg.clip_coef > 0, "clip_coef", f"must be positive, got {cfg.clip_coef}")
+    check(cfg.target_kl >= 0, "target_kl", "must be >= 0")
+
+
+def ppo_loss(cfg: PPOConfig, model: ActorCritic, dist: Any, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The PPO loss on one minibatch, and its diagnostics (detached, on the device)."""
+    params, values = model(mb["obs"])
+    logprobs = dist.log_prob(params, mb["actions"])
+    entropy = dist.entropy(params).mean()
+    log_ratio = logprobs - mb["logprobs"]
+    ratio = log_ratio.exp()
+
+    advantages = mb["advantages"]
+    if cfg.norm_adv and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    # Clipped surrogate: the pessimistic of the unclipped and clipped objectives (as a loss: the max).
+    pg_loss = torch.max(-advantages * ratio,
+                        -advantages * ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)).mean()
+
+    if cfg.clip_vloss:
+        clipped = mb["values"] + (values - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * torch.max((values - mb["returns"]).pow(2), (clipped - mb["returns"]).pow(2)).mean()
+    else:
+        v_loss = 0.5 * (values - mb["returns"]).pow(2).mean()
+
+    loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+    with torch.no_grad():
+        stats = {"pg": pg_loss.detach(), "v": v_loss.detach(), "ent": entropy.detach(),
+                 # http://joschu.net/blog/kl-approx.html: unbiased, low-variance estimator of KL(old || new)
+                 "kl": ((ratio - 1) - log_ratio).mean(),
+                 "clip": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()}
+    return loss, stats
+
+
+def update(cfg: PPOConfig, model: ActorCritic, optimizer: torch.optim.Optimizer, storage: RolloutStorage,
+           dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`update_epochs` passes of minibatch steps over the rollout; returns the SB3 train/* tags."""
+    data = storage.flat()
+    batch = data["advantages"].shape[0]
+    mb_size = batch // cfg.num_minibatches
+    device = data["advantages"].device
+    totals = {key: torch.zeros((), device=device) for key in ("pg", "v", "ent", "kl", "clip")}
+    steps = 0
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(batch, device=device, generator=generator)
+        epoch_kl = torch.zeros((), device=device)
+        for start in range(0, mb_size * cfg.num_minibatches, mb_size):
+            index = order[start:start + mb_size]
+            loss, stats = ppo_loss(cfg, model, dist, {k: v[index] for k, v in data.items()})
+            minibatch_update(model, optimizer, loss, cfg.max_grad_norm)
+            for key, value in stats.items():
+                totals[key] += value
+            epoch_kl += stats["kl"]
+            steps += 1
+        # The one host sync of an update, and only when early stopping is on.
+        if cfg.target_kl > 0 and float(epoch_kl) / cfg.num_minibatches > cfg.target_kl:
+            break
+    return {"train/policy_gradient_loss": totals["pg"] / steps, "train/value_loss": totals["v"] / steps,
+            "train/entropy_loss": -totals["ent"] / steps, "train/approx_kl": totals["kl"] / steps,
+            "train/clip_fraction": totals["clip"] / steps, "train/clip_range": torch.tensor(cfg.clip_coef),
+            "num_updates": steps}
+
+
+def train(cfg: PPOConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:
+    """Train PPO on `env`. `run` (rlbase.run.Run or None) logs, checkpoints and resumes.
+
+    Returns counters, recent-episode statistics, the last update's metrics and the trained
+    `model` (for in-process use: tests, benchmarks, notebooks).
+    """
+    validate(cfg)
+    return train_loop(cfg, env, run, update, timer=timer)
+
+
+Config = PPOConfig

@@ -1,0 +1,73 @@
+"""REINFORCE with a learned baseline.
+
+Williams 1992, "Simple statistical gradient-following algorithms for connectionist
+reinforcement learning"; the baseline as in Sutton & Barto (2018), section 13.4. The policy
+gradient weights log pi(a|s) by the Monte Carlo return minus a learned state value; the value
+function is fit to the same returns.
+
+Returns are the discounted sum of rewards to the end of the episode. A rollout that stops in the
+middle of an episode bootstraps the remainder from the value estimate (GAE with lambda = 1),
+so long episodes need not fit in one rollout; set --num-steps at least the episode length for
+the pure Monte Carlo estimator. One gradient step per rollout, as in the original algorithm.
+
+Rollout collection, returns, logging and checkpoints are shared with PPO and A2C (agents/pg.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlbase.agents.a2c import a2c_loss
+from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, load_policy,  # noqa: F401
+                              minibatch_update, train_loop, validate_pg)
+from rlbase.config import check
+from rlbase.envs import TensorVecEnv
+
+
+@dataclass
+class ReinforceConfig(PGConfig):
+    """REINFORCE hyperparameters."""
+
+    num_envs: int = 8
+    """Parallel environments stepped together; actions for all of them come from one batched forward pass."""
+    num_steps: int = 500
+    """Steps per env in each rollout (a rollout is num_steps * num_envs transitions)."""
+    learning_rate: float = 1e-3
+    """Adam learning rate (annealed linearly to 0 with --anneal-lr)."""
+    anneal_lr: bool = False
+    """Anneal the learning rate linearly to 0 over training."""
+    gae_lambda: float = 1.0
+    """Must stay 1.0: REINFORCE uses Monte Carlo returns (bootstrapped only at the rollout's end)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    norm_adv: bool = True
+    """Normalise the return-minus-baseline weights over the rollout (reduces variance)."""
+
+
+def validate(cfg: ReinforceConfig) -> None:
+    validate_pg(cfg)
+    check(cfg.gae_lambda == 1.0, "gae_lambda", "REINFORCE uses Monte Carlo returns; use a2c or ppo for lambda < 1")
+
+
+def update(cfg: ReinforceConfig, model: ActorCritic, optimizer: torch.optim.Optimizer, storage: RolloutStorage,
+           dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One gradient step: -(G - b(s)) log pi(a|s), plus the baseline's regression to G.
+
+    With lambda = 1 the advantages are exactly G_t - V(s_t); the loss is A2C's with those weights.
+    """
+    loss, stats = a2c_loss(cfg, model, dist, storage.flat())
+    minibatch_update(model, optimizer, loss, cfg.max_grad_norm)
+    return {"train/policy_gradient_loss": stats["pg"], "train/value_loss": stats["v"],
+            "train/entropy_loss": -stats["ent"], "num_updates": 1}
+
+
+def train(cfg: ReinforceConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:
+    """Train REINFORCE on `env`; see `rlbase.agents.ppo.train` for what `run` does and what is returned."""
+    validate(cfg)
+    return train_loop(cfg, env, run, update, timer=timer)
+
+
+Config = ReinforceConfig
