@@ -227,7 +227,11 @@ def env_actions(dist: Any, actions: torch.Tensor, space: gym.spaces.Space) -> to
 def _orthogonal_init(module: nn.Module, gain: float) -> None:
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            nn.init.orthogonal_(layer.weight, gain)
+            # Initialise a contiguous copy: orthogonal_ cannot view channels_last conv weights.
+            weight = torch.empty(layer.weight.shape)
+            nn.init.orthogonal_(weight, gain)
+            with torch.no_grad():
+                layer.weight.copy_(weight)
             nn.init.zeros_(layer.bias)
 
 
