@@ -215,6 +215,8 @@ def env_actions(dist: Any, actions: torch.Tensor, space: gym.spaces.Space) -> to
     """What the env receives: bounded Box actions; MultiDiscrete offsets for spaces with `start`."""
     if isinstance(dist, DiagGaussian):
         return dist.to_env(actions).reshape(actions.shape[:-1] + space.shape)
+    if isinstance(dist, MultiCategorical):
+        actions = actions.reshape(actions.shape[:-1] + space.shape)
     start = getattr(space, "start", None)
     if start is not None and np.any(start != 0):
         return actions + torch.as_tensor(start, device=actions.device)
@@ -532,7 +534,8 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
                 train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
                 storage.rewards[t] = normalizer.reward(train_rewards, dones)
                 storage.dones[t] = train_terminal | truncated
-                storage.truncated[t] = truncated
+                # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
+                storage.truncated[t] = truncated & ~train_terminal
                 storage.final_obs[t] = normalizer.observation(info["final_obs"], update=False)
                 recent.add(info["episode_return"], info["episode_length"], dones)
                 obs = normalizer.observation(next_obs)  # the env already reset ended episodes

@@ -1,0 +1,1001 @@
+"""Policy-gradient agents (PPO, A2C, REINFORCE): the shared pieces against naive references, and
+in-process runs of `train` with tiny budgets.
+
+- GAE, truncation bootstraps and lambda = 1 Monte Carlo returns against per-env, per-step Python loops;
+- the policy distributions against `torch.distributions` (and, for the tanh squash, against the
+  change of variables computed with autograd);
+- running mean/std and observation/reward normalisation against NumPy over everything seen;
+- smoke runs on Discrete, Box (clip and squash), MultiDiscrete and Atari envs;
+- checkpoint resume, evaluation with the saved normalisation, TensorBoard tags, learning-rate
+  annealing and the target-KL early stop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, Normal, TransformedDistribution
+from torch.distributions.transforms import AffineTransform, TanhTransform
+
+from rlbase.agents import a2c, pg, ppo, reinforce
+from rlbase.backbones import MLP, NatureCNN
+from rlbase.checkpoint import load_checkpoint
+from rlbase.config import env_options, to_json
+from rlbase.envs import make_vec_env
+from rlbase.errors import UsageError
+from rlbase.evaluate import evaluate, play_episodes
+from rlbase.logger import RunLogger
+from rlbase.run import Run, write_config
+
+CPU = torch.device("cpu")
+ALGOS = {"ppo": ppo, "a2c": a2c, "reinforce": reinforce}
+
+
+# ============================================================================ test envs
+class _ToyEnv(gym.Env):
+    """Random observations in [-1, 1]^4; every action is checked against the action space."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.uniform(-1, 1, 4).astype(np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        assert self.action_space.contains(np.asarray(action)), f"invalid action {action!r} for {self.action_space}"
+        terminated = bool(self.np_random.random() < 0.05)
+        return self._obs(), self.reward(np.asarray(action)), terminated, False, {}
+
+
+class MultiDiscreteToy(_ToyEnv):
+    """MultiDiscrete([3, 5, 2]) with non-zero `start`: the agent must add the offsets."""
+
+    action_space = gym.spaces.MultiDiscrete([3, 5, 2], start=[-1, 0, 2])
+
+    def reward(self, action):
+        return float((action == np.array([0, 3, 2])).sum())
+
+
+class BoxToy(_ToyEnv):
+    """An asymmetric 2-d Box; an action outside it fails the env (Pendulum would clip it silently)."""
+
+    action_space = gym.spaces.Box(np.array([0.0, -1.0], np.float32), np.array([1.0, 3.0], np.float32))
+
+    def reward(self, action):
+        return -float(((action - np.array([0.8, 2.0])) ** 2).sum())
+
+
+class MultiDiscrete2D(_ToyEnv):
+    """A MultiDiscrete space whose nvec is a matrix: the env wants (2, 2) actions."""
+
+    action_space = gym.spaces.MultiDiscrete(np.array([[2, 3], [4, 2]]))
+
+    def reward(self, action):
+        return float(action.sum())
+
+
+class TerminatedAtTimeLimit(gym.Env):
+    """Every episode ends at its 4th step with terminated AND truncated both true (as a TimeLimit
+    does when the terminal step is also the last allowed one)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t >= 4
+        return np.full(2, self.t / 4, np.float32), 1.0, end, end, {}
+
+
+TOY_ENVS = {
+    "rlbase_test/MultiDiscreteToy-v0": (MultiDiscreteToy, 16),
+    "rlbase_test/BoxToy-v0": (BoxToy, 20),
+    "rlbase_test/MultiDiscrete2D-v0": (MultiDiscrete2D, 10),
+    "rlbase_test/TerminatedAtTimeLimit-v0": (TerminatedAtTimeLimit, None),
+}
+for _env_id, (_cls, _limit) in TOY_ENVS.items():
+    if _env_id not in gym.registry:
+        gym.register(_env_id, entry_point=_cls, max_episode_steps=_limit, disable_env_checker=True)
+
+
+# ============================================================================ GAE
+def naive_gae(rewards, values, terminated, truncated, final_values, last_value, gamma, lam):
+    """Per env, per step: a terminated step bootstraps nothing, a truncated one V(final obs), any
+    other step the next value (or `last_value` after the rollout); the recursion restarts at ends."""
+    T, N = len(rewards), len(rewards[0])
+    adv = [[0.0] * N for _ in range(T)]
+    for i in range(N):
+        running = 0.0
+        for t in reversed(range(T)):
+            if terminated[t][i]:
+                running = rewards[t][i] - values[t][i]
+            elif truncated[t][i]:
+                running = rewards[t][i] + gamma * final_values[t][i] - values[t][i]
+            else:
+                next_value = values[t + 1][i] if t + 1 < T else last_value[i]
+                running = rewards[t][i] + gamma * next_value - values[t][i] + gamma * lam * running
+            adv[t][i] = running
+    return adv
+
+
+def random_rollout(seed: int, T: int, N: int, p_term: float, p_trunc: float, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(T, N, generator=g, dtype=dtype)
+    values = torch.randn(T, N, generator=g, dtype=dtype)
+    last_value = torch.randn(N, generator=g, dtype=dtype)
+    u = torch.rand(T, N, generator=g)
+    terminated = u < p_term
+    truncated = (u >= p_term) & (u < p_term + p_trunc)  # mutually exclusive, as the env loop should record
+    return rewards, values, last_value, terminated, truncated
+
+
+@pytest.mark.parametrize("T,N,gamma,lam,p_done", [
+    (1, 1, 0.99, 0.95, 0.3), (16, 1, 0.99, 0.95, 0.2), (33, 5, 0.9, 0.8, 0.15),
+    (20, 3, 1.0, 1.0, 0.3), (25, 4, 0.97, 0.0, 0.2), (40, 2, 0.99, 0.95, 0.0), (12, 3, 0.5, 0.7, 0.9),
+])
+def test_compute_gae_matches_naive(T, N, gamma, lam, p_done):
+    rewards, values, last_value, dones, _ = random_rollout(T * 100 + N, T, N, p_done, 0.0)
+    adv = pg.compute_gae(rewards, values, dones, last_value, gamma, lam)
+    ref = naive_gae(rewards.tolist(), values.tolist(), dones.tolist(), [[False] * N] * T, None,
+                    last_value.tolist(), gamma, lam)
+    assert adv.shape == (T, N)
+    torch.testing.assert_close(adv, torch.tensor(ref, dtype=torch.float64), rtol=1e-10, atol=1e-10)
+    # `out_advantages` is filled in place and returned.
+    out = torch.full_like(rewards, float("nan"))
+    assert pg.compute_gae(rewards, values, dones, last_value, gamma, lam, out_advantages=out) is out
+    torch.testing.assert_close(out, adv)
+
+
+@pytest.mark.parametrize("seed,T,N,gamma,lam", [(0, 24, 4, 0.99, 0.95), (1, 50, 3, 0.9, 1.0), (2, 7, 6, 0.8, 0.5)])
+def test_rollout_storage_bootstraps_truncated_steps(seed, T, N, gamma, lam):
+    rewards, values, last_value, terminated, truncated = random_rollout(seed, T, N, 0.1, 0.15, torch.float32)
+    assert terminated.any() and truncated.any()
+    obs_shape = (3,)
+    storage = pg.RolloutStorage(T, N, obs_shape, torch.float32, (), torch.int64, CPU)
+    g = torch.Generator().manual_seed(seed + 100)
+    storage.obs.copy_(torch.randn(T, N, *obs_shape, generator=g))
+    storage.final_obs.copy_(torch.randn(T, N, *obs_shape, generator=g))
+    storage.rewards.copy_(rewards)
+    storage.values.copy_(values)
+    storage.dones.copy_(terminated | truncated)
+    storage.truncated.copy_(truncated)
+    weights = torch.tensor([0.5, -1.0, 2.0])
+    rows_seen = []
+
+    def value_fn(x: torch.Tensor) -> torch.Tensor:  # a known value function of the observation
+        rows_seen.append(x.shape[0])
+        return x @ weights + 0.25
+
+    storage.bootstrap_truncated(value_fn, gamma)
+    assert sum(rows_seen) == int(truncated.sum())  # only the truncated rows are evaluated
+    storage.compute_returns(last_value, gamma, lam)
+
+    final_values = (storage.final_obs @ weights + 0.25).tolist()
+    ref = torch.tensor(naive_gae(rewards.tolist(), values.tolist(), terminated.tolist(), truncated.tolist(),
+                                 final_values, last_value.tolist(), gamma, lam))
+    torch.testing.assert_close(storage.advantages, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(storage.returns, ref + values, rtol=1e-4, atol=1e-4)
+    flat = storage.flat()
+    assert flat["advantages"].shape == (T * N,) and flat["obs"].shape == (T * N, *obs_shape)
+    torch.testing.assert_close(flat["returns"], storage.returns.flatten())
+
+
+def test_bootstrap_truncated_without_truncation_changes_nothing():
+    storage = pg.RolloutStorage(5, 2, (3,), torch.float32, (), torch.int64, CPU)
+    storage.rewards.copy_(torch.arange(10.0).view(5, 2))
+    storage.dones[2, 1] = True  # terminated, not truncated
+
+    def value_fn(x):
+        raise AssertionError("no truncated step: the value function must not be called")
+
+    storage.bootstrap_truncated(value_fn, 0.99)
+    assert torch.equal(storage.rewards, torch.arange(10.0).view(5, 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lambda_one_is_monte_carlo_bootstrapped_at_rollout_end(seed):
+    T, N, gamma = 30, 4, 0.95
+    rewards, values, last_value, dones, _ = random_rollout(seed, T, N, 0.12, 0.0, torch.float32)
+    storage = pg.RolloutStorage(T, N, (1,), torch.float32, (), torch.int64, CPU)
+    storage.rewards.copy_(rewards)
+    storage.values.copy_(values)
+    storage.dones.copy_(dones)
+    storage.compute_returns(last_value, gamma, 1.0)
+    expected = torch.zeros(T, N)
+    for i in range(N):
+        for t in range(T):
+            G, discount, k = 0.0, 1.0, t
+            while True:  # discounted sum to the episode's end, or to the rollout's end plus V(last obs)
+                G += discount * float(rewards[k, i])
+                if dones[k, i]:
+                    break
+                discount *= gamma
+                k += 1
+                if k == T:
+                    G += discount * float(last_value[i])
+                    break
+            expected[t, i] = G
+    torch.testing.assert_close(storage.returns, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(storage.advantages, expected - values, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_zero_is_one_step_td_error():
+    T, N, gamma = 15, 3, 0.9
+    rewards, values, last_value, dones, _ = random_rollout(7, T, N, 0.2, 0.0)
+    adv = pg.compute_gae(rewards, values, dones, last_value, gamma, 0.0)
+    next_values = torch.cat([values[1:], last_value[None]])
+    torch.testing.assert_close(adv, rewards + gamma * next_values * (~dones) - values)
+
+
+def test_explained_variance_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(500, generator=g)
+    predicted = target + 0.5 * torch.randn(500, generator=g)
+    t, p = target.numpy().astype(np.float64), predicted.numpy().astype(np.float64)
+    expected = 1 - np.var(t - p, ddof=1) / np.var(t, ddof=1)
+    assert float(pg.explained_variance(predicted, target)) == pytest.approx(expected, rel=1e-4)
+    assert float(pg.explained_variance(target, target)) == pytest.approx(1.0)
+    assert math.isnan(float(pg.explained_variance(predicted[:5], torch.ones(5))))
+
+
+# ============================================================================ distributions
+def gaussian_params(batch: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(batch, dim, generator=g)
+    log_std = (torch.rand(dim, generator=g) - 0.5).expand(batch, dim)  # state-independent
+    return torch.cat([mean, log_std], dim=-1), mean, log_std
+
+
+def test_make_distribution_types():
+    assert isinstance(pg.make_distribution(gym.spaces.Discrete(4)), pg.Categorical)
+    assert isinstance(pg.make_distribution(gym.spaces.MultiDiscrete([3, 5, 2])), pg.MultiCategorical)
+    box = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
+    assert pg.make_distribution(box, "clip").squash is False
+    assert pg.make_distribution(box, "squash").squash is True
+    with pytest.raises(UsageError):
+        pg.make_distribution(gym.spaces.Tuple([gym.spaces.Discrete(2)]))
+
+
+def test_categorical_against_torch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 6, generator=g) * 3
+    dist = pg.Categorical(6)
+    ref = torch.distributions.Categorical(logits=logits)
+    for a in range(6):
+        actions = torch.full((64,), a)
+        torch.testing.assert_close(dist.log_prob(logits, actions), ref.log_prob(actions))
+    torch.testing.assert_close(dist.entropy(logits), ref.entropy())
+    assert torch.equal(dist.mode(logits), logits.argmax(-1))
+    # Extreme logits stay finite.
+    big = torch.tensor([[1000.0, -1000.0, 0.0]])
+    assert torch.isfinite(pg.Categorical(3).log_prob(big, torch.tensor([1]))).all()
+    assert torch.isfinite(pg.Categorical(3).entropy(big)).all()
+
+
+def test_categorical_sampling_frequencies():
+    logits = torch.tensor([1.0, -0.5, 0.3, 2.0])
+    n = 40_000
+    dist = pg.Categorical(4)
+    samples = dist.sample(logits.expand(n, 4), torch.Generator().manual_seed(1))
+    assert samples.shape == (n,) and samples.dtype == torch.int64
+    assert int(samples.min()) >= 0 and int(samples.max()) <= 3
+    freq = torch.bincount(samples, minlength=4).float() / n
+    torch.testing.assert_close(freq, logits.softmax(-1), atol=0.012, rtol=0)
+    # The same generator seed gives the same samples.
+    again = dist.sample(logits.expand(n, 4), torch.Generator().manual_seed(1))
+    assert torch.equal(samples, again)
+
+
+def test_multi_categorical_against_torch():
+    nvec = [3, 5, 2]
+    dist = pg.MultiCategorical(np.array(nvec))
+    assert dist.num_params == 10 and dist.action_shape == (3,)
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(128, 10, generator=g) * 2
+    parts = [torch.distributions.Categorical(logits=p) for p in logits.split(nvec, dim=-1)]
+    actions = torch.stack([torch.randint(n, (128,), generator=g) for n in nvec], dim=-1)
+    expected_logp = sum(p.log_prob(actions[:, i]) for i, p in enumerate(parts))
+    torch.testing.assert_close(dist.log_prob(logits, actions), expected_logp)
+    torch.testing.assert_close(dist.entropy(logits), sum(p.entropy() for p in parts))
+    mode = dist.mode(logits)
+    assert mode.shape == (128, 3)
+    assert torch.equal(mode, torch.stack([p.argmax(-1) for p in logits.split(nvec, dim=-1)], dim=-1))
+
+
+def test_multi_categorical_sampling_frequencies():
+    nvec = [3, 5, 2]
+    dist = pg.MultiCategorical(np.array(nvec))
+    logits = torch.tensor([0.5, -1.0, 1.0, 0.0, 2.0, -2.0, 0.3, 1.0, -0.7, 0.9])
+    n = 40_000
+    samples = dist.sample(logits.expand(n, 10), torch.Generator().manual_seed(3))
+    assert samples.shape == (n, 3) and samples.dtype == torch.int64
+    for i, (part, k) in enumerate(zip(logits.split(nvec), nvec)):
+        column = samples[:, i]
+        assert int(column.min()) >= 0 and int(column.max()) < k
+        freq = torch.bincount(column, minlength=k).float() / n
+        torch.testing.assert_close(freq, part.softmax(-1), atol=0.012, rtol=0)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_diag_gaussian_clip_against_torch(dim):
+    space = gym.spaces.Box(-2.0, 2.0, (dim,), np.float32)
+    dist = pg.DiagGaussian(space, squash=False)
+    params, mean, log_std = gaussian_params(256, dim, seed=dim)
+    ref = Normal(mean, log_std.exp())
+    g = torch.Generator().manual_seed(5)
+    actions = mean + 3 * torch.randn(256, dim, generator=g)  # many outside the bounds: log-prob of the raw sample
+    torch.testing.assert_close(dist.log_prob(params, actions), ref.log_prob(actions).sum(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dist.entropy(params), ref.entropy().sum(-1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(dist.mode(params), mean)
+
+
+def test_diag_gaussian_sampling_moments():
+    space = gym.spaces.Box(-5.0, 5.0, (2,), np.float32)
+    dist = pg.DiagGaussian(space, squash=False)
+    n = 40_000
+    mean = torch.tensor([0.5, -1.0])
+    log_std = torch.tensor([-0.3, 0.4])
+    params = torch.cat([mean, log_std]).expand(n, 4)
+    samples = dist.sample(params, torch.Generator().manual_seed(4))
+    assert samples.shape == (n, 2) and samples.dtype == torch.float32
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(samples.std(0), log_std.exp(), atol=0, rtol=0.03)
+
+
+SQUASH_BOUNDS = {
+    "pendulum": ([-2.0], [2.0]),
+    "unit_asymmetric": ([0.0, 0.0], [1.0, 1.0]),
+    "mixed": ([-1.0, 0.0, -3.0], [1.0, 1.0, 5.0]),
+}
+
+
+@pytest.mark.parametrize("bounds", list(SQUASH_BOUNDS), ids=str)
+def test_squashed_gaussian_log_prob_is_change_of_variables(bounds):
+    low, high = (np.array(b, np.float32) for b in SQUASH_BOUNDS[bounds])
+    dim = len(low)
+    dist = pg.DiagGaussian(gym.spaces.Box(low, high), squash=True)
+    params, mean, log_std = gaussian_params(200, dim, seed=10 + dim)
+    g = torch.Generator().manual_seed(6)
+    u = (mean + 1.5 * torch.randn(200, dim, generator=g)).double().requires_grad_(True)
+    lo, hi = torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
+    action = lo + (torch.tanh(u) + 1.0) / 2.0 * (hi - lo)  # elementwise: the Jacobian is diagonal
+    (dadu,) = torch.autograd.grad(action.sum(), u)
+    u = u.detach()
+    ref = Normal(mean.double(), log_std.exp().double()).log_prob(u).sum(-1) - dadu.abs().log().sum(-1)
+    got = dist.log_prob(params, u.float())
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
+    # The same density as torch's transformed distribution, evaluated at the env action.
+    transformed = Independent(TransformedDistribution(
+        Normal(mean.double(), log_std.exp().double()),
+        [TanhTransform(), AffineTransform(loc=(lo + hi) / 2, scale=(hi - lo) / 2)]), 1)
+    moderate = u.abs().max(-1).values < 3.0  # atanh of the action is accurate away from the bounds
+    assert moderate.sum() > 50
+    torch.testing.assert_close(got.double()[moderate], transformed.log_prob(action.detach())[moderate],
+                               rtol=1e-4, atol=1e-4)
+    # The entropy is the Gaussian's (documented stand-in) and the mode is the mean of u.
+    torch.testing.assert_close(dist.entropy(params), Normal(mean, log_std.exp()).entropy().sum(-1))
+    assert torch.equal(dist.mode(params), mean)
+
+
+def test_squashed_gaussian_log_prob_is_finite_when_saturated():
+    dist = pg.DiagGaussian(gym.spaces.Box(-2.0, 2.0, (2,), np.float32), squash=True)
+    params = torch.zeros(3, 4)
+    u = torch.tensor([[30.0, -30.0], [60.0, 0.0], [-80.0, 15.0]])
+    logp = dist.log_prob(params, u)
+    assert torch.isfinite(logp).all()
+    # log|da/du| ~ log(4) - 2|u| for large |u|: the stable form keeps that asymptote.
+    expected = Normal(0.0, 1.0).log_prob(u).sum(-1) - (math.log(2.0) + math.log(4.0) - 2 * u.abs()).sum(-1)
+    torch.testing.assert_close(logp[0], expected[0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("bounds", list(SQUASH_BOUNDS), ids=str)
+def test_env_actions_stay_in_bounds(bounds):
+    low, high = (np.array(b, np.float32) for b in SQUASH_BOUNDS[bounds])
+    space = gym.spaces.Box(low, high)
+    dim = len(low)
+    g = torch.Generator().manual_seed(8)
+    lo, hi = torch.tensor(low), torch.tensor(high)
+
+    clip = pg.DiagGaussian(space, squash=False)
+    raw = 4 * torch.randn(5000, dim, generator=g)
+    clipped = pg.env_actions(clip, raw, space)
+    assert clipped.shape == (5000, dim)
+    assert bool(((clipped >= lo) & (clipped <= hi)).all())
+    assert torch.equal(clipped, torch.maximum(torch.minimum(raw, hi), lo))
+    assert bool((clipped == hi).any() and (clipped == lo).any())  # the test did reach both bounds
+    inside = (raw > lo) & (raw < hi)
+    assert torch.equal(clipped[inside], raw[inside])  # actions inside pass unchanged
+
+    squash = pg.DiagGaussian(space, squash=True)
+    u = torch.randn(5000, dim, generator=g) * 1.5
+    squashed = pg.env_actions(squash, u, space)
+    assert bool(((squashed > lo) & (squashed < hi)).all()), "squashed actions must be strictly inside"
+    torch.testing.assert_close(squashed, lo + (torch.tanh(u) + 1) / 2 * (hi - lo))
+    for row in squashed[:50].numpy():
+        assert space.contains(row.astype(np.float32))
+    # The mode (u = 0) maps to the middle of the box; the map is increasing.
+    torch.testing.assert_close(pg.env_actions(squash, torch.zeros(1, dim), space)[0], (lo + hi) / 2)
+    ordered = pg.env_actions(squash, torch.linspace(-3, 3, 7)[:, None].expand(7, dim), space)
+    assert bool((ordered[1:] > ordered[:-1]).all())
+    # Saturated u still lands inside the (closed) box.
+    extreme = pg.env_actions(squash, torch.tensor([[50.0] * dim, [-50.0] * dim]), space)
+    assert bool(((extreme >= lo) & (extreme <= hi)).all())
+
+
+def test_env_actions_reshape_box_and_offset_multidiscrete():
+    box = gym.spaces.Box(-1.0, 1.0, (2, 2), np.float32)
+    dist = pg.make_distribution(box)
+    assert dist.action_shape == (4,)
+    out = pg.env_actions(dist, torch.randn(5, 4), box)
+    assert out.shape == (5, 2, 2)
+
+    md = gym.spaces.MultiDiscrete([3, 5, 2], start=[-1, 0, 2])
+    dist = pg.make_distribution(md)
+    actions = dist.sample(torch.zeros(100, 10), torch.Generator().manual_seed(0))
+    env_a = pg.env_actions(dist, actions, md)
+    assert torch.equal(env_a, actions + torch.tensor([-1, 0, 2]))
+    assert all(md.contains(row) for row in env_a.numpy())
+
+    discrete = gym.spaces.Discrete(4)
+    a = torch.tensor([0, 3, 1])
+    assert torch.equal(pg.env_actions(pg.make_distribution(discrete), a, discrete), a)
+
+
+# ============================================================================ network
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("action_space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,), np.float32)],
+                         ids=["discrete", "box"])
+def test_actor_critic_shapes_and_init(shared, action_space):
+    obs_space = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
+    obs = torch.randn(7, 5)
+    cfg = ppo.PPOConfig(env_id="x", hidden_sizes=(16, 16), shared_backbone=shared, log_std_init=-0.5)
+    dist = pg.make_distribution(action_space)
+    torch.manual_seed(0)
+    model = pg.ActorCritic(cfg, obs_space, dist)  # ortho_init is the default
+    assert isinstance(model.actor_backbone, MLP)
+    assert (model.critic_backbone is None) == shared
+    params, value = model(obs)
+    gaussian = isinstance(dist, pg.DiagGaussian)
+    assert params.shape == (7, dist.num_params * (2 if gaussian else 1))
+    assert value.shape == (7,)
+    torch.testing.assert_close(model.value(obs), value)
+    if gaussian:
+        assert torch.equal(params[:, 2:], torch.full((7, 2), -0.5))
+    else:
+        assert model.log_std is None
+    # Orthogonal init: policy head scaled by 0.01 (near-uniform initial policy), zero biases.
+    assert float(model.policy_head.weight.detach().abs().max()) < 0.05
+    assert float(model.policy_head.bias.detach().abs().max()) == 0.0
+    # Orthogonal hidden layers: W W^T = gain^2 I (rows <= columns here: 16 x 5 has orthonormal columns).
+    w = model.actor_backbone.net[2].weight.detach()  # 16 x 16
+    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(16), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_actor_critic_nature_cnn_with_orthogonal_init(shared):
+    """The Atari network with the default orthogonal init (the presets' configuration)."""
+    obs_space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    cfg = ppo.PPOConfig(env_id="ALE/Breakout-v5", shared_backbone=shared)
+    model = pg.ActorCritic(cfg, obs_space, pg.Categorical(4))
+    assert isinstance(model.actor_backbone, NatureCNN)
+    params, value = model(torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8))
+    assert params.shape == (3, 4) and value.shape == (3,)
+    conv = model.actor_backbone.convs[0].weight.detach().reshape(32, -1)  # 32 x 256: orthonormal rows times sqrt(2)
+    torch.testing.assert_close(conv @ conv.T, 2.0 * torch.eye(32), atol=1e-4, rtol=0)
+
+
+# ============================================================================ normalisation
+PRIOR_COUNT = 1e-4  # RunningMeanStd starts as VecNormalize's does: mean 0, var 1, count 1e-4
+
+
+def moments_with_prior(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of `x` (over axis 0) pooled with the pseudo-sample (mean 0, var 1, count 1e-4)."""
+    x = x.astype(np.float64)
+    n = len(x)
+    mean = x.sum(0) / (n + PRIOR_COUNT)
+    var = (((x - mean) ** 2).sum(0) + PRIOR_COUNT * (1.0 + mean ** 2)) / (n + PRIOR_COUNT)
+    return mean, var
+
+
+@pytest.mark.parametrize("shape", [(3,), ()])
+def test_running_mean_std_against_numpy(shape):
+    rng = np.random.default_rng(0)
+    rms = pg.RunningMeanStd(shape, CPU)
+    seen = []
+    for size, loc, scale in [(1, 0.0, 1.0), (7, 5.0, 2.0), (50, -3.0, 0.5), (200, 1.0, 10.0), (3, 2.0, 1.0)]:
+        batch = rng.normal(loc, scale, (size, *shape))
+        rms.update(torch.from_numpy(batch).float())
+        seen.append(batch.astype(np.float32))
+        everything = np.concatenate(seen)
+        if len(everything) > 1:  # plain NumPy (the 1e-4 prior count shifts it by ~1e-4 relative) ...
+            np.testing.assert_allclose(rms.mean.numpy(), everything.mean(0), rtol=2e-4, atol=1e-6)
+            np.testing.assert_allclose(rms.var.numpy(), everything.var(0), rtol=2e-4, atol=1e-6)
+        # ... and exactly, once the prior pseudo-sample is pooled in.
+        mean, var = moments_with_prior(everything)
+        np.testing.assert_allclose(rms.mean.numpy(), mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(rms.var.numpy(), var, rtol=1e-9, atol=1e-12)
+        assert float(rms.count) == pytest.approx(len(everything) + PRIOR_COUNT, rel=1e-12)
+    assert rms.mean.dtype == torch.float64
+    # State round trip.
+    other = pg.RunningMeanStd(shape, CPU)
+    other.load(rms.state("x"), "x")
+    assert torch.equal(other.mean, rms.mean) and torch.equal(other.var, rms.var) and torch.equal(other.count, rms.count)
+
+
+def test_normalizer_observations_against_numpy():
+    cfg = pg.PGConfig(env_id="x", normalize_obs=True, clip_obs=2.0)
+    norm = pg.Normalizer(cfg, (3,), 4, CPU)
+    rng = np.random.default_rng(1)
+    seen = []
+    for _ in range(6):
+        obs = rng.normal([10.0, -2.0, 0.0], [5.0, 0.1, 1.0], (4, 3)).astype(np.float32)
+        seen.append(obs)
+        out = norm.observation(torch.from_numpy(obs))
+        mean, var = moments_with_prior(np.concatenate(seen))  # updated with this batch, then applied to it
+        expected = np.clip((obs - mean) / np.sqrt(var + 1e-8), -2.0, 2.0)
+        assert out.dtype == torch.float32
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert float(out.abs().max()) <= 2.0
+    before = norm.obs.mean.clone()
+    norm.observation(torch.full((4, 3), 100.0), update=False)
+    norm.training = False
+    norm.observation(torch.full((4, 3), 100.0))
+    assert torch.equal(norm.obs.mean, before)
+    # Off: the identity.
+    off = pg.Normalizer(pg.PGConfig(env_id="x"), (3,), 4, CPU)
+    x = torch.randn(4, 3)
+    assert off.observation(x) is x and off.state() == {}
+
+
+def test_normalizer_rewards_scale_by_discounted_return_std():
+    gamma = 0.9
+    cfg = pg.PGConfig(env_id="x", normalize_reward=True, gamma=gamma, clip_reward=3.0)
+    N = 3
+    norm = pg.Normalizer(cfg, (2,), N, CPU)
+    rng = np.random.default_rng(2)
+    ret = np.zeros(N)
+    history = []
+    for _ in range(40):
+        rewards = rng.normal(1.0, 2.0, N).astype(np.float32)
+        dones = rng.random(N) < 0.2
+        ret = ret * gamma + rewards
+        history.append(ret.copy())
+        _, var = moments_with_prior(np.concatenate(history))
+        expected = np.clip(rewards / np.sqrt(var + 1e-8), -3.0, 3.0)
+        out = norm.reward(torch.from_numpy(rewards), torch.from_numpy(dones))
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+        ret[dones] = 0.0
+    assert set(norm.state()) == {"ret_rms.mean", "ret_rms.var", "ret_rms.count"}
+
+
+# ============================================================================ config checks
+@pytest.mark.parametrize("algo,field,value", [
+    ("ppo", "num_minibatches", 0), ("ppo", "update_epochs", 0), ("ppo", "clip_coef", 0.0),
+    ("ppo", "num_minibatches", 10_000), ("ppo", "target_kl", -1.0), ("ppo", "action_bounds", "bogus"),
+    ("ppo", "gae_lambda", 1.5), ("ppo", "gamma", -0.1), ("ppo", "num_steps", 0), ("ppo", "learning_rate", 0.0),
+    ("a2c", "optimizer", "sgd"), ("a2c", "rms_alpha", 1.0), ("reinforce", "gae_lambda", 0.9),
+    ("reinforce", "clip_obs", 0.0), ("a2c", "total_timesteps", 0),
+])
+def test_validate_rejects(algo, field, value):
+    module = ALGOS[algo]
+    cfg = module.Config(**{"env_id": "CartPole-v1", "num_envs": 2, "num_steps": 8, field: value})
+    with pytest.raises(UsageError, match="--" + field.replace("_", "-")):
+        module.validate(cfg)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_validate_accepts_defaults(algo):
+    ALGOS[algo].validate(ALGOS[algo].Config(env_id="CartPole-v1"))
+
+
+class _FakeEnv:
+    def __init__(self, action_space):
+        self.single_action_space = action_space
+
+
+@pytest.mark.parametrize("space,ok", [
+    (gym.spaces.Discrete(2), True), (gym.spaces.MultiDiscrete([2, 3]), True),
+    (gym.spaces.Box(-1.0, 1.0, (2,), np.float32), True),
+    (gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), False),
+    (gym.spaces.Box(np.array([-1.0, -np.inf], np.float32), np.array([1.0, 1.0], np.float32)), False),
+    (gym.spaces.Tuple([gym.spaces.Discrete(2), gym.spaces.Discrete(2)]), False),
+    (gym.spaces.MultiBinary(3), False),
+], ids=lambda x: type(x).__name__ if isinstance(x, gym.spaces.Space) else str(x))
+def test_check_env(space, ok):
+    cfg = ppo.PPOConfig(env_id="Some-v0")
+    if ok:
+        ppo.check_env(cfg, _FakeEnv(space))
+    else:
+        with pytest.raises(UsageError, match="Some-v0"):
+            ppo.check_env(cfg, _FakeEnv(space))
+
+
+# ============================================================================ smoke runs
+def tiny(algo: str, env_id: str, **overrides):
+    values = dict(env_id=env_id, total_timesteps=256, num_envs=4, num_steps=16, hidden_sizes=(32, 32),
+                  seed=0, device="cpu")
+    if algo == "ppo":
+        values.update(update_epochs=2, num_minibatches=2)
+    values.update(overrides)
+    return ALGOS[algo].Config(**values)
+
+
+def run_train(algo: str, cfg, run=None) -> dict:
+    env = make_vec_env(cfg.env_id, cfg.num_envs, CPU, **env_options(cfg))
+    try:
+        ALGOS[algo].check_env(cfg, env)
+        return ALGOS[algo].train(cfg, env, run)
+    finally:
+        env.close()
+
+
+def expected_counts(algo: str, cfg) -> tuple[int, int]:
+    """(global_step, num_updates): whole rollouts until total_timesteps is reached."""
+    batch = cfg.num_steps * cfg.num_envs
+    rollouts = math.ceil(cfg.total_timesteps / batch)
+    per_rollout = cfg.update_epochs * cfg.num_minibatches if algo == "ppo" else 1
+    return rollouts * batch, rollouts * per_rollout
+
+
+def check_smoke(algo: str, cfg, result: dict) -> None:
+    steps, updates = expected_counts(algo, cfg)
+    assert result["global_step"] == steps
+    assert result["num_updates"] == updates
+    metrics = result["train_metrics"]
+    keys = {"train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/explained_variance"}
+    if algo == "ppo":
+        keys |= {"train/approx_kl", "train/clip_fraction"}
+    assert keys <= set(metrics), sorted(metrics)
+    for key, value in metrics.items():
+        assert math.isfinite(value), (key, value)
+    assert metrics["train/value_loss"] >= 0
+    if algo == "ppo":
+        assert 0.0 <= metrics["train/clip_fraction"] <= 1.0
+        assert metrics["train/approx_kl"] >= -1e-6  # (r - 1) - log r >= 0
+    model = result["model"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+SMOKE = [  # (algo, env id, overrides)
+    ("ppo", "CartPole-v1", {}),
+    ("a2c", "CartPole-v1", {}),
+    ("a2c", "CartPole-v1", {"optimizer": "adam", "norm_adv": True, "gae_lambda": 0.9}),
+    ("reinforce", "CartPole-v1", {"num_steps": 64}),
+    ("ppo", "CartPole-v1", {"shared_backbone": True, "clip_vloss": False, "norm_adv": False, "max_grad_norm": 0.0}),
+] + [
+    (algo, "Pendulum-v1", {"action_bounds": bounds, "normalize_obs": True, "normalize_reward": True,
+                           "log_std_init": -0.5})
+    for algo in ALGOS for bounds in ("clip", "squash")
+] + [
+    (algo, "rlbase_test/MultiDiscreteToy-v0", {}) for algo in ALGOS
+] + [
+    ("ppo", "rlbase_test/BoxToy-v0", {"action_bounds": "clip"}),
+    ("a2c", "rlbase_test/BoxToy-v0", {"action_bounds": "squash", "normalize_obs": True}),
+]
+
+
+@pytest.mark.parametrize("algo,env_id,overrides", SMOKE,
+                         ids=[f"{a}-{e.split('/')[-1]}-" + (",".join(f"{k}={v}" for k, v in o.items()) or "default")
+                              for a, e, o in SMOKE])
+def test_smoke(algo, env_id, overrides):
+    cfg = tiny(algo, env_id, **overrides)
+    result = run_train(algo, cfg)
+    check_smoke(algo, cfg, result)
+    model = result["model"]
+    if env_id in ("Pendulum-v1", "rlbase_test/BoxToy-v0"):
+        assert model.log_std is not None and torch.isfinite(model.log_std).all()
+    else:
+        assert model.log_std is None
+    if cfg.normalize_obs:
+        norm = result["normalizer"]
+        assert float(norm.obs.count) == pytest.approx(result["global_step"] + cfg.num_envs, abs=1e-2)
+    if cfg.normalize_reward:
+        assert float(result["normalizer"].ret.count) == pytest.approx(result["global_step"], abs=1e-2)
+    if env_id == "CartPole-v1":
+        assert result["episodes"] > 0 and result["ep_rew_mean"] > 0
+
+
+def test_breakout_smoke_ppo():
+    """The Atari path with the preset's network: a shared NatureCNN with orthogonal init."""
+    cfg = ppo.PPOConfig(env_id="ALE/Breakout-v5", total_timesteps=32, num_envs=2, num_steps=8, update_epochs=1,
+                        num_minibatches=2, shared_backbone=True, seed=0, device="cpu")
+    result = run_train("ppo", cfg)
+    check_smoke("ppo", cfg, result)
+    assert isinstance(result["model"].actor_backbone, NatureCNN) and result["model"].critic_backbone is None
+
+
+def test_breakout_smoke_a2c_separate_backbones():
+    cfg = a2c.A2CConfig(env_id="ALE/Breakout-v5", total_timesteps=32, num_envs=2, num_steps=8, ortho_init=False,
+                        seed=0, device="cpu")
+    result = run_train("a2c", cfg)
+    check_smoke("a2c", cfg, result)
+    assert isinstance(result["model"].critic_backbone, NatureCNN)
+
+
+def test_same_seed_same_result():
+    a = run_train("ppo", tiny("ppo", "CartPole-v1", total_timesteps=128))
+    b = run_train("ppo", tiny("ppo", "CartPole-v1", total_timesteps=128))
+    c = run_train("ppo", tiny("ppo", "CartPole-v1", total_timesteps=128, seed=1))
+    sa, sb, sc = (r["model"].state_dict() for r in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_terminated_and_truncated_step_is_not_bootstrapped(monkeypatch):
+    """A step that is both terminated and truncated is terminal: its value must not be bootstrapped
+    (Gymnasium: termination takes precedence; SB3 bootstraps only `truncated and not terminated`)."""
+    seen = []
+    original = pg.RolloutStorage.bootstrap_truncated
+
+    def spy(self, value_fn, gamma):
+        seen.append((self.truncated.clone(), self.dones.clone(), self.rewards.clone()))
+        return original(self, value_fn, gamma)
+
+    monkeypatch.setattr(pg.RolloutStorage, "bootstrap_truncated", spy)
+    cfg = tiny("ppo", "rlbase_test/TerminatedAtTimeLimit-v0", num_envs=2, num_steps=8, total_timesteps=32)
+    run_train("ppo", cfg)
+    assert seen
+    for truncated, dones, rewards in seen:
+        assert int(dones.sum()) == 4  # every 4th step ends an episode, in both envs
+        assert not truncated.any(), "a terminated step was marked for a truncation bootstrap"
+
+
+def test_multidimensional_multidiscrete_actions_reach_the_env_in_its_shape():
+    """MultiDiscrete with a matrix nvec: either check_env refuses it, or the env gets valid (2, 2) actions."""
+    cfg = tiny("ppo", "rlbase_test/MultiDiscrete2D-v0", total_timesteps=64)
+    env = make_vec_env(cfg.env_id, cfg.num_envs, CPU)
+    try:
+        try:
+            ppo.check_env(cfg, env)
+        except UsageError:
+            return  # refused with a clear message: fine
+        result = ppo.train(cfg, env)  # the env asserts every action is in its space
+    finally:
+        env.close()
+    check_smoke("ppo", cfg, result)
+
+
+# ============================================================================ runs: logging, resume, evaluation
+RUN_CFG = dict(env_id="Pendulum-v1", total_timesteps=512, num_envs=2, num_steps=64, update_epochs=2,
+               num_minibatches=2, hidden_sizes=(32, 32), normalize_obs=True, normalize_reward=True,
+               learning_rate=1e-3, log_interval=128, seed=0, device="cpu")
+
+
+def train_with_run(cfg, run_dir: Path, resume=None, start: int = 0) -> dict:
+    """Train PPO as the CLI does: config.json, a RunLogger and a Run (optionally resuming)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, "ppo", cfg)
+    logger = RunLogger(run_dir, cfg.total_timesteps, start_step=start, hparams=json.loads(to_json(cfg)),
+                       progress=False)
+    env = make_vec_env(cfg.env_id, cfg.num_envs, CPU, **env_options(cfg))
+    try:
+        return ppo.train(cfg, env, Run(run_dir, "ppo", cfg, logger, resume))
+    finally:
+        logger.close()
+        env.close()
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory):
+    """A short PPO run on Pendulum with observation and reward normalisation, logged every rollout.
+    Also returns the optimizer it trained with (captured from `make_adam`)."""
+    created = []
+
+    def capture(*args, **kwargs):
+        optimizer = make_adam(*args, **kwargs)
+        created.append(optimizer)
+        return optimizer
+
+    make_adam = pg.make_adam
+    cfg = ppo.PPOConfig(**RUN_CFG)
+    run_dir = tmp_path_factory.mktemp("pg_runs") / "ppo"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pg, "make_adam", capture)
+        result = train_with_run(cfg, run_dir)
+    assert len(created) == 1
+    return {"cfg": cfg, "run_dir": run_dir, "result": result, "optimizer": created[0]}
+
+
+def metrics_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_checkpoint_and_counters(ppo_run):
+    cfg, result = ppo_run["cfg"], ppo_run["result"]
+    steps, updates = expected_counts("ppo", cfg)
+    tensors, state, _ = load_checkpoint(ppo_run["run_dir"])
+    assert state["step"] == steps == result["global_step"]
+    assert state["counters"] == {"global_step": steps, "rollouts": 4, "num_updates": updates}
+    assert state["algo"] == "ppo" and state["config"]["normalize_obs"] is True
+    model_state = result["model"].state_dict()
+    for key, value in model_state.items():
+        assert torch.equal(tensors[f"model.{key}"], value), key
+    norm = result["normalizer"]
+    for prefix, rms in (("obs_rms", norm.obs), ("ret_rms", norm.ret)):
+        for part in ("mean", "var", "count"):
+            assert torch.equal(tensors[f"{prefix}.{part}"], getattr(rms, part)), (prefix, part)
+
+
+def test_tensorboard_has_the_sb3_on_policy_tags(ppo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(ppo_run["run_dir"]))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/approx_kl",
+                "train/clip_fraction", "train/explained_variance", "train/learning_rate", "train/std",
+                "train/n_updates", "rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps"):
+        assert tag in scalars, f"{tag} missing; have {sorted(scalars)}"
+    assert [e.step for e in acc.Scalars("train/value_loss")] == [128, 256, 384, 512]
+    assert acc.Scalars("rollout/ep_len_mean")[-1].value == 200  # Pendulum episodes are 200 steps
+    assert acc.Scalars("time/fps")[-1].value > 0
+    assert acc.Scalars("train/n_updates")[-1].value == expected_counts("ppo", ppo_run["cfg"])[1]
+
+
+def test_learning_rate_is_annealed_per_rollout(ppo_run):
+    cfg = ppo_run["cfg"]
+    records = metrics_records(ppo_run["run_dir"])
+    lrs = [r["train/learning_rate"] for r in records]
+    num_rollouts = 4
+    assert len(lrs) == num_rollouts
+    assert lrs[0] == pytest.approx(cfg.learning_rate)
+    assert all(b < a for a, b in zip(lrs, lrs[1:])), lrs
+    assert lrs == pytest.approx([cfg.learning_rate * (1 - k / num_rollouts) for k in range(num_rollouts)])
+    assert lrs[-1] == pytest.approx(cfg.learning_rate / num_rollouts)  # small after the last rollout
+    assert ppo_run["optimizer"].param_groups[0]["lr"] == pytest.approx(lrs[-1])
+
+
+def test_learning_rate_constant_without_annealing(monkeypatch):
+    created = []
+    make_adam = pg.make_adam
+    monkeypatch.setattr(pg, "make_adam", lambda *a, **k: created.append(make_adam(*a, **k)) or created[-1])
+    cfg = tiny("ppo", "CartPole-v1", anneal_lr=False, learning_rate=3e-4)
+    run_train("ppo", cfg)
+    assert created[0].param_groups[0]["lr"] == pytest.approx(3e-4)
+
+
+def test_target_kl_stops_the_epochs_early():
+    base = dict(total_timesteps=256, update_epochs=4, num_minibatches=2, learning_rate=1e-2)
+    full = run_train("ppo", tiny("ppo", "CartPole-v1", **base))
+    cfg = tiny("ppo", "CartPole-v1", target_kl=1e-12, **base)
+    stopped = run_train("ppo", cfg)
+    rollouts = 4
+    assert full["num_updates"] == rollouts * 4 * 2
+    assert stopped["num_updates"] < full["num_updates"]
+    # The check runs after each epoch: one epoch (all its minibatches) per rollout, then stop.
+    assert stopped["num_updates"] == rollouts * cfg.num_minibatches
+    assert stopped["global_step"] == full["global_step"] == 256
+    loose = run_train("ppo", tiny("ppo", "CartPole-v1", target_kl=1e6, **base))
+    assert loose["num_updates"] == full["num_updates"]
+
+
+def test_resume_restores_state_and_continues(ppo_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(ppo_run["run_dir"], run_dir)
+    first = ppo_run["result"]
+    n_before = len(metrics_records(run_dir))
+    tensors, state, buffer = load_checkpoint(run_dir, CPU, with_buffer=True)
+    assert state["step"] == 512 and buffer is None
+
+    restored = {}
+    load_state = pg.load_state
+
+    def spy(model, optimizer, generator, normalizer, tensors, state):
+        load_state(model, optimizer, generator, normalizer, tensors, state)
+        restored.update(model=copy.deepcopy(model.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
+                        normalizer={name: (rms.mean.clone(), rms.var.clone(), rms.count.clone())
+                                    for name, rms in (("obs", normalizer.obs), ("ret", normalizer.ret))},
+                        generator=generator.get_state().clone(), torch_rng=torch.get_rng_state().clone())
+
+    monkeypatch.setattr(pg, "load_state", spy)
+    cfg = dataclasses.replace(ppo_run["cfg"], total_timesteps=768)
+    result = train_with_run(cfg, run_dir, resume=(tensors, state, buffer), start=state["step"])
+
+    # What training resumed from is exactly what the first run ended with.
+    assert restored, "the resumed run did not load the checkpoint"
+    for key, value in first["model"].state_dict().items():
+        assert torch.equal(restored["model"][key], value), key
+    saved_opt = ppo_run["optimizer"].state_dict()
+    assert restored["optimizer"]["state"].keys() == saved_opt["state"].keys()
+    for index, values in saved_opt["state"].items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(restored["optimizer"]["state"][index][key]).cpu(),
+                               torch.as_tensor(values[key]).cpu()), (index, key)
+    assert restored["optimizer"]["param_groups"][0]["lr"] == pytest.approx(saved_opt["param_groups"][0]["lr"])
+    for name, rms in (("obs", first["normalizer"].obs), ("ret", first["normalizer"].ret)):
+        mean, var, count = restored["normalizer"][name]
+        assert torch.equal(mean, rms.mean) and torch.equal(var, rms.var) and torch.equal(count, rms.count), name
+    assert torch.equal(restored["generator"], tensors["rng.actions"])
+    assert torch.equal(restored["torch_rng"], tensors["rng.torch"])
+
+    # Counters continue: 6 rollouts of 128 steps in all.
+    steps, updates = expected_counts("ppo", cfg)
+    assert result["global_step"] == steps == 768
+    assert result["num_updates"] == updates
+    _, final_state, _ = load_checkpoint(run_dir)
+    assert final_state["step"] == 768
+    assert final_state["counters"] == {"global_step": 768, "rollouts": 6, "num_updates": updates}
+    # The normaliser kept counting from the saved statistics.
+    assert float(result["normalizer"].obs.count) > float(first["normalizer"].obs.count)
+    records = metrics_records(run_dir)[n_before:]
+    assert [r["global_step"] for r in records] == [640, 768]
+    # The schedule continues from rollout 4 of 6 (not from the start).
+    assert records[0]["train/learning_rate"] == pytest.approx(cfg.learning_rate * (1 - 4 / 6))
+    assert records[-1]["train/n_updates"] == updates
+
+
+def test_evaluate_applies_the_saved_observation_normalisation(ppo_run, tmp_path):
+    run_dir = tmp_path / "eval"
+    shutil.copytree(ppo_run["run_dir"], run_dir)
+    report = evaluate(run_dir, episodes=2, seed=3, device=CPU)
+    assert report["algo"] == "ppo" and report["policy"] == "deterministic" and report["global_step"] == 512
+    assert [e["length"] for e in report["episodes"]] == [200, 200]
+    assert all(math.isfinite(e["return"]) and e["return"] < 0 for e in report["episodes"])
+    assert (run_dir / "eval_step_0000000512.json").is_file()
+
+    tensors, _, _ = load_checkpoint(run_dir)
+    model = ppo_run["result"]["model"]
+    model.eval()
+    mean, var = tensors["obs_rms.mean"], tensors["obs_rms.var"]
+    assert not torch.allclose(mean, torch.zeros_like(mean))  # statistics were learnt
+
+    @torch.no_grad()
+    def reference(obs: torch.Tensor, generator=None) -> torch.Tensor:
+        normalised = ((obs - mean) / torch.sqrt(var + 1e-8)).clamp(-10.0, 10.0).float()
+        params, _ = model(normalised)
+        return params[:, :1].clamp(-2.0, 2.0)  # the mean action, clipped to Pendulum's bounds
+
+    env = make_vec_env("Pendulum-v1", 2, CPU)
+    try:
+        policy = ppo.load_policy(ppo_run["cfg"], tensors, env)
+        obs = torch.tensor(np.stack([env.single_observation_space.sample() for _ in range(256)]))
+        actions = policy(obs, torch.Generator().manual_seed(0))
+        assert actions.shape == (256, 1)
+        torch.testing.assert_close(actions, reference(obs))
+        with torch.no_grad():
+            unnormalised = model(obs)[0][:, :1].clamp(-2.0, 2.0)
+        assert not torch.allclose(actions, unnormalised, atol=1e-3)  # the normalisation matters here
+        # Playing the reference policy gives the very episodes `evaluate` reported.
+        returns, lengths = play_episodes(env, reference, 2, seed=3)
+    finally:
+        env.close()
+    assert sorted(returns) == pytest.approx(sorted(e["return"] for e in report["episodes"]), rel=1e-5)
+
+
+def test_stochastic_eval_policy_samples(ppo_run):
+    cfg = dataclasses.replace(ppo_run["cfg"], eval_deterministic=False)
+    tensors, _, _ = load_checkpoint(ppo_run["run_dir"])
+    env = make_vec_env("Pendulum-v1", 2, CPU)
+    try:
+        policy = ppo.load_policy(cfg, tensors, env)
+        obs = torch.zeros(500, 3)
+        a = policy(obs, torch.Generator().manual_seed(0))
+        b = policy(obs, torch.Generator().manual_seed(0))
+    finally:
+        env.close()
+    assert torch.equal(a, b)  # reproducible from the generator
+    assert float(a.std()) > 0.1  # but not a constant action
+    assert bool(((a >= -2.0) & (a <= 2.0)).all())
