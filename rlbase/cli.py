@@ -147,6 +147,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"  mean return {report['mean_return']:.2f} +/- {report['std_return']:.2f} (std)   "
           f"95% CI [{report['ci95_low']:.2f}, {report['ci95_high']:.2f}]")
     print(f"  min {report['min_return']:.2f}   max {report['max_return']:.2f}   mean length {report['mean_length']:.1f}")
+    for key, mean in report.get("outcomes", {}).items():
+        print(f"  {key}: mean {mean:.3f} at episode end")
     if args.video:
         print(f"  videos in {args.video}")
     return 0

@@ -34,10 +34,18 @@ def summarize(returns: list[float], lengths: list[int]) -> dict[str, Any]:
             "episodes": [{"return": float(ret), "length": int(le)} for ret, le in zip(returns, lengths)]}
 
 
+EPISODE_KEYS = ("final_obs", "episode_return", "episode_length")
+
+
 def play_episodes(env: TensorVecEnv, policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                  episodes: int, seed: int, video_dir: Path | None = None) -> tuple[list[float], list[int]]:
+                  episodes: int, seed: int, video_dir: Path | None = None,
+                  outcomes: dict[str, list[float]] | None = None) -> tuple[list[float], list[int]]:
     """Play exactly `episodes` full episodes, split evenly over the envs (so short episodes are not
-    over-represented), and return their real returns and lengths in completion order."""
+    over-represented), and return their real returns and lengths in completion order.
+
+    With `outcomes`, the env's other per-env `info` values at each episode's last step (the maze's
+    `success`, the driving task's `laps`, ...) are appended to `outcomes[key]`, in the same order.
+    """
     quota = np.array([episodes // env.num_envs + (i < episodes % env.num_envs) for i in range(env.num_envs)])
     done_count = np.zeros(env.num_envs, dtype=np.int64)
     returns: list[float] = []
@@ -56,10 +64,15 @@ def play_episodes(env: TensorVecEnv, policy: Callable[[torch.Tensor, torch.Gener
             continue
         ep_returns = info["episode_return"].cpu().numpy()
         ep_lengths = info["episode_length"].cpu().numpy()
+        extra = {} if outcomes is None else {
+            k: v.cpu().numpy() for k, v in info.items()
+            if k not in EPISODE_KEYS and torch.is_tensor(v) and v.shape == (env.num_envs,)}
         for i in np.flatnonzero(ended):
             if done_count[i] < quota[i]:
                 returns.append(float(ep_returns[i]))
                 lengths.append(int(ep_lengths[i]))
+                for key, values in extra.items():
+                    outcomes.setdefault(key, []).append(float(values[i]))
                 if video_dir is not None and i == 0:
                     write_video(video_dir / f"episode_{int(done_count[0]):03d}.mp4", frames[:-1])
                     frames = frames[-1:]
@@ -121,12 +134,19 @@ def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | 
             policy = module.load_policy(cfg, tensors, env, epsilon)
         except (RuntimeError, KeyError) as exc:
             raise RlbaseError(f"{checkpoint} does not match its config ({str(exc).splitlines()[0]})") from None
+        outcomes: dict[str, list[float]] = {}
         with torch.no_grad():
-            returns, lengths = play_episodes(env, policy, episodes, seed, video)
+            returns, lengths = play_episodes(env, policy, episodes, seed, video, outcomes)
     finally:
         env.close()
     report = {"env_id": cfg.env_id, "algo": algo, "checkpoint": str(checkpoint), "global_step": state.get("step"),
-              "epsilon": epsilon, "policy": policy_kind, "seed": seed, "num_episodes": episodes, **summarize(returns, lengths)}
+              "epsilon": epsilon, "policy": policy_kind, "seed": seed, "num_episodes": episodes,
+              **summarize(returns, lengths)}
+    # Task outcomes the env reports at episode ends (maze: success; driving: laps), as means.
+    report["outcomes"] = {key: float(np.mean(values)) for key, values in outcomes.items()}
+    for key, values in outcomes.items():
+        for episode, value in zip(report["episodes"], values):
+            episode[key] = value
     run_dir = checkpoint.parent.parent
     if (run_dir / CONFIG_FILE).exists():
         atomic_write_text(run_dir / f"eval_{checkpoint.name}.json", json.dumps(report, indent=2))

@@ -49,7 +49,8 @@ def train_and_evaluate(algo: str, overrides: dict, episodes: int, eval_seed: int
     returns = [e["return"] for e in report["episodes"]]
     return {"algo": algo, "env": cfg.env_id, "seed": cfg.seed, "train_seconds": round(seconds, 1),
             "steps": metrics["global_step"], "train_ep_rew_mean": metrics["ep_rew_mean"],
-            "eval_mean": report["mean_return"], "eval_min": min(returns), **report.get("extra", {})}
+            "eval_mean": report["mean_return"], "eval_min": min(returns),
+            **{f"eval_{k}": v for k, v in report["outcomes"].items()}}
 
 
 def main() -> None:
