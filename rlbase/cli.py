@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=None, help="episodes to play (default: the config's eval_episodes)")
     ev.add_argument("--epsilon", type=float, default=None,
                     help="DQN: exploration rate while evaluating (default: the config's eval_epsilon; Atari 0.05)")
+    ev.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                    help="policy-gradient agents: play the mode/mean action, or sample with --no-deterministic "
+                         "(default: the config's eval_deterministic)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--num-envs", type=int, default=None, help="parallel envs (default: min(episodes, 8))")
@@ -137,7 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid --epsilon: must be in [0, 1], got {args.epsilon}")
     if args.num_envs is not None and args.num_envs <= 0:
         raise UsageError(f"invalid --num-envs: must be positive, got {args.num_envs}")
-    report = evaluate(args.path, episodes=args.episodes, epsilon=args.epsilon, seed=args.seed,
+    report = evaluate(args.path, episodes=args.episodes, epsilon=args.epsilon, deterministic=args.deterministic,
+                      seed=args.seed,
                       device=resolve_device(args.device), num_envs=args.num_envs, video_dir=args.video)
     if args.json:
         print(json.dumps(report))

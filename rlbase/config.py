@@ -41,7 +41,8 @@ class CommonConfig:
     run_name: str = ""
     """Name of the run directory (default: <env>__<algo>__<seed>__<date-time>)."""
     backbone: str = "auto"
-    """Feature extractor: auto (nature_cnn for images, mlp for vectors), mlp or nature_cnn."""
+    """Feature extractor: auto (nature_cnn for images, impala_cnn for small grids, mlp for vectors),
+    mlp, nature_cnn or impala_cnn."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the mlp backbone."""
     activation: str = "relu"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -110,7 +111,8 @@ def resolve_target(path: str | Path) -> tuple[str, dict[str, Any], Path]:
         raise RlbaseError(f"{state_file} is corrupt") from None
 
 
-def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | None = None, seed: int = 0,
+def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | None = None,
+             deterministic: bool | None = None, seed: int = 0,
              device: torch.device, num_envs: int | None = None, video_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint at `path`; returns the summary (also saved as an eval report in the run)."""
     from rlbase.agents import get_algorithm
@@ -121,6 +123,8 @@ def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | 
     tensors, state, _ = load_checkpoint(checkpoint, device)
     episodes = episodes or cfg.eval_episodes
     if hasattr(cfg, "eval_deterministic"):  # policy-gradient agents: mode/mean or sampled actions
+        if deterministic is not None:
+            cfg = dataclasses.replace(cfg, eval_deterministic=deterministic)
         epsilon = None
         policy_kind = "deterministic" if cfg.eval_deterministic else "stochastic"
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -61,14 +62,19 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", default="{}", help='JSON of config overrides, e.g. \'{"n_step": 1}\'')
+    parser.add_argument("--keep", metavar="DIR", default=None, help="keep the run directories under DIR")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    root = Path(tempfile.mkdtemp(prefix=f"{args.algo}-", dir=args.keep))
+    try:
         for seed in args.seeds:
-            overrides = {"env_id": args.env, "seed": seed, "log_dir": tmp, **json.loads(args.set)}
-            result = train_and_evaluate(args.algo, overrides, args.episodes, 1000 + seed, Path(tmp) / f"seed{seed}")
+            overrides = {"env_id": args.env, "seed": seed, "log_dir": str(root), **json.loads(args.set)}
+            result = train_and_evaluate(args.algo, overrides, args.episodes, 1000 + seed, root / f"seed{seed}")
             print(json.dumps(result), flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
