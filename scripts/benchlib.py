@@ -69,3 +69,85 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     for r in rows:
         print("  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(r, widths)))
     print()
+
+
+# --------------------------------------------------------------------------- additions for bench_pg.py
+# (bench_dqn.py keeps its own copies of the env and worker helpers; these are the same logic, shared.)
+
+WORKER_RESULT_MARKER = "BENCH_RESULT "
+
+
+def nature_cnn_actor_critic(in_channels: int, num_actions: int):
+    """A plain NatureCNN trunk shared by a policy head and a value head (rlbase's ActorCritic with
+    `shared_backbone`, SB3's CnnPolicy): `forward(uint8 frames) -> (logits, value)`, frames scaled /255."""
+    import torch
+    from torch import nn
+
+    class ActorCriticCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Sequential(
+                nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+                nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(3136, 512), nn.ReLU(),
+            )
+            self.policy = nn.Linear(512, num_actions)
+            self.value = nn.Linear(512, 1)
+            self.channels_last = False
+
+        def forward(self, frames):
+            x = frames.to(torch.float32) * (1.0 / 255.0)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            features = self.trunk(x)
+            return self.policy(features), self.value(features).squeeze(-1)
+
+    return ActorCriticCNN()
+
+
+def register_ale() -> None:
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+
+
+def sb3_vec_env(cfg, n_envs: int, seed: int | None = None):
+    """SB3's own env stack (DummyVecEnv) for `cfg.env_id`, with rlbase's Atari settings from `cfg`.
+
+    Atari: `make_atari_env` + `VecFrameStack`, with `frameskip=1` passed to the v5 env because the v5
+    ids skip 4 frames themselves and SB3's AtariWrapper skips 4 more; the v5 env keeps its sticky
+    actions (repeat_action_probability, applied per emulator frame inside ALE, as in ale-py's vector
+    env), and AtariWrapper's own agent-level sticky actions stay off.
+    """
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    seed = cfg.seed if seed is None else seed
+    if not cfg.env_id.startswith("ALE/"):
+        return make_vec_env(cfg.env_id, n_envs=n_envs, seed=seed)
+    register_ale()
+    env = make_atari_env(
+        cfg.env_id, n_envs=n_envs, seed=seed,
+        env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.sticky_actions,
+                    "max_num_frames_per_episode": cfg.max_episode_steps * 4},
+        wrapper_kwargs={"noop_max": cfg.noop_max, "frame_skip": 4, "screen_size": 84,
+                        "terminal_on_life_loss": cfg.terminal_on_life_loss, "clip_reward": cfg.clip_rewards},
+    )
+    return VecFrameStack(env, n_stack=cfg.frame_stack)
+
+
+def run_worker_subprocess(script: str, job: dict) -> dict:
+    """Run `python script --worker JOB_JSON` and return the dict it printed after WORKER_RESULT_MARKER."""
+    import json
+    import sys
+
+    proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", json.dumps(job)],
+                          capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(WORKER_RESULT_MARKER):
+            return json.loads(line[len(WORKER_RESULT_MARKER):])
+    sys.stderr.write(proc.stdout + proc.stderr)
+    raise RuntimeError(f"benchmark job failed (exit {proc.returncode}): {job.get('kind')} {job.get('label', '')}")
