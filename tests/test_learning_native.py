@@ -1,0 +1,62 @@
+"""Learning tests on rlbase's own envs: evaluation on the held-out split through `rlbase eval`'s code.
+
+Slow. CI runs the `ci_slow` tier (`-m "not slow or ci_slow"`): PPO on the batched CartPole (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlbase.agents import get_algorithm
+from rlbase.config import env_options, resolve_config, to_json
+from rlbase.envs import make_vec_env
+from rlbase.evaluate import evaluate
+from rlbase.logger import RunLogger
+from rlbase.run import Run, write_config
+from rlbase.utils import resolve_device
+
+
+def train_preset(tmp_path, algo: str, env_id: str, seed: int) -> tuple[dict, object]:
+    module = get_algorithm(algo)
+    cfg = resolve_config(module.Config, algo, {"env_id": env_id, "seed": seed, "log_dir": str(tmp_path)})
+    device = resolve_device(cfg.device)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_config(run_dir, algo, cfg)
+    logger = RunLogger(run_dir, cfg.total_timesteps, hparams=json.loads(to_json(cfg)), progress=False)
+    env = make_vec_env(cfg.env_id, cfg.num_envs, device, **env_options(cfg))
+    try:
+        metrics = module.train(cfg, env, Run(run_dir, algo, cfg, logger))
+    finally:
+        logger.close()
+        env.close()
+    return metrics, run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.ci_slow), 1, 2])
+def test_ppo_solves_native_cartpole(tmp_path, seed):
+    _, run_dir = train_preset(tmp_path, "ppo", "rlbase/CartPole-v1", seed)
+    report = evaluate(run_dir, episodes=20, seed=1000 + seed, device=resolve_device("cpu"))
+    assert report["mean_return"] >= 475.0, f"seed {seed}: {report['mean_return']:.1f} (min {report['min_return']:.0f})"
+
+
+@pytest.mark.slow
+def test_ppo_laps_held_out_tracks(tmp_path):
+    """PPO on lidar observations completes a lap on >= 80% of tracks it never trained on."""
+    _, run_dir = train_preset(tmp_path, "ppo", "rlbase/Driving-v0", 0)
+    report = evaluate(run_dir, episodes=100, seed=1000, device=resolve_device("cpu"))
+    laps = [e["laps"] for e in report["episodes"]]
+    assert len(laps) == 100
+    lap_rate = sum(lap >= 1 for lap in laps) / len(laps)
+    assert lap_rate >= 0.8, f"laps completed on {lap_rate:.0%} of held-out tracks; mean return {report['mean_return']:.1f}"
+
+
+@pytest.mark.slow
+def test_dqn_makes_progress_on_discrete_driving(tmp_path):
+    """DQN drives at least half a lap on average on held-out tracks (a random policy leaves the track at once)."""
+    _, run_dir = train_preset(tmp_path, "dqn", "rlbase/DrivingDiscrete-v0", 0)
+    report = evaluate(run_dir, episodes=50, seed=1000, device=resolve_device("cpu"))
+    assert report["outcomes"]["progress"] >= 0.5, report["outcomes"]
