@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, load_policy,  # noqa: F401
-                              make_adam, minibatch_update, train_loop, validate_pg)
+                              minibatch_update, train_loop, validate_pg)
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
+from rlbase.utils import make_adam
 
 
 @dataclass

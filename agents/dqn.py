@@ -27,7 +27,7 @@ from rlbase.config import CommonConfig, check, training_threads, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.stats import RecentEpisodes
-from rlbase.utils import intra_op_threads, seed_everything
+from rlbase.utils import intra_op_threads, make_adam, seed_everything
 
 
 @dataclass
@@ -131,15 +131,6 @@ def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_
         raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {action_space}")
     backbone = build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes, cfg.activation)
     return QNetwork(backbone, int(action_space.n), cfg.dueling)
-
-
-def make_adam(params, lr: float, eps: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this torch build has it (one kernel for all parameters)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
 def linear_epsilon(cfg: DQNConfig, global_step: int) -> float:

@@ -26,7 +26,7 @@ from rlbase.config import CommonConfig, check, training_threads, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.stats import RecentEpisodes
-from rlbase.utils import intra_op_threads, seed_everything
+from rlbase.utils import intra_op_threads, make_adam, seed_everything
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -451,15 +451,6 @@ class _NoTimer:
 
 UpdateFn = Callable[[PGConfig, ActorCritic, torch.optim.Optimizer, RolloutStorage, Any, torch.Generator],
                     dict[str, torch.Tensor]]
-
-
-def make_adam(params, lr: float, eps: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this torch build has it."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
 def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn,

@@ -74,7 +74,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.envs.native import NativeVecEnv, SingleEnv, level_seeds, random_uniform
+from rlbase.envs.native import NativeVecEnv, SingleEnv, check_int, level_seeds, random_uniform
 
 OBS_MODES = ("lidar", "pixels")
 
@@ -132,15 +132,6 @@ def _non_negative(name: str, value: Any) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return int(value)
-
-
 class DrivingVecEnv(NativeVecEnv):
     """A batch of cars, each on its own random track, on one device (see the module docstring)."""
 
@@ -150,20 +141,20 @@ class DrivingVecEnv(NativeVecEnv):
                  track_width: float = 6.0, roughness: float = 1.0, num_rays: int = 9,
                  lidar_range: float = 20.0, lidar_samples: int = LIDAR_SAMPLES, max_speed: float = 15.0,
                  lap_reward: float = 100.0, offtrack_penalty: float = 10.0):
-        num_envs = _integer("num_envs", num_envs, 1)
+        num_envs = check_int("num_envs", num_envs, 1)
         if not isinstance(discrete, (bool, np.bool_)):
             raise ValueError(f"discrete must be True or False, got {discrete!r}")
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
-        max_episode_steps = _integer("max_episode_steps", max_episode_steps, 1)
-        num_levels = _integer("num_levels", num_levels, 0)
-        self.laps = _integer("laps", laps, 0)
+        max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
+        num_levels = check_int("num_levels", num_levels, 0)
+        self.laps = check_int("laps", laps, 0)
         self.track_radius = _positive("track_radius", track_radius)
         self.track_width = _positive("track_width", track_width)
         self.roughness = _non_negative("roughness", roughness)
-        self.num_rays = _integer("num_rays", num_rays, 1, 64)
+        self.num_rays = check_int("num_rays", num_rays, 1, 64)
         self.lidar_range = _positive("lidar_range", lidar_range)
-        self.lidar_samples = _integer("lidar_samples", lidar_samples, 2, 64)
+        self.lidar_samples = check_int("lidar_samples", lidar_samples, 2, 64)
         self.max_speed = _positive("max_speed", max_speed)
         self.lap_reward = _positive("lap_reward", lap_reward)
         self.offtrack_penalty = _non_negative("offtrack_penalty", offtrack_penalty)

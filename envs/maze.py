@@ -33,13 +33,11 @@ level seeds (tests, analysis).
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, level_seeds, random_bits
+from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_int, level_seeds, random_bits
 
 MIN_SIZE, MAX_SIZE = 7, 31
 OBS_MODES = ("grid", "pixels", "ego")
@@ -55,15 +53,6 @@ EDGE_CHUNK = 64  # about as many edges per block of `generate`'s (edges, B) inde
 PALETTE = np.array([[235, 235, 225], [40, 44, 52], [60, 190, 80], [220, 60, 50]], dtype=np.uint8)
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return int(value)
-
-
 class MazeVecEnv(NativeVecEnv):
     """A batch of mazes on one device (see the module docstring)."""
 
@@ -72,17 +61,17 @@ class MazeVecEnv(NativeVecEnv):
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
                  num_levels: int = 0, autoreset: bool = True, size: int = 11, obs_mode: str = "grid",
                  view_radius: int = 3, max_episode_steps: int | None = None):
-        num_envs = _check_int("num_envs", num_envs, 1)
-        size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
+        num_envs = check_int("num_envs", num_envs, 1)
+        size = check_int("size", size, MIN_SIZE, MAX_SIZE)
         if size % 2 == 0:
             raise ValueError(f"size must be odd (walls on even coordinates, cells on odd ones), got {size}")
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
-        view_radius = _check_int("view_radius", view_radius, 1, size - 1)
+        view_radius = check_int("view_radius", view_radius, 1, size - 1)
         if max_episode_steps is None:
             max_episode_steps = 4 * size * size
-        max_episode_steps = _check_int("max_episode_steps", max_episode_steps, 1)
-        num_levels = _check_int("num_levels", num_levels, 0)
+        max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
+        num_levels = check_int("num_levels", num_levels, 0)
         super().__init__("rlbase/Maze-v0", num_envs, device, max_episode_steps=max_episode_steps,
                          split=split, num_levels=num_levels, autoreset=autoreset)
         self.size, self.obs_mode, self.view_radius = size, obs_mode, view_radius

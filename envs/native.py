@@ -77,6 +77,16 @@ def level_seeds(keys: torch.Tensor, episodes: torch.Tensor, split: str, num_leve
     return 2 * level + (1 if split == "eval" else 0)
 
 
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """`value` as an int in [low, high]; a ValueError naming the keyword otherwise (constructor checks)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return int(value)
+
+
 class NativeVecEnv(TensorVecEnv):
     """Base class of the native envs. Subclasses set the spaces and implement three hooks:
 

@@ -43,3 +43,12 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def make_adam(params, lr: float, eps: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where this torch build has it (one kernel for all parameters)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, eps=eps)

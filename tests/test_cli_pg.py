@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,29 +17,7 @@ import pytest
 from rlbase.agents.ppo import PPOConfig
 from rlbase.config import field_docs, flag_name, load_preset
 
-RLBASE_EXE = Path(sys.executable).parent / "rlbase"
-
-
-def run_cli(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    assert RLBASE_EXE.exists(), f"console script {RLBASE_EXE} is not installed"
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), NO_COLOR="1")
-    return subprocess.run([str(RLBASE_EXE), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
-    output = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == code, output
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, output
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected exactly one line on stderr\n{output}"
-    assert lines[0].startswith("rlbase: error:") and len(lines[0]) > len("rlbase: error: "), output
-    return lines[0]
+from tests.test_cli import assert_ok, assert_one_line_error, run_cli
 
 
 def latest_state(run_dir: Path) -> dict:
