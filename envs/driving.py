@@ -227,7 +227,6 @@ class DrivingVecEnv(NativeVecEnv):
         self.offtrack = torch.zeros(b, dtype=torch.bool, device=dev)
         self._frame: dict[str, torch.Tensor] | None = None
         self._obs: torch.Tensor | None = None
-        self._in_step = False
         self._spare_stale = True
         self._since_refresh = 0
 
@@ -487,15 +486,8 @@ class DrivingVecEnv(NativeVecEnv):
         return self._colours[idx.long()].permute(1, 2, 0)  # (P, n, 3) -> (n, 3, P)
 
     # -- hooks --------------------------------------------------------------------------------
-    def step(self, actions: torch.Tensor):
-        self._in_step = True
-        try:
-            return super().step(actions)
-        finally:
-            self._in_step = False
-
     def _reset_envs(self, mask: torch.Tensor) -> None:
-        if self._in_step:  # autoreset inside `step`: ended envs take their spare episode
+        if self.in_step:  # autoreset inside `step`: ended envs take their spare episode
             obs = self._observe()  # of the ended episodes (already computed for final_obs)
             self.coef = torch.where(mask, self.coef_next, self.coef)
             self.car = torch.where(mask, self.car_next, self.car)

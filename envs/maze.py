@@ -151,7 +151,6 @@ class MazeVecEnv(NativeVecEnv):
         self.pos = self._cell_pos[:1].repeat(b)  # agent, padded flat position
         self.exit = self._cell_pos[:1].repeat(b)
         self.success = torch.zeros(b, dtype=torch.bool, device=dev)
-        self._in_step = False
         self._spare_stale = True  # spare slots must be regenerated before the next autoreset
         self._since_refresh = 0
 
@@ -312,15 +311,8 @@ class MazeVecEnv(NativeVecEnv):
         return level_seeds(self.keys, episodes, self.split, self.num_levels)
 
     # -- hooks -------------------------------------------------------------------------------
-    def step(self, actions: torch.Tensor):
-        self._in_step = True
-        try:
-            return super().step(actions)
-        finally:
-            self._in_step = False
-
     def _reset_envs(self, mask: torch.Tensor) -> None:
-        if not self._in_step:
+        if not self.in_step:
             # Outside `step`: build the current episodes' levels now. Spare slots of envs outside
             # `mask` are overwritten too, so all are regenerated before the next step.
             self._write_spare(self.episodes)

@@ -119,6 +119,9 @@ class NativeVecEnv(TensorVecEnv):
         self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self._stats = EpisodeStats(num_envs, self.device)
         self._all = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        # True while `step` runs: `_reset_envs` is then an autoreset of ended envs (procedural envs
+        # swap in a pre-built next level) rather than a reset from outside (`reset`, `start_next_episode`).
+        self.in_step = False
 
     # -- hooks -------------------------------------------------------------------------------
     def _reset_envs(self, mask: torch.Tensor) -> None:
@@ -153,6 +156,13 @@ class NativeVecEnv(TensorVecEnv):
         return self._observe(), {}
 
     def step(self, actions: torch.Tensor):
+        self.in_step = True
+        try:
+            return self._step(actions)
+        finally:
+            self.in_step = False
+
+    def _step(self, actions: torch.Tensor):
         rewards, terminated = self._advance(actions)
         self.elapsed += 1
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
