@@ -68,17 +68,16 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
-from benchlib import fmt_rate, git_revision, load_average, mlp, nature_cnn, print_table, round_up
+from benchlib import (WORKER_RESULT_MARKER, fmt_rate, git_revision, load_average, mlp, nature_cnn, print_table,
+                      round_up, run_worker_subprocess)
 
 CARTPOLE = "CartPole-v1"
 BREAKOUT = "ALE/Breakout-v5"
 FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
-RESULT_MARKER = "BENCH_RESULT "
 CEILING_WINDOWS = 5
 
 
@@ -356,15 +355,7 @@ WORKERS = {"train_rlbase": work_train_rlbase, "train_sb3": work_train_sb3, "env"
 
 
 def run_job(job: dict[str, Any], in_process: bool) -> dict[str, Any]:
-    if in_process:
-        return WORKERS[job["kind"]](job)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
-    sys.stderr.write(proc.stdout + proc.stderr)
-    raise RuntimeError(f"benchmark job failed (exit {proc.returncode}): {job['kind']} {job.get('label', '')}")
+    return WORKERS[job["kind"]](job) if in_process else run_worker_subprocess(__file__, job)
 
 
 # --------------------------------------------------------------------------- the benchmark plan
@@ -445,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:  # a subprocess running one measurement
         job = json.loads(args.worker)
         result = WORKERS[job["kind"]](job)
-        print(RESULT_MARKER + json.dumps(result), flush=True)
+        print(WORKER_RESULT_MARKER + json.dumps(result), flush=True)
         return 0
 
     if args.quick:
