@@ -7,7 +7,7 @@ the start states come from rlbase's counter-based randomness rather than NumPy's
 
 CartPole is written for speed at large batch sizes on the CPU, where every elementwise op costs a
 few microseconds of dispatch no matter how small: one (B, 4) state updated in place, constants
-folded, fused ops (`addcmul`), and a start-state draw of a dozen integer ops (see `_start_bits`).
+folded, fused ops (`addcmul`), and a start-state draw of a dozen integer ops (`NativeVecEnv.episode_bits`).
 Pendulum is written plainly.
 """
 
@@ -19,27 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.envs.native import NativeVecEnv, SingleEnv, random_bits, random_uniform
-
-# Stream ids of the counter-based draws (see native.py), one per use.
-_CARTPOLE_START_STREAM = 0xCA27
-_PENDULUM_START_STREAM = 0x9E4D
-
-# splitmix64's multipliers, as signed int64 (torch's integer ops wrap modulo 2**64).
-_GOLDEN64 = 0x9E3779B97F4A7C15 - (1 << 64)
-_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
-_MIX2 = 0x94D049BB133111EB - (1 << 64)
-
-
-def _mix64(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on an int64 tensor, in place. torch's `>>` is arithmetic on int64, so
-    each shift is masked to make it logical (otherwise the map would not be a bijection)."""
-    z.bitwise_xor_((z >> 30).bitwise_and_((1 << 34) - 1))
-    z.mul_(_MIX1)
-    z.bitwise_xor_((z >> 27).bitwise_and_((1 << 37) - 1))
-    z.mul_(_MIX2)
-    return z.bitwise_xor_((z >> 31).bitwise_and_((1 << 33) - 1))
-
+from rlbase.envs.native import NativeVecEnv, SingleEnv
 
 # ---------------------------------------------------------------------------------- drawing
 
@@ -120,33 +100,15 @@ class CartPoleVecEnv(NativeVecEnv):
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
         self.single_action_space = gym.spaces.Discrete(2)
         self.state = torch.zeros(num_envs, 4, dtype=torch.float32, device=self.device)
-        self._start_keys = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         # Constants of the fused ops, as 0-dim tensors on the device (addcmul's `input` must be a tensor).
         t = lambda v: torch.tensor(v, dtype=torch.float32, device=self.device)  # noqa: E731
         self._force_left = t(-self.force_mag / self.total_mass)
         self._den_const = t(self.length * 4.0 / 3.0)
 
-    def seed(self, seed: int | None) -> None:
-        super().seed(seed)
-        # One 64-bit key per env for the start-state draws, from native.py's counter-based bits:
-        # a pure function of the env's seed, so start states do not depend on the batch size.
-        lo, hi = random_bits(self.keys, torch.zeros_like(self.keys), _CARTPOLE_START_STREAM, 2).unbind(1)
-        self._start_keys = lo | (hi << 32)
-
-    def _start_bits(self) -> torch.Tensor:
-        """(B,) int64: 64 random bits per env for the start state of its current episode.
-
-        `random_uniform(keys, episodes, stream, 4)` would cost ~60 integer ops on the whole batch
-        at every step (every env might be resetting; picking the ones that are would need a
-        host sync), more than the physics. Instead this is splitmix64 keyed per env: the bits are
-        mix64(key + episode * golden), 13 ops on (B,) for 4 x 16 bits.
-        """
-        return _mix64(torch.add(self._start_keys, self.episodes, alpha=_GOLDEN64))
-
     def _start_states(self) -> torch.Tensor:
         """(B, 4) float32 start states, uniform in [-0.05, 0.05) on a 2**-16 grid."""
         # The 64 bits as four int16 (the signed range [-32768, 32767]), scaled to [-0.05, 0.05).
-        halves = self._start_bits().view(torch.int16).view(self.num_envs, 4)
+        halves = self.episode_bits().view(torch.int16).view(self.num_envs, 4)
         return halves.to(torch.float32).mul_(0.05 / 32768)
 
     def _reset_envs(self, mask: torch.Tensor) -> None:
@@ -244,10 +206,19 @@ class PendulumVecEnv(NativeVecEnv):
         self.state = torch.zeros(num_envs, 2, dtype=torch.float32, device=self.device)  # (th, thdot)
 
     def _reset_envs(self, mask: torch.Tensor) -> None:
-        u = random_uniform(self.keys, self.episodes, _PENDULUM_START_STREAM, 2)
-        th = u[:, 0].mul(2 * math.pi).sub_(math.pi)
-        thdot = u[:, 1].mul(2.0).sub_(1.0)
-        self.state = torch.where(mask[:, None], torch.stack([th, thdot], 1), self.state)
+        # 64 random bits per env (see NativeVecEnv.episode_bits) as two uniforms on a 2**-24 grid.
+        halves = self.episode_bits().view(torch.int32).view(self.num_envs, 2)
+        u = (halves >> 8).to(torch.float32).mul_(1.0 / (1 << 24)).add_(0.5)  # [-0.5, 0.5) -> [0, 1)
+        fresh = u.mul_(torch.tensor([2 * math.pi, 2.0], device=self.device)).sub_(
+            torch.tensor([math.pi, 1.0], device=self.device))  # th in [-pi, pi), thdot in [-1, 1)
+        if self.device.type == "mps":  # no complex dtype there
+            self.state = torch.where(mask[:, None], fresh, self.state)
+            return
+        # Each env's (th, thdot) viewed as one complex64: a (B,) masked select instead of a
+        # broadcast (B, 2) one, which is several times slower on the CPU.
+        rows = torch.where(mask, fresh.view(torch.complex64).view(self.num_envs),
+                           self.state.view(torch.complex64).view(self.num_envs))
+        self.state = torch.view_as_real(rows)
 
     def _advance(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         th, thdot = self.state.unbind(1)
