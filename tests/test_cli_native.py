@@ -62,3 +62,12 @@ def test_bad_env_kwargs_are_one_line_errors(tmp_path, args):
     line = assert_one_line_error(proc, 2)
     assert "env-kwargs" in line or "size" in line
     assert not any(tmp_path.iterdir()), "no run directory for a rejected command"
+
+
+def test_eval_policy_flag_overrides_the_config(maze_run):
+    kinds = {}
+    for flag in ("--deterministic", "--no-deterministic"):
+        proc = run_cli("eval", maze_run, "--episodes", 2, "--json", flag, cwd=maze_run)
+        assert_ok(proc)
+        kinds[flag] = json.loads(proc.stdout)["policy"]
+    assert kinds == {"--deterministic": "deterministic", "--no-deterministic": "stochastic"}
