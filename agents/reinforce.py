@@ -18,11 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from rlbase.agents.a2c import a2c_loss
-from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, load_policy,  # noqa: F401
-                              minibatch_update, train_loop, validate_pg)
+from rlbase.agents.a2c import update as a2c_update
+from rlbase.agents.pg import PGConfig, check_env, load_policy, train_loop, validate_pg  # noqa: F401
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
 
@@ -52,16 +49,9 @@ def validate(cfg: ReinforceConfig) -> None:
     check(cfg.gae_lambda == 1.0, "gae_lambda", "REINFORCE uses Monte Carlo returns; use a2c or ppo for lambda < 1")
 
 
-def update(cfg: ReinforceConfig, model: ActorCritic, optimizer: torch.optim.Optimizer, storage: RolloutStorage,
-           dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One gradient step: -(G - b(s)) log pi(a|s), plus the baseline's regression to G.
-
-    With lambda = 1 the advantages are exactly G_t - V(s_t); the loss is A2C's with those weights.
-    """
-    loss, stats = a2c_loss(cfg, model, dist, storage.flat())
-    minibatch_update(model, optimizer, loss, cfg.max_grad_norm)
-    return {"train/policy_gradient_loss": stats["pg"], "train/value_loss": stats["v"],
-            "train/entropy_loss": -stats["ent"], "num_updates": 1}
+# One gradient step on the whole rollout: -(G - b(s)) log pi(a|s) plus the baseline's regression
+# to G. With lambda = 1 the advantages are exactly G_t - V(s_t), so this is A2C's update.
+update = a2c_update
 
 
 def train(cfg: ReinforceConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:

@@ -72,8 +72,8 @@ import sys
 import time
 from typing import Any
 
-from benchlib import (WORKER_RESULT_MARKER, fmt_rate, git_revision, load_average, mlp, nature_cnn, print_table,
-                      round_up, run_worker_subprocess)
+from benchlib import (add_common_arguments, fmt_rate, git_revision, load_average, mlp, nature_cnn, print_table,
+                      round_up, run_worker_if_asked, run_worker_subprocess)
 
 CARTPOLE = "CartPole-v1"
 BREAKOUT = "ALE/Breakout-v5"
@@ -425,18 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(FAMILIES), help="benchmark one env family only")
     parser.add_argument("--repeats", type=int, default=1, help="training runs per variant (median reported)")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="timed seconds per compute-ceiling probe")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny step counts (numbers meaningless)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch.set_num_threads for every run, both libraries (default: os.cpu_count())")
-    parser.add_argument("--in-process", action="store_true", help="run every measurement in this process")
-    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON to PATH")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-
-    if args.worker:  # a subprocess running one measurement
-        job = json.loads(args.worker)
-        result = WORKERS[job["kind"]](job)
-        print(WORKER_RESULT_MARKER + json.dumps(result), flush=True)
+    if run_worker_if_asked(args, WORKERS):  # a subprocess running one measurement
         return 0
 
     if args.quick:

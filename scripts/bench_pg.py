@@ -88,8 +88,8 @@ import sys
 import time
 from typing import Any
 
-from benchlib import (WORKER_RESULT_MARKER, fmt_rate, git_revision, load_average, nature_cnn_actor_critic,
-                      print_table, register_ale, run_worker_subprocess, sb3_vec_env)
+from benchlib import (add_common_arguments, fmt_rate, git_revision, load_average, nature_cnn_actor_critic,
+                      print_table, register_ale, run_worker_if_asked, run_worker_subprocess, sb3_vec_env)
 
 CARTPOLE = "CartPole-v1"
 BREAKOUT = "ALE/Breakout-v5"
@@ -776,18 +776,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="solve: training budget for both (default 0: rlbase preset / RL-Zoo, both 1e5)")
     parser.add_argument("--eval-every", type=int, default=10_000, help="solve: env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10, help="solve: deterministic episodes per evaluation")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny budgets (numbers meaningless)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch.set_num_threads for every run, both libraries (default: os.cpu_count())")
-    parser.add_argument("--in-process", action="store_true", help="run every measurement in this process")
-    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON to PATH")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-
-    if args.worker:  # a subprocess running one measurement
-        job = json.loads(args.worker)
-        result = WORKERS[job["kind"]](job)
-        print(WORKER_RESULT_MARKER + json.dumps(result), flush=True)
+    if run_worker_if_asked(args, WORKERS):  # a subprocess running one measurement
         return 0
 
     if args.quick:

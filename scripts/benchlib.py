@@ -151,3 +151,26 @@ def run_worker_subprocess(script: str, job: dict) -> dict:
             return json.loads(line[len(WORKER_RESULT_MARKER):])
     sys.stderr.write(proc.stdout + proc.stderr)
     raise RuntimeError(f"benchmark job failed (exit {proc.returncode}): {job.get('kind')} {job.get('label', '')}")
+
+
+def add_common_arguments(parser) -> None:
+    """The flags every benchmark script shares: --quick, --threads, --in-process, --json, --worker."""
+    import argparse
+
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny budgets (numbers meaningless)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch.set_num_threads for every run, both libraries (default: os.cpu_count())")
+    parser.add_argument("--in-process", action="store_true", help="run every measurement in this process")
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON to PATH")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def run_worker_if_asked(args, workers: dict) -> bool:
+    """In a `--worker JOB` subprocess: run that one measurement, print its result, return True."""
+    import json
+
+    if not args.worker:
+        return False
+    job = json.loads(args.worker)
+    print(WORKER_RESULT_MARKER + json.dumps(workers[job["kind"]](job)), flush=True)
+    return True
