@@ -1,7 +1,14 @@
 """Backbones: feature extractors built from an observation space, each exposing `out_dim`.
 
 uint8 images are scaled to [0, 1] inside the module, on the device, so replay and rollout
-storage can keep them as uint8.
+storage can keep them as uint8. The modules live in `vision` (mlp, nature_cnn, impala_cnn,
+resnet, vit), `text` (the token-id encoder) and `multi` (dict observations); this module is the
+registry that picks and builds one by name, and `artifact` saves and loads trained ones.
+
+Names: a registry name (`BACKBONES`), or `auto` for the default of the observation space. Dict
+observations take `auto` (every key its default), one registry name (used for every key whose
+observations it accepts, the others keep their default), or a per-key spec such as
+"image=resnet,mission=text" (keys left out keep their default).
 """
 
 from __future__ import annotations
@@ -9,17 +16,18 @@ from __future__ import annotations
 from typing import Callable
 
 import gymnasium as gym
-import numpy as np
-import torch
-from torch import nn
 
+from rlbase.backbones.multi import (MultiInputBackbone, format_backbone_spec, is_backbone_spec,
+                                    parse_backbone_spec)
+from rlbase.backbones.text import TextEncoder, is_token_space
+from rlbase.backbones.vision import ACTIVATIONS, MLP, Backbone, ImpalaCNN, NatureCNN, ResNet, ViT, input_scale
 from rlbase.errors import UsageError
 
-
-class Backbone(nn.Module):
-    """Base class: `forward(obs) -> features (batch, out_dim)`."""
-
-    out_dim: int
+__all__ = [
+    "ACTIVATIONS", "BACKBONES", "Backbone", "ImpalaCNN", "MLP", "MultiInputBackbone", "NatureCNN", "ResNet",
+    "TextEncoder", "ViT", "backbone_names", "build_backbone", "check_backbone", "default_backbone",
+    "input_scale", "is_grid_space", "is_image_space", "is_token_space", "resolve_backbone_name",
+]
 
 
 def is_image_space(space: gym.spaces.Space) -> bool:
@@ -27,130 +35,52 @@ def is_image_space(space: gym.spaces.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and min(space.shape[1:]) >= 36
 
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
-
-
-class MLP(Backbone):
-    """Flatten the observation, then Linear + ReLU layers."""
-
-    def __init__(self, observation_space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256),
-                 activation: str = "relu"):
-        super().__init__()
-        in_dim = int(np.prod(observation_space.shape))
-        self.scale = input_scale(observation_space)
-        # Vector observations go straight in (no per-call flatten or scaling: small nets are overhead-bound).
-        layers: list[nn.Module] = [nn.Flatten()] if len(observation_space.shape) > 1 else []
-        for width in hidden_sizes:
-            layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
-            in_dim = width
-        self.net = nn.Sequential(*layers)
-        self.out_dim = in_dim
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float()
-        return self.net(x * self.scale if self.scale is not None else x)
-
-
-class NatureCNN(Backbone):
-    """The DQN Nature paper CNN (Mnih et al., 2015): 3 conv layers, then a 512-unit layer.
-
-    Works for any image size of at least 36x36: the flatten size comes from a dummy forward.
-    Runs in channels_last, which is faster for these convolutions on CPU (oneDNN) and GPU.
-    """
-
-    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512):
-        super().__init__()
-        channels = observation_space.shape[0]
-        self.convs = nn.Sequential(
-            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, *observation_space.shape)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
-        self.out_dim = features_dim
-        self.to(memory_format=torch.channels_last)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = (obs.to(torch.float32) * (1.0 / 255.0)).contiguous(memory_format=torch.channels_last)
-        return self.fc(self.convs(x))
-
-
-def input_scale(space: gym.spaces.Box) -> float | None:
-    """1/high for uint8 pixels (0..255 -> [0, 1]); None (use as is) for one-hot grids and floats."""
-    if space.dtype == np.uint8 and float(np.max(space.high)) > 1:
-        return 1.0 / float(np.max(space.high))
-    return None
-
-
-class _ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
-
-
-class ImpalaCNN(Backbone):
-    """The IMPALA CNN (Espeholt et al., 2018): three stages of conv, max-pool and two residual blocks.
-
-    Padded 3x3 convolutions and stride-2 pools work from tiny grids (a 7x7 maze) to 64x64 frames;
-    the standard choice for procedurally generated levels (Procgen).
-    """
-
-    def __init__(self, observation_space: gym.spaces.Box, channels: tuple[int, ...] = (16, 32, 32),
-                 features_dim: int = 256):
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = observation_space.shape[0]
-        for out_channels in channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                       nn.MaxPool2d(3, stride=2, padding=1),
-                       _ResidualBlock(out_channels), _ResidualBlock(out_channels)]
-            in_channels = out_channels
-        self.convs = nn.Sequential(*layers, nn.ReLU(), nn.Flatten())
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, *observation_space.shape)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
-        self.out_dim = features_dim
-        self.scale = input_scale(observation_space)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.to(torch.float32)
-        return self.fc(self.convs(x * self.scale if self.scale is not None else x))
-
-
 def is_grid_space(space: gym.spaces.Space) -> bool:
     """A (C, H, W) Box of any spatial size: images and small grids (maze observations)."""
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
 
 
+def _build_mlp(space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256), activation: str = "relu") -> MLP:
+    return MLP(space, hidden_sizes, activation)
+
+
+def _ignoring_sizes(cls: Callable[[gym.spaces.Box], Backbone]) -> Callable[..., Backbone]:
+    """A builder for a backbone with fixed sizes: `hidden_sizes` and `activation` shape only the mlp."""
+    return lambda space, hidden_sizes=None, activation=None: cls(space)
+
+
+# name -> (builder(space, hidden_sizes, activation), accepts(space), what it needs, for error messages)
 BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space], bool], str]] = {
-    "mlp": (lambda space, hidden_sizes=(256, 256), activation="relu": MLP(space, hidden_sizes, activation),
-            lambda space: isinstance(space, gym.spaces.Box), "a Box observation space"),
-    "nature_cnn": (lambda space, hidden_sizes=None, activation=None: NatureCNN(space),
-                   is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
-    "impala_cnn": (lambda space, hidden_sizes=None, activation=None: ImpalaCNN(space),
-                   is_grid_space, "image or grid observations of shape (C, H, W)"),
+    "mlp": (_build_mlp, lambda space: isinstance(space, gym.spaces.Box), "a Box observation space"),
+    "nature_cnn": (_ignoring_sizes(NatureCNN), is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
+    "impala_cnn": (_ignoring_sizes(ImpalaCNN), is_grid_space, "image or grid observations of shape (C, H, W)"),
+    "resnet": (_ignoring_sizes(ResNet), is_grid_space, "image or grid observations of shape (C, H, W)"),
+    "vit": (_ignoring_sizes(ViT), is_grid_space, "image or grid observations of shape (C, H, W)"),
+    "text": (_ignoring_sizes(TextEncoder), is_token_space,
+             "token-id observations: a 1-D Box with an integer dtype (not uint8) and bounds 0..vocab-1"),
 }
 
 
 def default_backbone(observation_space: gym.spaces.Space) -> str:
-    """nature_cnn for images (H, W >= 36), impala_cnn for smaller (C, H, W) grids, mlp otherwise."""
+    """nature_cnn for images (H, W >= 36), impala_cnn for smaller (C, H, W) grids, text for token ids,
+    mlp otherwise; `auto` for a Dict (each key then takes its own default)."""
+    if isinstance(observation_space, gym.spaces.Dict):
+        return "auto"
     if is_image_space(observation_space):
         return "nature_cnn"
-    return "impala_cnn" if is_grid_space(observation_space) else "mlp"
+    if is_grid_space(observation_space):
+        return "impala_cnn"
+    return "text" if is_token_space(observation_space) else "mlp"
 
 
-def check_backbone(name: str, observation_space: gym.spaces.Space) -> str:
-    """The backbone name to use (`auto` resolved); a UsageError when it cannot take these observations."""
+def _check_single(name: str, observation_space: gym.spaces.Space) -> str:
+    """`name` (`auto` resolved) for a non-Dict space; UsageError when unknown or unfit."""
     if name == "auto":
         name = default_backbone(observation_space)
     if name not in BACKBONES:
+        if is_backbone_spec(name):
+            raise UsageError(f"per-key backbone spec {name!r} needs Dict observations, but the environment's "
+                             f"observations have shape {getattr(observation_space, 'shape', None)}")
         raise UsageError(f"unknown backbone {name!r}; choose from auto, {', '.join(BACKBONES)}")
     _, accepts, needs = BACKBONES[name]
     if not accepts(observation_space):
@@ -159,11 +89,77 @@ def check_backbone(name: str, observation_space: gym.spaces.Space) -> str:
     return name
 
 
+def backbone_names(name: str, observation_space: gym.spaces.Dict) -> dict[str, str]:
+    """The registry name each key of a Dict space gets, in sorted key order; UsageError when it cannot.
+
+    `name` is `auto`, one registry name (for every key it accepts; the others take their default,
+    and at least one key must accept it) or a per-key spec "key=name,key=name" (unnamed keys take
+    their default; a named key must exist and accept its backbone).
+    """
+    if not isinstance(observation_space, gym.spaces.Dict):
+        raise UsageError(f"backbone_names needs Dict observations, got {type(observation_space).__name__}")
+    spaces = {key: observation_space[key] for key in sorted(observation_space.keys())}
+    for key, space in spaces.items():
+        if isinstance(space, gym.spaces.Dict):
+            raise UsageError(f"observation key {key!r} holds a nested Dict; multi-input backbones take one level")
+    chosen = {key: "auto" for key in spaces}
+    if is_backbone_spec(name):
+        for key, sub_name in parse_backbone_spec(name).items():
+            if key not in spaces:
+                raise UsageError(f"backbone spec {name!r} names key {key!r}, but the observations have keys "
+                                 f"{', '.join(spaces)}")
+            chosen[key] = sub_name
+    elif name != "auto":
+        if name not in BACKBONES:
+            raise UsageError(f"unknown backbone {name!r}; choose from auto, {', '.join(BACKBONES)}, "
+                             f"or a per-key spec like 'key=name,key=name'")
+        accepts = BACKBONES[name][1]
+        fitting = [key for key, space in spaces.items() if accepts(space)]
+        if not fitting:
+            raise UsageError(f"backbone {name!r} needs {BACKBONES[name][2]}, but none of the observation keys "
+                             f"({', '.join(spaces)}) has such observations")
+        chosen.update({key: name for key in fitting})
+    resolved = {}
+    for key, sub_name in chosen.items():
+        try:
+            resolved[key] = _check_single(sub_name, spaces[key])
+        except UsageError as err:
+            raise UsageError(f"observation key {key!r}: {err}") from None
+    return resolved
+
+
+def check_backbone(name: str, observation_space: gym.spaces.Space) -> str:
+    """The backbone name to use (`auto` resolved); a UsageError when it cannot take these observations.
+
+    For a Dict space every key is checked (see `backbone_names`) and `name` comes back as given.
+    """
+    if isinstance(observation_space, gym.spaces.Dict):
+        backbone_names(name, observation_space)
+        return name
+    return _check_single(name, observation_space)
+
+
+def resolve_backbone_name(name: str, observation_space: gym.spaces.Space) -> str:
+    """A canonical name: the registry name for a single space, the full sorted per-key spec for a Dict.
+
+    Two names build the same architecture for a space exactly when their resolved names are equal,
+    which is what saved backbones are checked with.
+    """
+    if isinstance(observation_space, gym.spaces.Dict):
+        return format_backbone_spec(backbone_names(name, observation_space))
+    return _check_single(name, observation_space)
+
+
 def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256),
                    activation: str = "relu") -> Backbone:
     """Build backbone `name` (or the default for the space when `name` is `auto`).
 
-    `hidden_sizes` and `activation` shape the mlp backbone; image backbones ignore them.
+    `hidden_sizes` and `activation` shape the mlp backbone (in a Dict, every mlp sub-backbone);
+    the other backbones have fixed sizes. A Dict space gives a `MultiInputBackbone`.
     """
-    name = check_backbone(name, observation_space)
+    if isinstance(observation_space, gym.spaces.Dict):
+        names = backbone_names(name, observation_space)
+        return MultiInputBackbone({key: build_backbone(sub_name, observation_space[key], hidden_sizes, activation)
+                                   for key, sub_name in names.items()})
+    name = _check_single(name, observation_space)
     return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes, activation=activation)

@@ -1,0 +1,61 @@
+"""Multi-input backbones for `gym.spaces.Dict` observations (an image and a mission, say).
+
+One sub-backbone per key, in sorted key order, their features concatenated. Which backbone
+each key gets is resolved by `rlbase.backbones.backbone_names` from a name: `auto`, a single
+backbone name, or a per-key spec such as "image=resnet,mission=text"; this module parses and
+formats those specs and holds the module itself.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from rlbase.backbones.vision import Backbone
+from rlbase.errors import UsageError
+
+
+def is_backbone_spec(name: str) -> bool:
+    """Whether `name` is a per-key spec ("image=resnet,mission=text") rather than one backbone name."""
+    return "=" in name
+
+
+def parse_backbone_spec(spec: str) -> dict[str, str]:
+    """{"image": "resnet", "mission": "text"} from "image=resnet, mission=text"; UsageError when malformed."""
+    names: dict[str, str] = {}
+    for entry in spec.split(","):
+        key, sep, name = (part.strip() for part in entry.partition("="))
+        if not sep or not key or not name:
+            raise UsageError(f"bad backbone spec {spec!r}: write key=backbone pairs separated by commas, "
+                             f"like 'image=resnet,mission=text'")
+        if key in names:
+            raise UsageError(f"bad backbone spec {spec!r}: key {key!r} appears twice")
+        names[key] = name
+    return names
+
+
+def format_backbone_spec(names: Mapping[str, str]) -> str:
+    """The canonical spec of per-key names: every key, sorted ("image=resnet,mission=text")."""
+    return ",".join(f"{key}={names[key]}" for key in sorted(names))
+
+
+class MultiInputBackbone(Backbone):
+    """Features of a dict observation: each key through its own backbone, concatenated in sorted key order.
+
+    `forward(obs)` takes `{key: (batch, ...) tensor}`; `out_dim` is the sum of the sub-backbones'.
+    """
+
+    def __init__(self, sub_backbones: Mapping[str, Backbone]):
+        super().__init__()
+        if not sub_backbones:
+            raise UsageError("a multi-input backbone needs at least one observation key")
+        for key in sub_backbones:
+            if not key or "." in key:  # torch module names cannot hold dots
+                raise UsageError(f"observation key {key!r} cannot name a sub-backbone (empty or contains '.')")
+        self.sub_backbones = nn.ModuleDict({key: sub_backbones[key] for key in sorted(sub_backbones)})
+        self.out_dim = sum(net.out_dim for net in self.sub_backbones.values())
+
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([net(obs[key]) for key, net in self.sub_backbones.items()], dim=1)
