@@ -21,6 +21,7 @@ NATIVE_ENVS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "rlbase/Maze-v0": ("rlbase.envs.maze", "MazeVecEnv", "MazeEnv", {}),
     "rlbase/Driving-v0": ("rlbase.envs.driving", "DrivingVecEnv", "DrivingEnv", {}),
     "rlbase/DrivingDiscrete-v0": ("rlbase.envs.driving", "DrivingVecEnv", "DrivingEnv", {"discrete": True}),
+    "rlbase/MazeGoTo-v0": ("rlbase.envs.mazegoto", "MazeGoToVecEnv", "MazeGoToEnv", {}),
 }
 
 

@@ -31,6 +31,7 @@ from rlbase.envs.core import EpisodeStats, TensorVecEnv
 
 MASK32 = 0xFFFFFFFF
 SPLITS = ("train", "eval")
+Obs = torch.Tensor | dict[str, torch.Tensor]  # a Box observation, or a Dict one key by key
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +110,8 @@ class NativeVecEnv(TensorVecEnv):
     - `_reset_envs(mask)`: re-initialise the state of the envs where `mask` (B,) bool is True, with
       `torch.where` / masked writes, drawing randomness from `self.keys` and `self.episodes`;
     - `_advance(actions) -> (rewards, terminated)`: the dynamics of every env, one step;
-    - `_observe() -> obs`: the observation of every env from the current state.
+    - `_observe() -> obs`: the observation of every env from the current state: a tensor, or for a
+      Dict observation space a dict of tensors (then `info["final_obs"]` is such a dict too).
 
     The base class does the time limit, episode statistics, same-step autoreset and seeding.
     `render_env(i)` (optional) draws env `i` as an (H, W, 3) uint8 array.
@@ -147,7 +149,7 @@ class NativeVecEnv(TensorVecEnv):
     def _advance(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _observe(self) -> torch.Tensor:
+    def _observe(self) -> Obs:
         raise NotImplementedError
 
     def _info(self) -> dict[str, torch.Tensor]:
@@ -176,7 +178,7 @@ class NativeVecEnv(TensorVecEnv):
         """
         return mix64(torch.add(self._episode_keys, self.episodes, alpha=GOLDEN64))
 
-    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def reset(self, seed: int | None = None) -> tuple[Obs, dict[str, Any]]:
         self.seed(seed)
         self.episodes.zero_()
         self.elapsed.zero_()
@@ -238,8 +240,15 @@ class SingleEnv(gym.Env):
         self.action_space = self.vec.single_action_space
         self._seeded = False
 
-    def _to_numpy(self, obs: torch.Tensor) -> np.ndarray:
+    def _to_numpy(self, obs: Obs) -> np.ndarray | dict[str, np.ndarray]:
+        if isinstance(obs, dict):  # a Dict space: each key with its subspace's dtype
+            return {key: value[0].numpy().astype(self.observation_space[key].dtype, copy=False)
+                    for key, value in obs.items()}
         return obs[0].numpy().astype(self.observation_space.dtype, copy=False)
+
+    def _host_info(self) -> dict[str, Any]:
+        """Extra `info` of `reset` and `step` that only the host has (text, ...); none by default."""
+        return {}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -251,13 +260,14 @@ class SingleEnv(gym.Env):
         else:  # the next episode of this seed's sequence
             self.vec.start_next_episode(self.vec._all)
             obs = self.vec._observe()
-        return self._to_numpy(obs), {}
+        return self._to_numpy(obs), self._host_info()
 
     def step(self, action: Any):
         act = torch.as_tensor(np.asarray(action)).unsqueeze(0)
         obs, rewards, terminated, truncated, info = self.vec.step(act)
         extra = {k: v[0].item() for k, v in info.items()
                  if k not in ("final_obs", "episode_return", "episode_length") and torch.is_tensor(v) and v.dim() == 1}
+        extra.update(self._host_info())
         return (self._to_numpy(obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), extra)
 
     def render(self) -> np.ndarray | None:
