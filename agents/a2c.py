@@ -54,10 +54,10 @@ def validate(cfg: A2CConfig) -> None:
     check(0.0 < cfg.rms_alpha < 1.0, "rms_alpha", f"must be in (0, 1), got {cfg.rms_alpha}")
 
 
-def make_optimizer(cfg: A2CConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: A2CConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return make_adam(model.parameters(), cfg.learning_rate, cfg.adam_eps)
-    return torch.optim.RMSprop(model.parameters(), lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.adam_eps)
+        return make_adam(groups, cfg.learning_rate, cfg.adam_eps)
+    return torch.optim.RMSprop(groups, lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.adam_eps)
 
 
 def a2c_loss(cfg: A2CConfig, model: ActorCritic, dist: Any, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlbase import transfer
 from rlbase.backbones import build_backbone, check_backbone
 from rlbase.buffers import ReplayBuffer, ReplaySample
 from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
@@ -124,6 +125,9 @@ def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
     """A UsageError when DQN cannot act in `env` (it needs a discrete action space)."""
     if not isinstance(env.single_action_space, gym.spaces.Discrete):
         raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {env.single_action_space}")
+    if not isinstance(env.single_observation_space, gym.spaces.Box):
+        raise UsageError(f"DQN's replay buffer stores Box observations; {cfg.env_id} has "
+                         f"{type(env.single_observation_space).__name__} observations (use ppo, a2c or reinforce)")
 
 
 def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> QNetwork:
@@ -189,9 +193,13 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
 def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
     device = env.device
     seed_everything(cfg.seed)
-    q = build_q_network(cfg, env.single_observation_space, env.single_action_space).to(device)
+    q = build_q_network(cfg, env.single_observation_space, env.single_action_space)
+    parts = transfer.prepare(cfg, [q.backbone], env.single_observation_space,
+                             fresh=run is None or run.resume is None)
+    q.to(device)
     target = copy.deepcopy(q).requires_grad_(False)
-    optimizer = make_adam(q.parameters(), cfg.learning_rate, cfg.adam_eps)
+    optimizer = make_adam(transfer.parameter_groups(q, parts, cfg), cfg.learning_rate, cfg.adam_eps)
+    transfer.set_learning_rate(optimizer, cfg.learning_rate)  # pretrained backbone: lr * --backbone-lr-scale
     num_actions = int(env.single_action_space.n)
     obs_space = env.single_observation_space
     buffer = ReplayBuffer(cfg.buffer_size, env.num_envs, obs_space.shape, torch.from_numpy(obs_space.sample()).dtype,
@@ -250,7 +258,7 @@ def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(q.parameters(), cfg.max_grad_norm)
+                    nn.utils.clip_grad_norm_([p for p in q.parameters() if p.requires_grad], cfg.max_grad_norm)
                 optimizer.step()
                 if cfg.prioritized_replay:
                     buffer.update_priorities(batch.indices, td_errors)

@@ -28,6 +28,8 @@ from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from rlbase.config import CommonConfig, check, training_threads, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
+from rlbase.obs import Obs, allocate, assign, obs_map, take
+from rlbase import transfer
 from rlbase.stats import RecentEpisodes
 from rlbase.utils import intra_op_threads, make_adam, seed_everything
 
@@ -94,10 +96,11 @@ def check_env(cfg: PGConfig, env: TensorVecEnv) -> None:
     if isinstance(space, gym.spaces.Box):
         if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
             raise UsageError(f"{cfg.env_id} has an unbounded Box action space; policy-gradient agents need finite bounds")
-        return
-    if not isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+    elif not isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
         raise UsageError(f"{cfg.env_id} has a {type(space).__name__} action space; "
                          "supported: Discrete, MultiDiscrete and Box")
+    if cfg.normalize_obs and isinstance(env.single_observation_space, gym.spaces.Dict):
+        raise UsageError(f"--normalize-obs needs a Box observation space; {cfg.env_id} has Dict observations")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +144,9 @@ class ActorCritic(nn.Module):
             params = torch.cat([params, self.log_std.expand_as(params)], dim=-1)
         critic_features = features if self.critic_backbone is None else self.critic_backbone(obs)
         return params, self.value_head(critic_features).squeeze(-1)
+
+    def backbones(self) -> list[nn.Module]:
+        return [b for b in (self.actor_backbone, self.critic_backbone) if b is not None]
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         features = self.actor_backbone(obs) if self.critic_backbone is None else self.critic_backbone(obs)
@@ -232,12 +238,14 @@ class RolloutStorage:
     value of their `final_obs`, added to their reward as gamma * V(final_obs) in `bootstrap_truncated`.
     """
 
-    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+    def __init__(self, num_steps: int, num_envs: int, observation_space: gym.spaces.Space, obs_dtype: torch.dtype | None,
                  action_shape: tuple[int, ...], action_dtype: torch.dtype, device: torch.device):
         T, N = num_steps, num_envs
         self.num_steps, self.num_envs = T, N
-        self.obs = torch.zeros((T, N, *obs_shape), dtype=obs_dtype, device=device)  # e.g. (128, 8, 4, 84, 84) uint8
-        self.final_obs = torch.zeros_like(self.obs)  # the last obs of episodes that ended at t (for truncation)
+        # e.g. (128, 8, 4, 84, 84) uint8; a dict of such tensors for Dict observations (image + instruction).
+        # `obs_dtype` overrides the space's dtype (float32 for normalised observations).
+        self.obs: Obs = allocate(observation_space, (T, N), device, obs_dtype)
+        self.final_obs: Obs = allocate(observation_space, (T, N), device, obs_dtype)  # last obs of episodes ended at t
         self.actions = torch.zeros((T, N, *action_shape), dtype=action_dtype, device=device)
         self.logprobs = torch.zeros((T, N), device=device)
         self.rewards = torch.zeros((T, N), device=device)
@@ -248,7 +256,7 @@ class RolloutStorage:
         self.returns = torch.zeros((T, N), device=device)
 
     @torch.no_grad()
-    def bootstrap_truncated(self, value_fn: Callable[[torch.Tensor], torch.Tensor], gamma: float) -> None:
+    def bootstrap_truncated(self, value_fn: Callable[[Obs], torch.Tensor], gamma: float) -> None:
         """rewards[t] += gamma * V(final_obs[t]) where an episode was truncated (not terminated).
 
         One host sync per rollout to find the (usually few) truncated steps; only those rows are
@@ -257,7 +265,7 @@ class RolloutStorage:
         index = self.truncated.flatten().nonzero().squeeze(-1)
         if index.numel() == 0:
             return
-        final = self.final_obs.flatten(0, 1)[index]
+        final = take(obs_map(lambda x: x.flatten(0, 1), self.final_obs), index)
         self.rewards.view(-1).index_add_(0, index, gamma * value_fn(final).to(self.rewards.dtype))
 
     @torch.no_grad()
@@ -268,7 +276,7 @@ class RolloutStorage:
 
     def flat(self) -> dict[str, torch.Tensor]:
         """The rollout as (num_steps * num_envs, ...) views, for minibatching."""
-        return {"obs": self.obs.flatten(0, 1), "actions": self.actions.flatten(0, 1),
+        return {"obs": obs_map(lambda x: x.flatten(0, 1), self.obs), "actions": self.actions.flatten(0, 1),
                 "logprobs": self.logprobs.flatten(), "values": self.values.flatten(),
                 "advantages": self.advantages.flatten(), "returns": self.returns.flatten()}
 
@@ -328,10 +336,12 @@ class _NoTimer:
 
 UpdateFn = Callable[[PGConfig, ActorCritic, torch.optim.Optimizer, RolloutStorage, Any, torch.Generator],
                     dict[str, torch.Tensor]]
+# (config, parameter groups from `transfer.parameter_groups`) -> optimiser
+MakeOptimizer = Callable[[PGConfig, list[dict[str, Any]]], torch.optim.Optimizer]
 
 
 def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn,
-               make_optimizer: Callable[[PGConfig, nn.Module], torch.optim.Optimizer] | None = None,
+               make_optimizer: MakeOptimizer | None = None,
                timer: StageTimer | None = None) -> dict[str, Any]:
     """Collect rollouts and hand each one to `update`; log, checkpoint and resume through `run`."""
     backbone = check_backbone(cfg.backbone, env.single_observation_space)
@@ -344,11 +354,14 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
     seed_everything(cfg.seed)
     action_space = env.single_action_space
     dist = make_distribution(action_space, cfg.action_bounds)
-    model = ActorCritic(cfg, env.single_observation_space, dist).to(device)
-    optimizer = (make_optimizer or (lambda c, m: make_adam(m.parameters(), c.learning_rate, c.adam_eps)))(cfg, model)
     obs_space = env.single_observation_space
-    obs_dtype = torch.float32 if cfg.normalize_obs else torch.from_numpy(obs_space.sample()).dtype
-    storage = RolloutStorage(cfg.num_steps, env.num_envs, obs_space.shape, obs_dtype,
+    model = ActorCritic(cfg, obs_space, dist)
+    resuming = run is not None and run.resume is not None
+    parts = transfer.prepare(cfg, model.backbones(), obs_space, fresh=not resuming)  # after the orthogonal init
+    model.to(device)
+    groups = transfer.parameter_groups(model, parts, cfg)
+    optimizer = (make_optimizer or (lambda c, g: make_adam(g, c.learning_rate, c.adam_eps)))(cfg, groups)
+    storage = RolloutStorage(cfg.num_steps, env.num_envs, obs_space, torch.float32 if cfg.normalize_obs else None,
                              dist.action_shape, dist.action_dtype, device)
     normalizer = Normalizer(cfg, obs_space.shape, env.num_envs, device)
     generator = torch.Generator(device=device)
@@ -359,7 +372,7 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
     batch = cfg.num_steps * env.num_envs
     num_rollouts = max(1, math.ceil(cfg.total_timesteps / batch))
     counters = {"global_step": 0, "rollouts": 0, "num_updates": 0}
-    if run is not None and run.resume is not None:
+    if resuming:
         tensors, state, _ = run.resume
         load_state(model, optimizer, generator, normalizer, tensors, state)
         counters.update(state["counters"])
@@ -380,8 +393,7 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
 
     while counters["rollouts"] < num_rollouts:
         lr = cfg.learning_rate * (1.0 - counters["rollouts"] / num_rollouts if cfg.anneal_lr else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        transfer.set_learning_rate(optimizer, lr)  # pretrained backbone groups: lr * --backbone-lr-scale
 
         # ---- collect one rollout ------------------------------------------------------------
         model.eval()
@@ -391,7 +403,7 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
                 actions = dist.sample(params, generator)
                 env.step_async(env_actions(dist, actions, action_space))
                 timer.mark("act")
-                storage.obs[t] = obs
+                assign(storage.obs, t, obs)
                 storage.actions[t] = actions
                 storage.logprobs[t] = dist.log_prob(params, actions)
                 storage.values[t] = value
@@ -404,7 +416,7 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
                 storage.dones[t] = train_terminal | truncated
                 # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
                 storage.truncated[t] = truncated & ~train_terminal
-                storage.final_obs[t] = normalizer.observation(info["final_obs"], update=False)
+                assign(storage.final_obs, t, normalizer.observation(info["final_obs"], update=False))
                 recent.add(info["episode_return"], info["episode_length"], dones)
                 obs = normalizer.observation(next_obs)  # the env already reset ended episodes
                 global_step += env.num_envs
@@ -458,7 +470,7 @@ def minibatch_update(model: ActorCritic, optimizer: torch.optim.Optimizer, loss:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if max_grad_norm > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()
 
 

@@ -20,6 +20,7 @@ from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, 
                               minibatch_update, train_loop, validate_pg)
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
+from rlbase.obs import take
 
 
 @dataclass
@@ -96,7 +97,7 @@ def update(cfg: PPOConfig, model: ActorCritic, optimizer: torch.optim.Optimizer,
         epoch_kl = torch.zeros((), device=device)
         for start in range(0, mb_size * cfg.num_minibatches, mb_size):
             index = order[start:start + mb_size]
-            loss, stats = ppo_loss(cfg, model, dist, {k: v[index] for k, v in data.items()})
+            loss, stats = ppo_loss(cfg, model, dist, {k: take(v, index) for k, v in data.items()})
             minibatch_update(model, optimizer, loss, cfg.max_grad_norm)
             for key, value in stats.items():
                 totals[key] += value

@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue a run from its latest checkpoint (flags given here override its config)")
         add_config_arguments(p, module.Config)
 
+    from rlbase.pretrain import PretrainConfig, tasks
+
+    task_list = "\n".join(f"  {name:<22} {doc}" for name, doc in tasks().items())
+    pre = commands.add_parser(
+        "pretrain", help="train a backbone on a supervised task (for transfer into agents)",
+        description="Supervised pretraining of a backbone with a task head. The run directory holds TensorBoard "
+                    "logs and the backbone artifact that `rlbase train ... --backbone-weights DIR` loads.\n\n"
+                    f"tasks:\n{task_list}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pre.add_argument("task", metavar="TASK", help="one of: " + ", ".join(tasks()))
+    add_config_arguments(pre, PretrainConfig, skip=("task",))
+
     ev = commands.add_parser("eval", help="evaluate a trained agent",
                              description="Play full episodes with a trained agent and report the returns.")
     ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors")
@@ -61,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from rlbase import transfer
     from rlbase.agents import get_algorithm
     from rlbase.backbones import check_backbone
     from rlbase.checkpoint import load_checkpoint
@@ -97,6 +110,10 @@ def _train(args: argparse.Namespace) -> int:
 
     env = make_vec_env(cfg.env_id, cfg.num_envs, device, **env_options(cfg))
     try:  # everything the user can get wrong is checked before the run directory exists
+        if not args.resume:  # a resumed run reads its weights from its own checkpoint
+            if cfg.backbone_weights and "backbone" not in cli_values:
+                cfg = dataclasses.replace(cfg, backbone="auto")  # the artifact's backbone, not the preset's
+            cfg = transfer.resolve(cfg, env.single_observation_space)
         check_backbone(cfg.backbone, env.single_observation_space)
         module.check_env(cfg, env)
     except RlbaseError:
@@ -158,10 +175,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from rlbase.config import from_dict
+    from rlbase.pretrain import PretrainConfig, pretrain
+
+    field_names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in field_names}
+    cfg = from_dict(PretrainConfig, values, "rlbase pretrain")
+    result = pretrain(cfg)
+    shown = "   ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if k.startswith("val/"))
+    print(f"rlbase: done: held-out {shown}")
+    print(f"rlbase: backbone artifact in {result['out']}/backbone; use it with "
+          f"rlbase train ppo --env ID --backbone-weights {result['out']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return _train(args) if args.command == "train" else _eval(args)
+        return {"train": _train, "eval": _eval, "pretrain": _pretrain}[args.command](args)
     except RlbaseError as exc:
         print(f"rlbase: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -41,8 +41,16 @@ class CommonConfig:
     run_name: str = ""
     """Name of the run directory (default: <env>__<algo>__<seed>__<date-time>)."""
     backbone: str = "auto"
-    """Feature extractor: auto (nature_cnn for images, impala_cnn for small grids, mlp for vectors),
-    mlp, nature_cnn or impala_cnn."""
+    """Feature extractor: auto (nature_cnn for images, impala_cnn for small grids, mlp for vectors, text
+    for token ids, one per key for Dict observations), mlp, nature_cnn, impala_cnn, resnet, vit or text;
+    for Dict observations also KEY=NAME,... (e.g. image=resnet,mission=text)."""
+    backbone_weights: str = ""
+    """Start the backbone from a pretrained artifact (a directory written by `rlbase pretrain`); for
+    Dict observations KEY=DIR,... or one DIR (given to the key whose observations it was trained on)."""
+    freeze_backbone: bool = False
+    """Keep the backbone (the pretrained parts when --backbone-weights is given) fixed: train the heads only."""
+    backbone_lr_scale: float = 1.0
+    """Learning-rate multiplier for the pretrained backbone when fine-tuning it."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the mlp backbone."""
     activation: str = "relu"
@@ -170,7 +178,7 @@ class _Store(argparse.Action):
         setattr(namespace, self.dest, _parse_value(self.field_type, text, option_string or self.dest))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per field of `cls`, with its docstring and default in the help text.
 
     Flags default to argparse.SUPPRESS so the namespace holds only what the user typed.
@@ -178,6 +186,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     docs = field_docs(cls)
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = flag_name(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, tuple):
@@ -272,7 +282,8 @@ def validate_common(cfg: CommonConfig) -> None:
 
     check(cfg.activation in ACTIVATIONS, "activation", f"choose from {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
 
-    check(cfg.backbone == "auto" or cfg.backbone in BACKBONES, "backbone",
+    check(cfg.backbone == "auto" or cfg.backbone in BACKBONES or "=" in cfg.backbone, "backbone",
           f"unknown backbone {cfg.backbone!r}; choose from auto, {', '.join(BACKBONES)}")
+    check(cfg.backbone_lr_scale >= 0, "backbone_lr_scale", f"must be >= 0, got {cfg.backbone_lr_scale}")
     check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",
           f"use auto, cpu or cuda, got {cfg.device!r}")

@@ -174,7 +174,7 @@ def test_rollout_storage_bootstraps_truncated_steps(seed, T, N, gamma, lam):
     rewards, values, last_value, terminated, truncated = random_rollout(seed, T, N, 0.1, 0.15, torch.float32)
     assert terminated.any() and truncated.any()
     obs_shape = (3,)
-    storage = pg.RolloutStorage(T, N, obs_shape, torch.float32, (), torch.int64, CPU)
+    storage = pg.RolloutStorage(T, N, gym.spaces.Box(-1, 1, obs_shape), torch.float32, (), torch.int64, CPU)
     g = torch.Generator().manual_seed(seed + 100)
     storage.obs.copy_(torch.randn(T, N, *obs_shape, generator=g))
     storage.final_obs.copy_(torch.randn(T, N, *obs_shape, generator=g))
@@ -204,7 +204,7 @@ def test_rollout_storage_bootstraps_truncated_steps(seed, T, N, gamma, lam):
 
 
 def test_bootstrap_truncated_without_truncation_changes_nothing():
-    storage = pg.RolloutStorage(5, 2, (3,), torch.float32, (), torch.int64, CPU)
+    storage = pg.RolloutStorage(5, 2, gym.spaces.Box(-1, 1, (3,)), torch.float32, (), torch.int64, CPU)
     storage.rewards.copy_(torch.arange(10.0).view(5, 2))
     storage.dones[2, 1] = True  # terminated, not truncated
 
@@ -219,7 +219,7 @@ def test_bootstrap_truncated_without_truncation_changes_nothing():
 def test_lambda_one_is_monte_carlo_bootstrapped_at_rollout_end(seed):
     T, N, gamma = 30, 4, 0.95
     rewards, values, last_value, dones, _ = random_rollout(seed, T, N, 0.12, 0.0, torch.float32)
-    storage = pg.RolloutStorage(T, N, (1,), torch.float32, (), torch.int64, CPU)
+    storage = pg.RolloutStorage(T, N, gym.spaces.Box(-1, 1, (1,)), torch.float32, (), torch.int64, CPU)
     storage.rewards.copy_(rewards)
     storage.values.copy_(values)
     storage.dones.copy_(dones)
