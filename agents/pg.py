@@ -114,7 +114,8 @@ def _orthogonal_init(module: nn.Module, gain: float) -> None:
             nn.init.orthogonal_(weight, gain)
             with torch.no_grad():
                 layer.weight.copy_(weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:  # convolutions followed by a norm layer have none (resnet)
+                nn.init.zeros_(layer.bias)
 
 
 class ActorCritic(nn.Module):

@@ -217,6 +217,22 @@ def test_text_artifact_goes_to_the_mission_key(tmp_path):
                          make_vec_env("rlbase/MazeGoTo-v0", 1, CPU).single_observation_space)
 
 
+@pytest.mark.parametrize("backbone", ["mlp", "nature_cnn", "impala_cnn", "resnet", "vit"])
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_agents_train_with_every_vision_backbone(backbone, algo):
+    from rlbase.agents import get_algorithm
+
+    obs_mode = "pixels" if backbone == "nature_cnn" else "grid"
+    env = make_vec_env("rlbase/Maze-v0", 2, CPU, env_kwargs={"size": 7, "obs_mode": obs_mode})
+    module = get_algorithm(algo)
+    extra = ({"num_steps": 8, "update_epochs": 1, "num_minibatches": 2} if algo == "ppo"
+             else {"learning_starts": 8, "batch_size": 4, "buffer_size": 64, "train_freq": 4})
+    cfg = module.Config(env_id="rlbase/Maze-v0", backbone=backbone, total_timesteps=32, **extra)
+    result = module.train(cfg, env)
+    env.close()
+    assert result["global_step"] >= 32
+
+
 def test_rollout_storage_holds_dict_observations():
     from rlbase.agents.pg import RolloutStorage
 
