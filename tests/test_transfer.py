@@ -112,9 +112,14 @@ def test_frozen_backbone_stays_at_the_pretrained_weights_and_heads_learn(maze_ar
     for prefix in ("model.actor_backbone.", "model.critic_backbone."):
         for key, value in pretrained.items():
             assert torch.equal(tensors[prefix + key], value), prefix + key
-    # The heads did train, and the evaluation rebuilds the agent from its checkpoint alone.
-    assert not torch.allclose(tensors["model.value_head.weight"], torch.zeros(1))
+    # The evaluation rebuilds the agent from its checkpoint alone.
     assert_ok(run_cli("eval", run, "--episodes", "2", cwd=tmp_path))
+    # Resuming keeps the backbone frozen (the optimiser's groups match the checkpoint's) and the heads move.
+    assert_ok(run_cli("train", "ppo", "--resume", run, "--total-timesteps", "512", cwd=tmp_path))
+    resumed = checkpoint_tensors(run)
+    assert latest_state(run)["step"] == 512
+    assert all(torch.equal(resumed["model.actor_backbone." + k], v) for k, v in pretrained.items())
+    assert not torch.equal(resumed["model.policy_head.weight"], tensors["model.policy_head.weight"])
 
 
 def test_fine_tuning_moves_the_pretrained_weights_at_the_scaled_rate(maze_artifact):
@@ -131,6 +136,21 @@ def test_fine_tuning_moves_the_pretrained_weights_at_the_scaled_rate(maze_artifa
     env.close()
     assert moved[0.0] == 0.0  # lr scale 0: the pretrained weights are loaded and kept
     assert moved[1.0] > 0.0
+
+
+def test_dqn_starts_from_the_artifact_and_keeps_it_frozen(maze_artifact):
+    from rlbase.agents import dqn
+
+    env = make_vec_env("rlbase/Maze-v0", 2, CPU, env_kwargs=dict(MAZE_GRID))
+    cfg = dqn.DQNConfig(env_id="rlbase/Maze-v0", env_kwargs=dict(MAZE_GRID), num_envs=2, total_timesteps=64,
+                        learning_starts=16, batch_size=8, buffer_size=128, train_freq=4,
+                        backbone_weights=str(maze_artifact), freeze_backbone=True)
+    cfg = transfer.resolve(cfg, env.single_observation_space)
+    q = dqn.train(cfg, env)["q_network"]
+    env.close()
+    state = q.backbone.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in artifact_weights(maze_artifact).items())
+    assert not any(p.requires_grad for p in q.backbone.parameters())
 
 
 def test_mismatched_artifacts_are_refused_with_one_line(maze_artifact, tmp_path):
