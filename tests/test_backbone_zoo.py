@@ -116,6 +116,26 @@ def test_tokenizer_round_trip(tmp_path):
     assert Tokenizer.load(tmp_path / "vocab.json") == tokenizer
 
 
+def test_multi_input_fusion_mixes_the_keys():
+    """With the fusion MLP, what an instruction changes in the features depends on the image (what
+    "go to the one it names" needs); plain concatenation only adds separate terms."""
+    from rlbase.backbones.multi import MultiInputBackbone as Multi
+
+    space = dict_space()
+    torch.manual_seed(0)
+    subs = {k: build_backbone("auto", space[k]) for k in space.keys()}
+    obs = dict_sample()
+    swapped = dict(obs, mission=obs["mission"].flip(0))  # the same images with other instructions
+    for fusion_sizes in ((), (256, 256)):
+        net = Multi(subs, fusion_sizes=fusion_sizes)
+        effect = net(swapped) - net(obs)  # (batch, features): the instruction's effect on each image
+        target = effect[0]
+        images = dict(obs, image=obs["image"][[1] * 3])  # another image, the same instructions
+        other = net(dict(swapped, image=images["image"])) - net(images)
+        additive = torch.allclose(other[0], target, atol=1e-5)
+        assert additive == (fusion_sizes == ()), fusion_sizes
+
+
 def test_multi_input_auto_single_name_and_spec():
     space = dict_space()
     assert default_backbone(space) == "auto"
@@ -128,7 +148,8 @@ def test_multi_input_auto_single_name_and_spec():
     for name in ("auto", "resnet", "image=vit,mission=text"):
         net = build_backbone(name, space)
         assert isinstance(net, MultiInputBackbone) and list(net.sub_backbones) == ["image", "mission"]
-        assert net.out_dim == sum(sub.out_dim for sub in net.sub_backbones.values())
+        assert net.out_dim == 256  # the fusion MLP's width
+        assert net.fusion[0].in_features == sum(sub.out_dim for sub in net.sub_backbones.values())
         out = net(dict_sample())
         assert out.shape == (3, net.out_dim) and torch.isfinite(out).all()
 

@@ -18,9 +18,13 @@ from rlbase.run import Run, write_config
 from rlbase.utils import resolve_device
 
 
-def train_preset(tmp_path, algo: str, env_id: str, seed: int) -> tuple[dict, object]:
+def train_preset(tmp_path, algo: str, env_id: str, seed: int, **overrides) -> tuple[dict, object]:
     module = get_algorithm(algo)
-    cfg = resolve_config(module.Config, algo, {"env_id": env_id, "seed": seed, "log_dir": str(tmp_path)})
+    cfg = resolve_config(module.Config, algo, {"env_id": env_id, "seed": seed, "log_dir": str(tmp_path), **overrides})
+    if cfg.backbone_weights:
+        from rlbase import transfer
+
+        cfg = transfer.resolve(cfg, make_vec_env(env_id, 1, resolve_device("cpu"), **env_options(cfg)).single_observation_space)
     device = resolve_device(cfg.device)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -60,3 +64,22 @@ def test_dqn_makes_progress_on_discrete_driving(tmp_path):
     _, run_dir = train_preset(tmp_path, "dqn", "rlbase/DrivingDiscrete-v0", 0)
     report = evaluate(run_dir, episodes=50, seed=1000, device=resolve_device("cpu"))
     assert report["outcomes"]["progress"] >= 0.5, report["outcomes"]
+
+
+@pytest.mark.slow
+def test_ppo_solves_held_out_11x11_mazes_with_a_pretrained_backbone(tmp_path):
+    """PPO on grid observations of 11x11 mazes succeeds on >= 90% of held-out mazes, starting from a
+    resnet that `rlbase pretrain maze-action` taught the shortest-path action (frozen). About 9
+    minutes on a 2-core CPU: 2.5 for pretraining, 6 for PPO."""
+    from rlbase.pretrain import PretrainConfig, pretrain
+
+    result = pretrain(PretrainConfig(task="maze-action", backbone="resnet", env_kwargs={"obs_mode": "grid", "size": 11},
+                                     epochs=8, out=str(tmp_path / "pretrained"), device="cpu", torch_threads=1),
+                      progress=False)
+    assert result["metrics"]["val/accuracy"] >= 0.95, result["metrics"]
+    _, run_dir = train_preset(tmp_path, "ppo", "rlbase/Maze-v0", 0, backbone="auto",
+                              backbone_weights=result["out"], freeze_backbone=True, shared_backbone=True,
+                              total_timesteps=500_000)
+    report = evaluate(run_dir, episodes=200, seed=1000, device=resolve_device("cpu"))
+    success = report["outcomes"]["success"]
+    assert success >= 0.9, f"success on {success:.1%} of 200 held-out mazes"

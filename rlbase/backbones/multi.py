@@ -42,12 +42,16 @@ def format_backbone_spec(names: Mapping[str, str]) -> str:
 
 
 class MultiInputBackbone(Backbone):
-    """Features of a dict observation: each key through its own backbone, concatenated in sorted key order.
+    """Features of a dict observation: each key through its own backbone, concatenated in sorted key
+    order, then a fusion MLP (`fusion_sizes`, ReLU) so the features of one key can gate those of
+    another (which object the instruction names, where that object is in the image): the agents'
+    heads are linear, and a sum of per-key terms could not express "go to the one it names".
 
-    `forward(obs)` takes `{key: (batch, ...) tensor}`; `out_dim` is the sum of the sub-backbones'.
+    `forward(obs)` takes `{key: (batch, ...) tensor}`; `out_dim` is the last fusion width (the sum
+    of the sub-backbones' widths with `fusion_sizes=()`).
     """
 
-    def __init__(self, sub_backbones: Mapping[str, Backbone]):
+    def __init__(self, sub_backbones: Mapping[str, Backbone], fusion_sizes: tuple[int, ...] = (256, 256)):
         super().__init__()
         if not sub_backbones:
             raise UsageError("a multi-input backbone needs at least one observation key")
@@ -55,7 +59,13 @@ class MultiInputBackbone(Backbone):
             if not key or "." in key:  # torch module names cannot hold dots
                 raise UsageError(f"observation key {key!r} cannot name a sub-backbone (empty or contains '.')")
         self.sub_backbones = nn.ModuleDict({key: sub_backbones[key] for key in sorted(sub_backbones)})
-        self.out_dim = sum(net.out_dim for net in self.sub_backbones.values())
+        width = sum(net.out_dim for net in self.sub_backbones.values())
+        layers: list[nn.Module] = []
+        for size in fusion_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.fusion = nn.Sequential(*layers)
+        self.out_dim = width
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([net(obs[key]) for key, net in self.sub_backbones.items()], dim=1)
+        return self.fusion(torch.cat([net(obs[key]) for key, net in self.sub_backbones.items()], dim=1))
