@@ -42,8 +42,9 @@ class CommonConfig:
     """Name of the run directory (default: <env>__<algo>__<seed>__<date-time>)."""
     backbone: str = "auto"
     """Feature extractor: auto (nature_cnn for images, impala_cnn for small grids, mlp for vectors, text
-    for token ids, one per key for Dict observations), mlp, nature_cnn, impala_cnn, resnet, vit or text;
-    for Dict observations also KEY=NAME,... (e.g. image=resnet,mission=text)."""
+    for token ids, one per key for Dict observations, film_cnn for an image next to an instruction), mlp,
+    nature_cnn, impala_cnn, resnet, vit, film_cnn or text; for Dict observations also KEY=NAME,...
+    (e.g. image=resnet,mission=text)."""
     backbone_weights: str = ""
     """Start the backbone from a pretrained artifact (a directory written by `rlbase pretrain`); for
     Dict observations KEY=DIR,... or one DIR (given to the key whose observations it was trained on)."""

@@ -24,7 +24,7 @@ OBSERVATION_KINDS = {
     "grid11": ((3, 11, 11), 1),
     "digits": ((1, 40, 40), 255),
 }
-VISION = ["mlp", "nature_cnn", "impala_cnn", "resnet", "vit"]
+VISION = ["mlp", "nature_cnn", "impala_cnn", "resnet", "vit", "film_cnn"]
 MISSIONS = ["go to the red ball", "pick up the blue key", "open the door"]
 
 
@@ -139,7 +139,7 @@ def test_multi_input_fusion_mixes_the_keys():
 def test_multi_input_auto_single_name_and_spec():
     space = dict_space()
     assert default_backbone(space) == "auto"
-    assert backbone_names("auto", space) == {"image": "impala_cnn", "mission": "text"}
+    assert backbone_names("auto", space) == {"image": "film_cnn", "mission": "text"}  # the text modulates the image
     assert backbone_names("resnet", space) == {"image": "resnet", "mission": "text"}  # mission keeps its default
     assert backbone_names("mission=text, image=vit", space) == {"image": "vit", "mission": "text"}
     assert backbone_names("image=resnet", space) == {"image": "resnet", "mission": "text"}
@@ -286,3 +286,22 @@ def test_artifacts_refuse_mismatched_observations(tmp_path):
     with pytest.raises(UsageError, match="tokenizer has"):
         save_backbone(tmp_path / "small", build_backbone("text", token_space(3)), "text", token_space(3), (64,),
                       "relu", tokenizer=Tokenizer.from_texts(MISSIONS))
+
+
+@pytest.mark.parametrize("shape", [(11, 8, 8), (3, 64, 64)])
+def test_film_cnn_starts_unconditioned_and_is_modulated_by_the_condition(shape):
+    from rlbase.backbones import FiLMCNN
+
+    space = gym.spaces.Box(0, 1 if shape[0] == 11 else 255, shape, np.uint8)
+    net = FiLMCNN(space)
+    net.set_condition_dim(5)
+    obs = torch.randint(0, int(space.high.max()) + 1, (4, *shape), dtype=torch.uint8)
+    cond = torch.randn(4, 5)
+    assert torch.allclose(net(obs, cond), net(obs))  # zero-initialised FiLM: identity at first
+    loss = net(obs, cond).sum()
+    loss.backward()
+    assert all(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0 for layer in net.film)
+    with torch.no_grad():
+        for layer in net.film:
+            layer.weight.normal_()
+    assert not torch.allclose(net(obs, cond), net(obs, -cond))

@@ -20,10 +20,12 @@ import gymnasium as gym
 from rlbase.backbones.multi import (MultiInputBackbone, format_backbone_spec, is_backbone_spec,
                                     parse_backbone_spec)
 from rlbase.backbones.text import TextEncoder, is_token_space
-from rlbase.backbones.vision import ACTIVATIONS, MLP, Backbone, ImpalaCNN, NatureCNN, ResNet, ViT, input_scale
+from rlbase.backbones.vision import (ACTIVATIONS, MLP, Backbone, FiLMCNN, ImpalaCNN, NatureCNN, ResNet, ViT,
+                                     input_scale)
 from rlbase.errors import UsageError
 
 __all__ = [
+    "FiLMCNN",
     "ACTIVATIONS", "BACKBONES", "Backbone", "ImpalaCNN", "MLP", "MultiInputBackbone", "NatureCNN", "ResNet",
     "TextEncoder", "ViT", "backbone_names", "build_backbone", "check_backbone", "default_backbone",
     "input_scale", "is_grid_space", "is_image_space", "is_token_space", "resolve_backbone_name",
@@ -56,6 +58,7 @@ BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space],
     "impala_cnn": (_ignoring_sizes(ImpalaCNN), is_grid_space, "image or grid observations of shape (C, H, W)"),
     "resnet": (_ignoring_sizes(ResNet), is_grid_space, "image or grid observations of shape (C, H, W)"),
     "vit": (_ignoring_sizes(ViT), is_grid_space, "image or grid observations of shape (C, H, W)"),
+    "film_cnn": (_ignoring_sizes(FiLMCNN), is_grid_space, "image or grid observations of shape (C, H, W)"),
     "text": (_ignoring_sizes(TextEncoder), is_token_space,
              "token-id observations: a 1-D Box with an integer dtype (not uint8) and bounds 0..vocab-1"),
 }
@@ -63,7 +66,8 @@ BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space],
 
 def default_backbone(observation_space: gym.spaces.Space) -> str:
     """nature_cnn for images (H, W >= 36), impala_cnn for smaller (C, H, W) grids, text for token ids,
-    mlp otherwise; `auto` for a Dict (each key then takes its own default)."""
+    mlp otherwise; `auto` for a Dict (each key then takes its own default, except that images next to
+    token ids take film_cnn, conditioned on the text)."""
     if isinstance(observation_space, gym.spaces.Dict):
         return "auto"
     if is_image_space(observation_space):
@@ -119,6 +123,11 @@ def backbone_names(name: str, observation_space: gym.spaces.Dict) -> dict[str, s
             raise UsageError(f"backbone {name!r} needs {BACKBONES[name][2]}, but none of the observation keys "
                              f"({', '.join(spaces)}) has such observations")
         chosen.update({key: name for key in fitting})
+    if any(is_token_space(space) for space in spaces.values()):
+        # Next to an instruction, images default to the FiLM CNN: the instruction modulates their features.
+        for key, space in spaces.items():
+            if chosen[key] == "auto" and is_grid_space(space):
+                chosen[key] = "film_cnn"
     resolved = {}
     for key, sub_name in chosen.items():
         try:

@@ -59,6 +59,13 @@ class MultiInputBackbone(Backbone):
             if not key or "." in key:  # torch module names cannot hold dots
                 raise UsageError(f"observation key {key!r} cannot name a sub-backbone (empty or contains '.')")
         self.sub_backbones = nn.ModuleDict({key: sub_backbones[key] for key in sorted(sub_backbones)})
+        # Conditioned sub-backbones (FiLM CNNs) read the features of the other keys (the instruction).
+        self.conditioned = [key for key, net in self.sub_backbones.items() if getattr(net, "conditioned", False)]
+        self.plain = [key for key in self.sub_backbones if key not in self.conditioned]
+        condition_dim = sum(self.sub_backbones[key].out_dim for key in self.plain)
+        if self.conditioned and condition_dim:
+            for key in self.conditioned:
+                self.sub_backbones[key].set_condition_dim(condition_dim)
         width = sum(net.out_dim for net in self.sub_backbones.values())
         layers: list[nn.Module] = []
         for size in fusion_sizes:
@@ -68,4 +75,9 @@ class MultiInputBackbone(Backbone):
         self.out_dim = width
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.fusion(torch.cat([net(obs[key]) for key, net in self.sub_backbones.items()], dim=1))
+        features = {key: self.sub_backbones[key](obs[key]) for key in self.plain}
+        if self.conditioned:
+            condition = torch.cat([features[key] for key in self.plain], dim=1) if self.plain else None
+            for key in self.conditioned:
+                features[key] = self.sub_backbones[key](obs[key], condition)
+        return self.fusion(torch.cat([features[key] for key in self.sub_backbones], dim=1))

@@ -239,3 +239,58 @@ class ViT(Backbone):
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.positions
         cls = self.encoder(tokens)[:, 0]
         return self.fc(self.norm(cls))  # LayerNorm is per token, so normalising the CLS row alone is exact
+
+
+class FiLMCNN(Backbone):
+    """A CNN whose feature maps an instruction can modulate: FiLM (Perez et al., 2018), the standard
+    way language conditions vision in instruction-following agents (BabyAI).
+
+    After each convolution, `x <- relu((1 + gamma) * x + beta)` with per-channel (gamma, beta)
+    computed linearly from a conditioning vector (the text features of the same observation). The
+    FiLM layers start at zero, so the network starts as a plain CNN. Small grids get padded 3x3
+    convolutions (32, 64, 64 channels, full resolution); images of 36 px and more the Nature CNN's
+    strided stack. On its own (no conditioning: `condition_dim` 0) it is just that CNN; inside a
+    multi-input backbone it is conditioned on the other keys' features (`set_condition_dim`).
+    """
+
+    conditioned = True
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 256):
+        super().__init__()
+        channels, height, width = observation_space.shape
+        if min(height, width) >= 36:
+            spec = [(32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)]
+        else:
+            spec = [(32, 3, 1, 1), (64, 3, 1, 1), (64, 3, 1, 1)]
+        self.convs = nn.ModuleList()
+        for out_channels, kernel, stride, padding in spec:
+            self.convs.append(nn.Conv2d(channels, out_channels, kernel, stride=stride, padding=padding))
+            channels = out_channels
+        with torch.no_grad():
+            x = torch.zeros(1, *observation_space.shape)
+            for conv in self.convs:
+                x = conv(x)
+            flat = x.numel()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, features_dim), nn.ReLU())
+        self.film = nn.ModuleList()
+        self.out_dim = features_dim
+        self.scale = input_scale(observation_space)
+
+    def set_condition_dim(self, condition_dim: int) -> None:
+        """Create the FiLM generators for conditioning vectors of `condition_dim` (zero-initialised)."""
+        self.film = nn.ModuleList(nn.Linear(condition_dim, 2 * conv.out_channels) for conv in self.convs)
+        for layer in self.film:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, obs: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        x = obs.to(torch.float32)
+        if self.scale is not None:
+            x = x * self.scale
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if condition is not None and len(self.film):
+                gamma, beta = self.film[i](condition)[:, :, None, None].chunk(2, dim=1)
+                x = x * (1 + gamma) + beta
+            x = torch.relu(x)
+        return self.fc(x)
