@@ -135,6 +135,9 @@ class ActorCritic(nn.Module):
             for backbone in (self.actor_backbone, self.critic_backbone):
                 if backbone is not None:
                     _orthogonal_init(backbone, math.sqrt(2))
+                    for module in backbone.modules():  # FiLM generators start at identity
+                        if hasattr(module, "reset_conditioning"):
+                            module.reset_conditioning()
             _orthogonal_init(self.policy_head, 0.01)
             _orthogonal_init(self.value_head, 1.0)
 

@@ -253,6 +253,17 @@ def test_agents_train_with_every_vision_backbone(backbone, algo):
     assert result["global_step"] >= 32
 
 
+def test_film_starts_as_identity_inside_the_actor_critic():
+    from rlbase.agents.pg import ActorCritic, make_distribution
+
+    env = make_vec_env("rlbase/MazeGoTo-v0", 1, CPU)
+    model = ActorCritic(ppo.PPOConfig(env_id="rlbase/MazeGoTo-v0"), env.single_observation_space,
+                        make_distribution(env.single_action_space, "clip"))
+    film = model.actor_backbone.sub_backbones["image"].film
+    assert len(film) and all(float(layer.weight.abs().sum()) == 0.0 for layer in film)
+    env.close()
+
+
 def test_rollout_storage_holds_dict_observations():
     from rlbase.agents.pg import RolloutStorage
 

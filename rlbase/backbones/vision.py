@@ -248,7 +248,7 @@ class FiLMCNN(Backbone):
     After each convolution, `x <- relu((1 + gamma) * x + beta)` with per-channel (gamma, beta)
     computed linearly from a conditioning vector (the text features of the same observation). The
     FiLM layers start at zero, so the network starts as a plain CNN. Small grids get padded 3x3
-    convolutions (32, 64, 64 channels, full resolution); images of 36 px and more the Nature CNN's
+    convolutions (16 and 32 channels, full resolution); images of 36 px and more the Nature CNN's
     strided stack. On its own (no conditioning: `condition_dim` 0) it is just that CNN; inside a
     multi-input backbone it is conditioned on the other keys' features (`set_condition_dim`).
     """
@@ -260,8 +260,8 @@ class FiLMCNN(Backbone):
         channels, height, width = observation_space.shape
         if min(height, width) >= 36:
             spec = [(32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)]
-        else:
-            spec = [(32, 3, 1, 1), (64, 3, 1, 1), (64, 3, 1, 1)]
+        else:  # full resolution: what an object is, and whether it is the one named, is per square
+            spec = [(16, 3, 1, 1), (32, 3, 1, 1)]
         self.convs = nn.ModuleList()
         for out_channels, kernel, stride, padding in spec:
             self.convs.append(nn.Conv2d(channels, out_channels, kernel, stride=stride, padding=padding))
@@ -279,6 +279,12 @@ class FiLMCNN(Backbone):
     def set_condition_dim(self, condition_dim: int) -> None:
         """Create the FiLM generators for conditioning vectors of `condition_dim` (zero-initialised)."""
         self.film = nn.ModuleList(nn.Linear(condition_dim, 2 * conv.out_channels) for conv in self.convs)
+        self.reset_conditioning()
+
+    def reset_conditioning(self) -> None:
+        """Zero the FiLM generators (identity modulation). Agents call it again after their own
+        weight initialisation (orthogonal), which would otherwise give every instruction a random
+        rescaling of the feature maps before anything is learned."""
         for layer in self.film:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
