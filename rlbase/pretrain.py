@@ -40,7 +40,8 @@ class PretrainConfig:
     task: str = ""
     """What to learn (see `rlbase pretrain --help` for the list)."""
     backbone: str = "auto"
-    """Backbone to train: auto (the default for the task's inputs), mlp, nature_cnn, impala_cnn, resnet, vit or text."""
+    """Backbone to train: auto (the default for the task's inputs), mlp, nature_cnn, impala_cnn, resnet, vit,
+    film_cnn or text."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the mlp backbone."""
     activation: str = "relu"
@@ -72,7 +73,8 @@ class PretrainConfig:
 def validate(cfg: PretrainConfig) -> None:
     from rlbase.backbones import ACTIVATIONS
 
-    check(cfg.task in tasks(), "task", f"unknown task {cfg.task!r}; choose from {', '.join(tasks())}")
+    if cfg.task not in tasks():  # the positional TASK, not a flag
+        raise UsageError(f"unknown task {cfg.task!r}; choose from {', '.join(tasks())}")
     check(cfg.train_samples > 0, "train_samples", f"must be positive, got {cfg.train_samples}")
     check(cfg.val_samples > 0, "val_samples", f"must be positive, got {cfg.val_samples}")
     check(cfg.epochs > 0, "epochs", f"must be positive, got {cfg.epochs}")
