@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlbase.backbones.vision import Backbone
+from rlbase.backbones.vision import Backbone, transformer_encoder
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -130,10 +130,7 @@ class TextEncoder(Backbone):
         self.tokens = nn.Embedding(self.vocab_size, embed_dim, padding_idx=PAD_ID)
         self.positions = nn.Parameter(torch.zeros(1, max_len, embed_dim))
         nn.init.trunc_normal_(self.positions, std=0.02)
-        layer = nn.TransformerEncoderLayer(embed_dim, heads, mlp_ratio * embed_dim, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        # Nested tensors are off: they do not apply with norm_first and would warn on every build.
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.encoder = transformer_encoder(embed_dim, depth, heads, mlp_ratio)
         self.norm = nn.LayerNorm(embed_dim)
         self.fc = nn.Sequential(nn.Linear(embed_dim, features_dim), nn.ReLU())
         self.out_dim = features_dim

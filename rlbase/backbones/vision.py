@@ -196,6 +196,14 @@ def vit_patch_size(height: int, width: int, max_side: int = 8) -> int:
     return max(1, math.ceil(max(height, width) / max_side))
 
 
+def transformer_encoder(embed_dim: int, depth: int, heads: int, mlp_ratio: int) -> nn.TransformerEncoder:
+    """The pre-norm Transformer encoder of the vit and text backbones (GELU, no dropout, batch first).
+    Nested tensors are off: they do not apply with pre-norm layers and would warn on every build."""
+    layer = nn.TransformerEncoderLayer(embed_dim, heads, mlp_ratio * embed_dim, dropout=0.0,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
 class ViT(Backbone):
     """A small Vision Transformer (Dosovitskiy et al., 2021) for any (C, H, W) input.
 
@@ -220,10 +228,7 @@ class ViT(Backbone):
         self.positions = nn.Parameter(torch.zeros(1, 1 + rows * cols, embed_dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.positions, std=0.02)
-        layer = nn.TransformerEncoderLayer(embed_dim, heads, mlp_ratio * embed_dim, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        # Nested tensors only help with padding masks, which images do not have.
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.encoder = transformer_encoder(embed_dim, depth, heads, mlp_ratio)
         self.norm = nn.LayerNorm(embed_dim)
         self.fc = nn.Sequential(nn.Linear(embed_dim, features_dim), nn.ReLU())
         self.out_dim = features_dim
