@@ -1,0 +1,199 @@
+"""What transfer buys: env steps to a return threshold, pretrained backbone vs from scratch.
+
+    python scripts/transfer.py maze --seeds 0 1 2 --json transfer_maze.json
+    python scripts/transfer.py goto --seeds 0 1 2 --json transfer_goto.json
+
+Runs the real console script throughout: `rlbase pretrain` once (seed 0), then `rlbase train ppo`
+for every arm and seed with identical hyperparameters apart from the backbone's start and
+learning rate, then `rlbase eval` of each final checkpoint on the env's held-out eval split.
+Finished runs are kept in `--workdir` and not trained again; `--report` only reads them back.
+
+Experiments:
+- `maze`: rlbase/Maze-v0 with `pixels` observations; the Nature CNN pretrained on the maze's
+  shortest-path action (`maze-action`), arms `scratch`, `frozen` (--freeze-backbone) and
+  `finetune` (--backbone-lr-scale 0.1). The goal: the pretrained arms reach a threshold in
+  <= 50% of the steps from scratch.
+- `goto`: rlbase/MazeGoTo-v0; the text encoder pretrained on `goto-text`, arms `scratch` (text
+  encoder trained by RL), `frozen`, and `blanked` (the instruction replaced by padding: what a
+  policy that cannot read achieves). Held-out success of the language arms must be well above
+  `blanked`.
+
+Steps to a threshold: the first logged point from which `rollout/ep_rew_mean` (mean return of the
+last 100 training episodes) stays at or above it for 3 points in a row, counting only points after
+every env has run out its time limit twice (earlier, the last 100 episodes are the short ones);
+None when it never does within the budget. Several thresholds are reported (`--thresholds`), so none is picked after the fact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENTS = {
+    "maze": {
+        "env": "rlbase/Maze-v0", "env_kwargs": "size=11,obs_mode=pixels",
+        "task": "maze-action", "backbone": "nature_cnn",
+        "pretrain": ["--train-samples", "50000", "--val-samples", "5000", "--epochs", "6"],
+        "train": ["--shared-backbone", "--total-timesteps", "300000", "--log-interval", "8192"],
+        "thresholds": [0.3, 0.4, 0.5],
+        "warmup": 2 * 484 * 64,  # twice the time limit (4 * 11**2 steps) of each of the 64 envs
+        "arms": {"frozen": ["--freeze-backbone"], "finetune": ["--backbone-lr-scale", "0.1"], "scratch": []},
+    },
+    "goto": {
+        "env": "rlbase/MazeGoTo-v0", "env_kwargs": "",
+        "task": "goto-text", "backbone": "text",
+        "pretrain": ["--train-samples", "20000", "--val-samples", "2000", "--epochs", "4"],
+        "train": ["--total-timesteps", "500000", "--log-interval", "8192"],
+        "thresholds": [0.4, 0.5, 0.6],
+        "warmup": 2 * 128 * 64,  # twice the time limit (2 * 8**2 steps) of each of the 64 envs
+        "arms": {"scratch": [], "frozen": ["--freeze-backbone"], "blanked": []},
+    },
+}
+PRETRAINED_ARMS = ("frozen", "finetune")
+SUSTAIN = 3  # logged points in a row at or above the threshold
+
+
+def rlbase(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "rlbase", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"rlbase {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def learning_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, rollout/ep_rew_mean) at every logged point of a run."""
+    curve = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "rollout/ep_rew_mean" in record:
+            curve.append((record["global_step"], round(record["rollout/ep_rew_mean"], 4)))
+    return curve
+
+
+def steps_to_threshold(curve: list[tuple[int, float]], threshold: float, warmup: int) -> int | None:
+    """The first of SUSTAIN consecutive logged points at or above `threshold`, counting only points
+    after `warmup` steps: before every env has run out its time limit twice, the last 100 episodes
+    are the ones that ended first, the short ones, and overstate the policy (a random policy
+    "scores" 0.9 at the first point on the 11x11 maze)."""
+    curve = [(step, value) for step, value in curve if step >= warmup]
+    return next((curve[i][0] for i in range(len(curve) - SUSTAIN + 1)
+                 if all(value >= threshold for _, value in curve[i:i + SUSTAIN])), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", choices=EXPERIMENTS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=None, help="subset of the experiment's arms")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=None,
+                        help="return thresholds (default: the experiment's)")
+    parser.add_argument("--report", action="store_true",
+                        help="only report on finished runs (their metrics and saved eval reports)")
+    parser.add_argument("--total-timesteps", type=int, default=None)
+    parser.add_argument("--episodes", type=int, default=200, help="held-out evaluation episodes per run")
+    parser.add_argument("--workdir", default="transfer_runs")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    exp = EXPERIMENTS[args.experiment]
+    thresholds = args.thresholds or exp["thresholds"]
+    work = Path(args.workdir).resolve() / args.experiment
+    work.mkdir(parents=True, exist_ok=True)
+
+    artifact = work / "pretrained"
+    if not (artifact / "backbone").exists():
+        kwargs = ["--env-kwargs", exp["env_kwargs"]] if exp["env_kwargs"] and exp["task"].startswith("maze") else []
+        rlbase("pretrain", exp["task"], "--backbone", exp["backbone"], *kwargs, *exp["pretrain"],
+               "--torch-threads", "1", "--out", str(artifact), cwd=work)
+    spec = json.loads((artifact / "backbone" / "backbone.json").read_text())
+    print(f"pretrained {spec['name']} on {spec['task']}: held-out "
+          + ", ".join(f"{k} {v:.4f}" for k, v in spec["metrics"].items() if k.startswith("val/")), flush=True)
+
+    results = []
+    for arm in args.arms or list(exp["arms"]):
+        for seed in args.seeds:
+            run_dir = work / f"{arm}_{seed}"
+            seconds = None
+            if not args.report:
+                seconds = train_arm(exp, arm, seed, run_dir, artifact, work, args.total_timesteps)
+            report = evaluation(run_dir, seed, args.episodes, work, reuse=args.report)
+            curve = learning_curve(run_dir)
+            row = {"arm": arm, "seed": seed, "train_seconds": seconds,
+                   "steps_to": {str(t): steps_to_threshold(curve, t, exp["warmup"]) for t in thresholds},
+                   "final_ep_rew_mean": curve[-1][1] if curve else None,
+                   "eval_mean_return": round(report["mean_return"], 4),
+                   **{f"eval_{k}": round(v, 4) for k, v in report["outcomes"].items()}, "curve": curve}
+            results.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+
+    budget = max((r["curve"][-1][0] for r in results if r["curve"]), default=0)
+    summary = summarize(results, thresholds)
+    for t in thresholds:
+        cells = [f"{arm} {fmt_steps(summary[arm][str(t)], budget)}" for arm in summary]
+        print(f"steps to a sustained ep_rew_mean >= {t} (median over seeds): " + ", ".join(cells))
+        scratch = summary.get("scratch", {}).get(str(t))
+        for arm in PRETRAINED_ARMS:
+            pre = summary.get(arm, {}).get(str(t))
+            if pre is not None and "scratch" in summary:
+                bound = "" if scratch is not None else " at most (scratch never reached it)"
+                print(f"  {arm}/scratch: {pre / (scratch if scratch is not None else budget):.2f}{bound}")
+    for arm in summary:
+        print(f"{arm}: held-out {', '.join(k for k in results[0] if k.startswith('eval_'))} per seed: "
+              + "; ".join(", ".join(str(r[k]) for k in r if k.startswith("eval_")) for r in results if r["arm"] == arm))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"experiment": args.experiment, "thresholds": thresholds,
+                                               "pretrained": spec, "runs": results, "summary": summary}, indent=1))
+
+
+def train_arm(exp: dict, arm: str, seed: int, run_dir: Path, artifact: Path, work: Path,
+              total_timesteps: int | None) -> float | None:
+    """Train one arm and seed with the real console script (skipped when the run already finished)."""
+    if (run_dir / "checkpoints" / "latest.json").exists():
+        return None
+    flags = list(exp["arms"][arm])
+    env_kwargs = exp["env_kwargs"]
+    if arm == "blanked":
+        env_kwargs = ",".join(filter(None, [env_kwargs, "blank_mission=true"]))
+    if arm in PRETRAINED_ARMS:
+        flags += ["--backbone-weights", str(artifact)]
+    train = list(exp["train"]) + (["--total-timesteps", str(total_timesteps)] if total_timesteps else [])
+    began = time.perf_counter()
+    rlbase("train", "ppo", "--env", exp["env"], *(["--env-kwargs", env_kwargs] if env_kwargs else []),
+           *train, *flags, "--seed", str(seed), "--torch-threads", "1",
+           "--log-dir", str(work), "--run-name", run_dir.name, cwd=work)
+    return round(time.perf_counter() - began, 1)
+
+
+def evaluation(run_dir: Path, seed: int, episodes: int, work: Path, reuse: bool) -> dict:
+    """`rlbase eval` of the final checkpoint on the held-out split (with `reuse`, the report it saved)."""
+    saved = sorted(run_dir.glob("eval_step_*.json"))
+    if reuse and saved:
+        return json.loads(saved[-1].read_text())
+    return json.loads(rlbase("eval", str(run_dir), "--episodes", str(episodes), "--json",
+                             "--seed", str(1000 + seed), cwd=work).stdout.strip().splitlines()[-1])
+
+
+def summarize(results: list[dict], thresholds: list[float]) -> dict:
+    """Per arm and threshold: the median steps over seeds (None unless every seed reached it)."""
+    summary: dict = {}
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        rows = [r for r in results if r["arm"] == arm]
+        summary[arm] = {}
+        for t in thresholds:
+            steps = [r["steps_to"][str(t)] for r in rows]
+            summary[arm][str(t)] = statistics.median(steps) if None not in steps else None
+    return summary
+
+
+def fmt_steps(steps: float | None, budget: int) -> str:
+    return f"{steps / 1000:.0f}k" if steps is not None else f"> {budget / 1000:.0f}k"
+
+
+if __name__ == "__main__":
+    main()
