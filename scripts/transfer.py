@@ -49,7 +49,7 @@ EXPERIMENTS = {
         "env": "rlbase/MazeGoTo-v0", "env_kwargs": "",
         "task": "goto-text", "backbone": "text",
         "pretrain": ["--train-samples", "20000", "--val-samples", "2000", "--epochs", "4"],
-        "train": ["--total-timesteps", "500000", "--log-interval", "8192"],
+        "train": ["--total-timesteps", "1200000", "--log-interval", "16384"],
         "thresholds": [0.4, 0.5, 0.6],
         "warmup": 2 * 128 * 64,  # twice the time limit (2 * 8**2 steps) of each of the 64 envs
         "arms": {"scratch": [], "frozen": ["--freeze-backbone"], "blanked": []},
