@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -15,8 +14,9 @@ from rlbase.envs import make_vec_env
 from rlbase.envs.maze import PALETTE, MazeEnv, MazeVecEnv
 from rlbase.errors import UsageError
 
+from tests.gridpaths import MOVES, bfs_actions
+
 CPU = torch.device("cpu")
-MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
 
 def assert_perfect(walls: np.ndarray) -> None:
@@ -41,24 +41,7 @@ def assert_perfect(walls: np.ndarray) -> None:
 
 def shortest_actions(walls: np.ndarray, start, goal) -> list[int]:
     """BFS on the host: the actions of the shortest path from `start` to `goal`."""
-    start, goal = tuple(int(x) for x in start), tuple(int(x) for x in goal)
-    prev: dict = {start: None}
-    queue = deque([start])
-    while queue:
-        p = queue.popleft()
-        if p == goal:
-            break
-        for a, (dr, dc) in enumerate(MOVES):
-            q = (p[0] + dr, p[1] + dc)
-            if not walls[q] and q not in prev:
-                prev[q] = (p, a)
-                queue.append(q)
-    actions = []
-    p = goal
-    while prev[p] is not None:
-        p, a = prev[p]
-        actions.append(a)
-    return actions[::-1]
+    return bfs_actions(start, goal, lambda q: not walls[q])
 
 
 def layout_np(env: MazeVecEnv, seeds=None):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -18,8 +17,9 @@ from rlbase.envs.mazegoto import (AGENT_CODE, COLOURS, EVAL_TEMPLATES, HELDOUT_T
                                   _pixel_squares, instruction_text, paint)
 from rlbase.errors import UsageError
 
+from tests.gridpaths import MOVES, bfs_actions
+
 CPU = torch.device("cpu")
-MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
 
 def layout_np(env: MazeGoToVecEnv, seeds=None) -> dict[str, np.ndarray]:
@@ -29,25 +29,8 @@ def layout_np(env: MazeGoToVecEnv, seeds=None) -> dict[str, np.ndarray]:
 def path_to(size: int, start, goal, avoid) -> list[int]:
     """BFS on the host: the actions of a shortest path from `start` to `goal` through the open
     interior, never stepping on a square of `avoid`."""
-    start, goal = tuple(int(x) for x in start), tuple(int(x) for x in goal)
     blocked = {tuple(int(x) for x in a) for a in avoid}
-    prev: dict = {start: None}
-    queue = deque([start])
-    while queue:
-        p = queue.popleft()
-        if p == goal:
-            break
-        for a, (dr, dc) in enumerate(MOVES):
-            q = (p[0] + dr, p[1] + dc)
-            if 1 <= q[0] < size - 1 and 1 <= q[1] < size - 1 and q not in blocked and q not in prev:
-                prev[q] = (p, a)
-                queue.append(q)
-    assert goal in prev, "unreachable"
-    actions, p = [], goal
-    while prev[p] is not None:
-        p, a = prev[p]
-        actions.append(a)
-    return actions[::-1]
+    return bfs_actions(start, goal, lambda q: 1 <= q[0] < size - 1 and 1 <= q[1] < size - 1 and q not in blocked)
 
 
 def grid_obs(size: int, lay: dict[str, np.ndarray], i: int) -> np.ndarray:
