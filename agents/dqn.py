@@ -27,6 +27,7 @@ from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from rlbase.config import CommonConfig, check, training_threads, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
+from rlbase.optim import clip_grad_norm_
 from rlbase.stats import RecentEpisodes
 from rlbase.utils import intra_op_threads, make_adam, seed_everything
 
@@ -258,7 +259,7 @@ def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_([p for p in q.parameters() if p.requires_grad], cfg.max_grad_norm)
+                    clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], cfg.max_grad_norm)
                 optimizer.step()
                 if cfg.prioritized_replay:
                     buffer.update_priorities(batch.indices, td_errors)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from rlbase.errors import UsageError
+from rlbase.optim import Adam
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,10 +46,7 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def make_adam(params, lr: float, eps: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this torch build has it (one kernel for all parameters)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+def make_adam(params, lr: float, eps: float) -> Any:
+    """The agents' Adam (rlbase.optim.Adam: torch's update and fused kernel, without torch.optim's
+    start-up cost); `params` is a list of parameters or of parameter groups."""
+    return Adam(params, lr=lr, eps=eps)
