@@ -77,7 +77,7 @@ def update(cfg: A2CConfig, model: ActorCritic, optimizer: torch.optim.Optimizer,
            dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One gradient step on the whole rollout."""
     loss, stats = a2c_loss(cfg, model, dist, storage.flat())
-    minibatch_update(model, optimizer, loss, cfg.max_grad_norm)
+    minibatch_update(optimizer, loss, cfg.max_grad_norm)
     return {"train/policy_gradient_loss": stats["pg"], "train/value_loss": stats["v"],
             "train/entropy_loss": -stats["ent"], "num_updates": 1}
 

@@ -29,6 +29,7 @@ from rlbase.config import CommonConfig, check, training_threads, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.obs import Obs, allocate, assign, obs_map, take
+from rlbase.optim import clip_grad_norm_
 from rlbase import transfer
 from rlbase.stats import RecentEpisodes
 from rlbase.utils import intra_op_threads, make_adam, seed_everything
@@ -470,11 +471,14 @@ def log_scalars(recent: RecentEpisodes, metrics: dict[str, torch.Tensor], lr: fl
     return scalars
 
 
-def minibatch_update(model: ActorCritic, optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
+def minibatch_update(optimizer: Any, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """One optimiser step on `loss`, with the gradient norm of the optimised (not frozen) parameters
+    clipped to `max_grad_norm`. The optimiser's groups list exactly those parameters, and reading
+    them there is cheaper than walking `model.parameters()` at every step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if max_grad_norm > 0:
-        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
     optimizer.step()
 
 

@@ -53,8 +53,13 @@ def validate(cfg: PPOConfig) -> None:
     check(cfg.target_kl >= 0, "target_kl", "must be >= 0")
 
 
-def ppo_loss(cfg: PPOConfig, model: ActorCritic, dist: Any, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    """The PPO loss on one minibatch, and its diagnostics (detached, on the device)."""
+STATS = ("pg", "v", "ent", "kl", "clip")
+"""The diagnostics `ppo_loss` returns, in order."""
+
+
+def ppo_loss(cfg: PPOConfig, model: ActorCritic, dist: Any, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO loss on one minibatch, and its diagnostics: a detached (5,) tensor on the device,
+    in the order of `STATS` (one stacked tensor keeps the per-minibatch bookkeeping to one op)."""
     params, values = model(mb["obs"])
     logprobs = dist.log_prob(params, mb["actions"])
     entropy = dist.entropy(params).mean()
@@ -76,40 +81,38 @@ def ppo_loss(cfg: PPOConfig, model: ActorCritic, dist: Any, mb: dict[str, torch.
 
     loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
     with torch.no_grad():
-        stats = {"pg": pg_loss.detach(), "v": v_loss.detach(), "ent": entropy.detach(),
-                 # http://joschu.net/blog/kl-approx.html: unbiased, low-variance estimator of KL(old || new)
-                 "kl": ((ratio - 1) - log_ratio).mean(),
-                 "clip": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()}
+        stats = torch.stack([pg_loss, v_loss, entropy,
+                             # http://joschu.net/blog/kl-approx.html: unbiased, low-variance estimator of KL(old || new)
+                             ((ratio - 1) - log_ratio).mean(),
+                             ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()])
     return loss, stats
 
 
-def update(cfg: PPOConfig, model: ActorCritic, optimizer: torch.optim.Optimizer, storage: RolloutStorage,
+def update(cfg: PPOConfig, model: ActorCritic, optimizer: Any, storage: RolloutStorage,
            dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """`update_epochs` passes of minibatch steps over the rollout; returns the SB3 train/* tags."""
     data = storage.flat()
     batch = data["advantages"].shape[0]
     mb_size = batch // cfg.num_minibatches
     device = data["advantages"].device
-    totals = {key: torch.zeros((), device=device) for key in ("pg", "v", "ent", "kl", "clip")}
-    steps = 0
+    rows: list[torch.Tensor] = []
     for _ in range(cfg.update_epochs):
+        # One gather per tensor per epoch; the minibatches are then contiguous slices (views).
         order = torch.randperm(batch, device=device, generator=generator)
-        epoch_kl = torch.zeros((), device=device)
+        shuffled = {k: take(v, order) for k, v in data.items()}
         for start in range(0, mb_size * cfg.num_minibatches, mb_size):
-            index = order[start:start + mb_size]
-            loss, stats = ppo_loss(cfg, model, dist, {k: take(v, index) for k, v in data.items()})
-            minibatch_update(model, optimizer, loss, cfg.max_grad_norm)
-            for key, value in stats.items():
-                totals[key] += value
-            epoch_kl += stats["kl"]
-            steps += 1
+            loss, stats = ppo_loss(cfg, model, dist, {k: take(v, slice(start, start + mb_size)) for k, v in shuffled.items()})
+            minibatch_update(optimizer, loss, cfg.max_grad_norm)
+            rows.append(stats)
         # The one host sync of an update, and only when early stopping is on.
-        if cfg.target_kl > 0 and float(epoch_kl) / cfg.num_minibatches > cfg.target_kl:
-            break
-    return {"train/policy_gradient_loss": totals["pg"] / steps, "train/value_loss": totals["v"] / steps,
-            "train/entropy_loss": -totals["ent"] / steps, "train/approx_kl": totals["kl"] / steps,
-            "train/clip_fraction": totals["clip"] / steps, "train/clip_range": torch.tensor(cfg.clip_coef),
-            "num_updates": steps}
+        if cfg.target_kl > 0:
+            epoch_kl = float(torch.stack(rows[-cfg.num_minibatches:])[:, STATS.index("kl")].mean())
+            if epoch_kl > cfg.target_kl:
+                break
+    pg, v, ent, kl, clip = torch.stack(rows).mean(0)
+    return {"train/policy_gradient_loss": pg, "train/value_loss": v, "train/entropy_loss": -ent,
+            "train/approx_kl": kl, "train/clip_fraction": clip, "train/clip_range": torch.tensor(cfg.clip_coef),
+            "num_updates": len(rows)}
 
 
 def train(cfg: PPOConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:
