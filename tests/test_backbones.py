@@ -50,3 +50,21 @@ def test_mlp_activation_and_build():
     net = build_backbone("mlp", space, (8, 8), "tanh")
     assert isinstance(net.net[1], torch.nn.Tanh) and net.out_dim == 8
     assert (net(torch.randn(100, 4)).abs() <= 1).all()  # tanh outputs
+
+
+def test_fast_tanh_matches_torch_tanh_values_and_gradients():
+    from rlbase.backbones.vision import Tanh
+
+    act = Tanh()
+    large = torch.cat([torch.linspace(-30, 30, 2001), torch.randn(Tanh.min_numel)]).requires_grad_()
+    reference = large.detach().clone().requires_grad_()
+    out, expected = act(large), torch.tanh(reference)
+    assert out.grad_fn is not None and "SigmoidTanh" in type(out.grad_fn).__name__  # the sigmoid path ran
+    assert (out - expected).abs().max() <= 3e-7
+    assert out.abs().max() <= 1.0
+    weights = torch.randn(large.shape)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(large.grad, reference.grad, atol=1e-6)
+    small = torch.randn(64, 8)
+    assert torch.equal(act(small), torch.tanh(small))  # below the size threshold: torch.tanh itself
