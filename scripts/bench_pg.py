@@ -68,7 +68,11 @@ OpenCV (`pip install opencv-python-headless`); without it the SB3 Breakout runs 
    once solved. rlbase is evaluated from inside `train` through the `run` hook (the loop's
    `run.snapshot()` gives the current weights; torch's RNG is forked so training is unchanged),
    SB3 from a callback. The clock includes model setup, not env creation. Median over --seeds
-   (an unsolved seed counts as infinitely slow).
+   (an unsolved seed counts as infinitely slow). A third run per seed, "rlbase native", trains the
+   PPO preset of rlbase/CartPole-v1 (the same dynamics batched on the device; its preset is tuned
+   for wall-clock) for its whole budget, evaluated the same way on the way but not stopped when
+   solved: its "train s" is the whole training run, checked against the issue's 3 s goal with the
+   last evaluation, which must be solved on every seed.
 
 Timings on a shared machine are noisy: the load average is printed at start and end; use
 --repeats for medians, and compare ratios from the same run.
@@ -92,6 +96,7 @@ from benchlib import (add_common_arguments, fmt_rate, git_revision, load_average
                       print_table, register_ale, run_worker_if_asked, run_worker_subprocess, sb3_vec_env)
 
 CARTPOLE = "CartPole-v1"
+NATIVE_CARTPOLE = "rlbase/CartPole-v1"  # the same dynamics, batched on the device
 BREAKOUT = "ALE/Breakout-v5"
 FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
 SECTIONS = ("throughput", "ceiling", "solve")
@@ -102,6 +107,7 @@ STAGES = ("env", "act", "store", "learn")
 # Targets from the issue.
 TARGET_CARTPOLE_RATIO = 2.0       # rlbase / SB3 steps/s on CartPole-v1
 TARGET_BREAKOUT_CEILING = 0.85    # rlbase steps/s / learner ceiling on Breakout
+TARGET_NATIVE_CARTPOLE_S = 3.0    # PPO trains rlbase/CartPole-v1 to a solved policy within this (issue 4)
 ISSUE_REFERENCE = ("for reference, the issue's earlier measurements: SB3 PPO solved CartPole "
                    "in 60.6 s (RL-Zoo, 1e5 steps); SB3 PPO Breakout 187 steps/s over 30 min; ceiling ~385 steps/s "
                    "(~1,670 samples/s at batch 256)")
@@ -419,8 +425,11 @@ def work_solve(job: dict[str, Any]) -> dict[str, Any]:
     evals: list[dict[str, Any]] = []
     state = {"next_eval": every, "solved": False}
 
+    full_budget = job.get("full_budget", False)  # train the whole budget, evaluating on the way
+
     def evaluate_now(step: int, policy_fn) -> bool:
-        """Pause the clock, evaluate, record; True when solved (the clock stays paused then)."""
+        """Pause the clock, evaluate, record; True when training should stop because it is solved
+        (the clock stays paused then)."""
         train_s = clock.pause()
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
@@ -432,14 +441,15 @@ def work_solve(job: dict[str, Any]) -> dict[str, Any]:
             state["next_eval"] += every
         if mean >= job["threshold"]:
             state["solved"] = True
-            return True
+            if not full_budget:
+                return True
         clock.start()
         return False
 
     class Solved(Exception):
         pass
 
-    if job["library"] == "rlbase":
+    if job["library"] in ("rlbase", "rlbase native"):
         from rlbase.agents.ppo import train
 
         env = make_rlbase_env(cfg)
@@ -459,7 +469,7 @@ def work_solve(job: dict[str, Any]) -> dict[str, Any]:
             steps = out["global_step"]
         except Solved:
             steps = evals[-1]["step"]
-        if not state["solved"]:
+        if clock.started is not None:
             clock.pause()
         env.close()
     else:
@@ -502,6 +512,7 @@ def work_solve(job: dict[str, Any]) -> dict[str, Any]:
     solved = next((e for e in evals if e["mean_return"] >= job["threshold"]), None)
     return {"solved": solved is not None, "solve_step": solved["step"] if solved else None,
             "solve_s": solved["train_s"] if solved else None, "train_s": clock.elapsed, "steps": steps,
+            "final_mean_return": evals[-1]["mean_return"] if evals else None,
             "evals": evals, "wall_s": clock.elapsed + sum(e["eval_s"] for e in evals), "threads": threads,
             "train_threads": train_threads}
 
@@ -574,6 +585,11 @@ def plan(args) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
                      "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "eval_seed": 1000 + seed,
                      "threshold": SOLVE_THRESHOLD}
             jobs.append({**solve, "library": "rlbase", "config": cfg_d, "label": f"rlbase PPO preset, seed {seed}"})
+            native = dataclasses.asdict(resolve_rlbase_config(
+                NATIVE_CARTPOLE, {"seed": seed, **({"total_timesteps": budget} if budget else {})}))
+            configs.setdefault(f"solve {NATIVE_CARTPOLE} rlbase", {**native, "seed": list(args.seeds)})
+            jobs.append({**solve, "library": "rlbase native", "env_id": NATIVE_CARTPOLE, "config": native,
+                         "full_budget": True, "label": f"rlbase PPO preset, whole budget, seed {seed}"})
             sb3_cfg = {**cfg_d, "num_envs": RL_ZOO_CARTPOLE["n_envs"]}  # env settings and seed for the SB3 env
             jobs.append({**solve, "library": "SB3", "config": sb3_cfg, "sb3_kwargs_n_envs": RL_ZOO_CARTPOLE["n_envs"],
                          "sb3_total_timesteps": budget or RL_ZOO_CARTPOLE["n_timesteps"],
@@ -668,12 +684,13 @@ def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> d
         for lib, runs in solve.items():
             for r in runs:
                 last = r["evals"][-1] if r["evals"] else None
-                rows.append([lib, str(r["seed"]), f"{r['solve_step']:,}" if r["solved"] else "not solved",
+                rows.append([lib, r["env_id"], str(r["seed"]), f"{r['solve_step']:,}" if r["solved"] else "not solved",
                              f"{r['solve_s']:.1f}" if r["solved"] else "-", f"{r['steps']:,}", f"{r['train_s']:.1f}",
                              str(len(r["evals"])), f"{last['mean_return']:.1f}" if last else "-"])
-        print(f"{CARTPOLE} time to solve (first evaluation mean >= {SOLVE_THRESHOLD:g}; "
-              f"{args.eval_episodes} deterministic episodes every {args.eval_every:,} steps; evaluation time excluded)")
-        print_table(["library", "seed", "solved at step", "train s to solve", "steps trained", "train s",
+        print(f"CartPole time to solve (first evaluation mean >= {SOLVE_THRESHOLD:g}; "
+              f"{args.eval_episodes} deterministic episodes every {args.eval_every:,} steps; evaluation time excluded; "
+              f"'rlbase native' trains its whole preset budget on {NATIVE_CARTPOLE}, the others stop once solved)")
+        print_table(["library", "env", "seed", "solved at step", "train s to solve", "steps trained", "train s",
                      "evals", "last eval mean"], rows)
 
     # ---- summary
@@ -739,13 +756,33 @@ def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> d
         s = summary.setdefault(CARTPOLE, {})
         for lib, runs in solve.items():
             m = med[lib]
-            s[f"{lib.lower()}_median_solve_s"] = m
-            s[f"{lib.lower()}_seeds_solved"] = f"{solved[lib]}/{len(runs)}"
-            print(f"{CARTPOLE}: {lib} median time to solve {'%.1f s' % m if m is not None else 'n/a (not solved)'} "
+            key = lib.lower().replace(" ", "_")
+            s[f"{key}_median_solve_s"] = m
+            s[f"{key}_seeds_solved"] = f"{solved[lib]}/{len(runs)}"
+            print(f"{runs[0]['env_id']}: {lib} median time to solve {'%.1f s' % m if m is not None else 'n/a (not solved)'} "
                   f"({solved[lib]}/{len(runs)} seeds solved)")
         if med.get("rlbase") and med.get("SB3"):
             s["solve_speedup_vs_sb3"] = med["SB3"] / med["rlbase"]
             print(f"{CARTPOLE}: SB3 / rlbase median time to solve = {med['SB3'] / med['rlbase']:.2f}x")
+        native = solve.get("rlbase native")
+        if native:
+            full = statistics.median(r["train_s"] for r in native)
+            finals = [r["final_mean_return"] for r in native]
+            all_solved = all(f is not None and f >= SOLVE_THRESHOLD for f in finals)
+            n = summary.setdefault(NATIVE_CARTPOLE, {})
+            n.update(median_train_s=full, final_mean_returns=finals)
+            print(f"{NATIVE_CARTPOLE}: PPO preset, whole budget: median {full:.1f} s of training; final evaluation "
+                  + ", ".join(f"{f:.1f}" if f is not None else "n/a" for f in finals))
+            if med.get("SB3") and med.get("rlbase native"):
+                n["solve_speedup_vs_sb3"] = med["SB3"] / med["rlbase native"]
+                print(f"{NATIVE_CARTPOLE}: SB3 (RL-Zoo, CartPole-v1) / rlbase native median time to solve = "
+                      f"{n['solve_speedup_vs_sb3']:.2f}x; SB3 time to solve / rlbase whole training = "
+                      f"{med['SB3'] / full:.2f}x")
+            met = all_solved and full <= TARGET_NATIVE_CARTPOLE_S
+            targets.append((f"{NATIVE_CARTPOLE} PPO trains to a solved policy (final eval >= {SOLVE_THRESHOLD:g} on "
+                            f"every seed) in <= {TARGET_NATIVE_CARTPOLE_S:g} s",
+                            f"{'MET' if met else 'NOT MET'} (median {full:.1f} s, "
+                            f"{sum(f is not None and f >= SOLVE_THRESHOLD for f in finals)}/{len(finals)} solved)"))
         targets.append(("CartPole-v1 wall-clock to solve vs SB3", "reported (no numeric target in the issue)"))
     if targets:
         print("\nTargets (from the issue)")

@@ -1,6 +1,7 @@
 """Learning tests on rlbase's own envs: evaluation on the held-out split through `rlbase eval`'s code.
 
-Slow. CI runs the `ci_slow` tier (`-m "not slow or ci_slow"`): PPO on the batched CartPole (seconds).
+Slow. CI runs the `ci_slow` tier (`-m "not slow or ci_slow"`): PPO on the batched CartPole, seeds 0-2
+(seconds each).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def train_preset(tmp_path, algo: str, env_id: str, seed: int, **overrides) -> tu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.ci_slow), 1, 2])
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.ci_slow) for s in (0, 1, 2)] + [3, 4])
 def test_ppo_solves_native_cartpole(tmp_path, seed):
-    _, run_dir = train_preset(tmp_path, "ppo", "rlbase/CartPole-v1", seed)
+    """The preset trains in about 2.5 s here (45k steps); BENCHMARKS.md has it solving seeds 0-59."""
+    metrics, run_dir = train_preset(tmp_path, "ppo", "rlbase/CartPole-v1", seed)
+    assert metrics["global_step"] <= 50_000  # the wall-clock preset, not the 100k classic-control one
     report = evaluate(run_dir, episodes=20, seed=1000 + seed, device=resolve_device("cpu"))
     assert report["mean_return"] >= 475.0, f"seed {seed}: {report['mean_return']:.1f} (min {report['min_return']:.0f})"
 
