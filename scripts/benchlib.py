@@ -165,10 +165,26 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
+def keep_sb3_logs_out_of_tmp() -> None:
+    """SB3 makes an empty log directory in the system temp dir at every `learn()` unless
+    $SB3_LOGDIR names one: point it at a private temp dir, removed when this process exits.
+    Worker subprocesses inherit the variable, so one directory serves a whole invocation."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if "SB3_LOGDIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="rlbase-bench-sb3-")
+    os.environ["SB3_LOGDIR"] = path
+    atexit.register(shutil.rmtree, path, True)
+
+
 def run_worker_if_asked(args, workers: dict) -> bool:
     """In a `--worker JOB` subprocess: run that one measurement, print its result, return True."""
     import json
 
+    keep_sb3_logs_out_of_tmp()
     if not args.worker:
         return False
     job = json.loads(args.worker)

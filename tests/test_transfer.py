@@ -169,8 +169,10 @@ def test_mismatched_artifacts_are_refused_with_one_line(maze_artifact, tmp_path)
     assert not (tmp_path / "runs").exists() and len(list(tmp_path.glob("CartPole*"))) == 0
 
 
-def test_sb3_adapter_trains_with_frozen_pretrained_weights(maze_artifact):
+def test_sb3_adapter_trains_with_frozen_pretrained_weights(maze_artifact, tmp_path, monkeypatch):
     from stable_baselines3 import PPO
+
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))  # else learn() leaves a directory in /tmp
 
     from rlbase.sb3 import BackboneExtractor, policy_kwargs
 
