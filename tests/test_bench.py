@@ -20,3 +20,19 @@ def test_bench_dqn_quick(tmp_path):
     assert "rlbase/SB3" in proc.stdout
     data = json.loads(out.read_text())
     assert data, "the JSON report is empty"
+
+
+def test_bench_pg_solve_quick(tmp_path):
+    """The solve section, including the whole-budget run on rlbase/CartPole-v1 and its 3 s target line."""
+    out = tmp_path / "bench_pg.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pg.py"), "--sections", "solve", "--quick",
+                           "--threads", "1", "--in-process", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    runs = {(r["library"], r["env_id"]): r for r in data["results"]}
+    assert set(runs) == {("rlbase", "CartPole-v1"), ("rlbase native", "rlbase/CartPole-v1"), ("SB3", "CartPole-v1")}
+    native = runs[("rlbase native", "rlbase/CartPole-v1")]
+    assert native["steps"] == 2048 and native["evals"] and native["final_mean_return"] is not None
+    assert data["summary"]["rlbase/CartPole-v1"]["median_train_s"] > 0
+    assert any("rlbase/CartPole-v1 PPO trains to a solved policy" in t for t in data["summary"]["targets"])
