@@ -10,12 +10,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_quick(script: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python scripts/SCRIPT --quick --threads 1 --in-process ARGS --json OUT`, as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--threads", "1",
+                           "--in-process", *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
 @pytest.mark.slow
 def test_bench_dqn_quick(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_dqn.py"), "--quick", "--threads", "1",
-                           "--in-process", "--only", "cartpole", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = run_quick("bench_dqn.py", out, "--only", "cartpole")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rlbase/SB3" in proc.stdout
     data = json.loads(out.read_text())
@@ -25,9 +30,7 @@ def test_bench_dqn_quick(tmp_path):
 def test_bench_pg_solve_quick(tmp_path):
     """The solve section, including the whole-budget run on rlbase/CartPole-v1 and its 3 s target line."""
     out = tmp_path / "bench_pg.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pg.py"), "--sections", "solve", "--quick",
-                           "--threads", "1", "--in-process", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = run_quick("bench_pg.py", out, "--sections", "solve")
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     runs = {(r["library"], r["env_id"]): r for r in data["results"]}
