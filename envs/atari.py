@@ -18,8 +18,18 @@ import torch
 
 from rlbase.envs.core import EpisodeStats, HostToDevice, TensorVecEnv, actions_to_numpy
 
+FRAME_SKIP = 4
+"""Emulator frames per agent step (the action is repeated; the last two frames are max-pooled)."""
+EMULATOR_FPS = 60
+"""The Atari 2600's NTSC frame rate: 108,000 frames are 30 minutes of play. ale-py's
+`metadata["render_fps"]` (30) is a nominal value, neither this nor the agent's step rate."""
+AGENT_STEP_FPS = EMULATOR_FPS / FRAME_SKIP
+"""Agent steps per second of real game time (15): the frame rate of real-time videos."""
+
 
 class AtariVecEnv(TensorVecEnv):
+    render_fps = AGENT_STEP_FPS  # this backend cannot render; the value matches the video path's
+
     def __init__(self, env_id: str, num_envs: int, device: torch.device, *, sticky_actions: float = 0.25,
                  frame_stack: int = 4, noop_max: int = 30, max_episode_steps: int = 27_000,
                  clip_rewards: bool = True, terminal_on_life_loss: bool = True, num_threads: int = 0):
@@ -36,9 +46,9 @@ class AtariVecEnv(TensorVecEnv):
             game, num_envs,
             autoreset_mode="SameStep",
             repeat_action_probability=sticky_actions,
-            frameskip=4, stack_num=frame_stack, img_height=84, img_width=84, grayscale=True, maxpool=True,
+            frameskip=FRAME_SKIP, stack_num=frame_stack, img_height=84, img_width=84, grayscale=True, maxpool=True,
             noop_max=noop_max, use_fire_reset=True,
-            max_num_frames_per_episode=max_episode_steps * 4,
+            max_num_frames_per_episode=max_episode_steps * FRAME_SKIP,
             # Training-only transforms are done in training_signal, so episodes are whole games.
             reward_clipping=False, episodic_life=False, life_loss_info=False,
             num_threads=num_threads,
@@ -107,11 +117,15 @@ def make_single_atari(env_id: str, *, sticky_actions: float = 0.25, frame_stack:
                       max_episode_steps: int = 27_000, render_mode: str | None = None) -> gym.Env:
     """One Atari env with the same preprocessing built from Gymnasium wrappers.
 
-    Used where the C++ vector env cannot serve: recording videos (it has no RGB render).
+    Used where the C++ vector env cannot serve: recording videos (it has no RGB render). Its
+    `metadata["render_fps"]` is the agent's real-time step rate, `EMULATOR_FPS / FRAME_SKIP`:
+    `render()` returns one frame per agent step, i.e. per `FRAME_SKIP` emulator frames.
     """
     env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_actions,
-                   max_num_frames_per_episode=max_episode_steps * 4, render_mode=render_mode)
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
+                   max_num_frames_per_episode=max_episode_steps * FRAME_SKIP, render_mode=render_mode)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=FRAME_SKIP, screen_size=84,
                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
     env = _FireOnReset(env)
-    return gym.wrappers.FrameStackObservation(env, frame_stack, padding_type="zero")
+    env = gym.wrappers.FrameStackObservation(env, frame_stack, padding_type="zero")
+    env.metadata = {**env.metadata, "render_fps": AGENT_STEP_FPS}  # on this wrapper only, not ale-py's class
+    return env

@@ -55,6 +55,12 @@ class TensorVecEnv:
     single_action_space: gym.spaces.Space
     frame_stack: int = 1
     """Leading observation axis that stacks frames (Atari: 4); replay stores each frame once."""
+    outcome_keys: tuple[str, ...] = ()
+    """The per-env `info` values that describe how an episode ended and are worth reporting at
+    episode end (maze: `success`); evaluation reports their mean. Per-step training signals
+    (Atari's `life_lost`) are not outcomes."""
+    render_fps: float = 30.0
+    """Frames per second of what `render()` returns, for videos (one frame per agent step)."""
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError

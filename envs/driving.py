@@ -135,6 +135,9 @@ def _non_negative(name: str, value: Any) -> float:
 class DrivingVecEnv(NativeVecEnv):
     """A batch of cars, each on its own random track, on one device (see the module docstring)."""
 
+    # How far the car got, whether it left the road, and how fast it was going when the episode ended.
+    outcome_keys = ("progress", "laps", "offtrack", "speed")
+
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
                  num_levels: int = 0, autoreset: bool = True, discrete: bool = False, obs_mode: str = "lidar",
                  max_episode_steps: int = 1000, laps: int = 1, track_radius: float = 25.0,

@@ -57,6 +57,7 @@ class MazeVecEnv(NativeVecEnv):
     """A batch of mazes on one device (see the module docstring)."""
 
     procedural = True  # levels come from per-episode level seeds
+    outcome_keys = ("success",)
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
                  num_levels: int = 0, autoreset: bool = True, size: int = 11, obs_mode: str = "grid",

@@ -177,6 +177,7 @@ class MazeGoToVecEnv(NativeVecEnv):
     """A batch of language-conditioned rooms on one device (see the module docstring)."""
 
     procedural = True  # episodes come from per-episode level seeds
+    outcome_keys = ("success",)
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
                  num_levels: int = 0, size: int = 8, num_objects: int = 3, obs_mode: str = "grid",

@@ -114,7 +114,8 @@ class NativeVecEnv(TensorVecEnv):
       Dict observation space a dict of tensors (then `info["final_obs"]` is such a dict too).
 
     The base class does the time limit, episode statistics, same-step autoreset and seeding.
-    `render_env(i)` (optional) draws env `i` as an (H, W, 3) uint8 array.
+    `render_env(i)` (optional) draws env `i` as an (H, W, 3) uint8 array; `render_fps` comes from
+    the single-instance class's metadata (see `SingleEnv`).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
@@ -153,7 +154,8 @@ class NativeVecEnv(TensorVecEnv):
         raise NotImplementedError
 
     def _info(self) -> dict[str, torch.Tensor]:
-        """Extra per-env values reported in `info` after each step (progress, laps, ...)."""
+        """Extra per-env values reported in `info` after each step (progress, laps, ...); those that
+        describe how an episode ended are listed in the class's `outcome_keys`."""
         return {}
 
     # -- interface ---------------------------------------------------------------------------
@@ -230,6 +232,18 @@ class SingleEnv(gym.Env):
 
     vec_cls: type[NativeVecEnv]
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        # One source of truth for the frame rate: the single class's `metadata["render_fps"]` (what
+        # Gymnasium's video recorders read) is also the batched class's `render_fps` (rlbase's videos).
+        vec_cls = cls.__dict__.get("vec_cls")
+        if vec_cls is None:
+            return
+        fps = float(cls.metadata["render_fps"])
+        if "render_fps" in vec_cls.__dict__ and vec_cls.render_fps != fps:
+            raise TypeError(f"{cls.__name__} renders at {fps} fps but {vec_cls.__name__} at {vec_cls.render_fps}")
+        vec_cls.render_fps = fps
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         if render_mode not in (None, "rgb_array"):

@@ -65,9 +65,20 @@ def test_cartpole_autoreset_matches_single_envs():
             r.close()
 
 
-def test_gym_backend_rejects_non_box_observations():
-    with pytest.raises(UsageError, match="observation space"):
-        make_vec_env("FrozenLake-v1", 1, CPU)
+def test_gym_backend_refuses_tuple_observations_naming_the_wrapper():
+    with pytest.raises(UsageError, match="Tuple observation space.*FlattenObservation"):
+        make_vec_env("Blackjack-v1", 1, CPU)
+
+
+def test_gym_backend_one_hot_encodes_discrete_observations():
+    env = make_vec_env("FrozenLake-v1", 2, CPU)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert env.single_observation_space.shape == (16,)
+        assert obs.shape == (2, 16) and obs.dtype == torch.float32
+        assert torch.equal(obs.sum(dim=1), torch.ones(2)) and torch.equal(obs[:, 0], torch.ones(2))  # start: state 0
+    finally:
+        env.close()
 
 
 # ---------------------------------------------------------------- Atari backend
