@@ -1,17 +1,72 @@
-"""Agents: one module per algorithm family, each with a config dataclass, `train` and `load_policy`."""
+"""Agents: one module per algorithm family. Each module ends with an `AGENT` record, the whole
+contract between an algorithm and the rest of rlbase (the run lifecycle, `rlbase eval`, the
+Python API): nothing is looked up by attribute name or probed with `hasattr`.
+
+Adding an agent: write its module (config dataclass, network, loss, update, `train` loop body,
+`load_policy`), end it with `AGENT = Agent(...)`, and list it in `AGENT_MODULES`.
+"""
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from rlbase.errors import UsageError
 
-ALGORITHMS = ("dqn", "ppo", "a2c", "reinforce")
+if TYPE_CHECKING:
+    import gymnasium as gym
+    import torch
+
+    from rlbase.envs import TensorVecEnv
+    from rlbase.run import Run
+
+Policy = Callable[["torch.Tensor", "torch.Generator"], "torch.Tensor"]
+"""`policy(obs, generator) -> actions`: a batch of observations on the device to actions in the env's format."""
 
 
-def get_algorithm(name: str) -> ModuleType:
-    """The agent module for `name`, with `Config`, `validate`, `check_env`, `train` and `load_policy`."""
-    if name not in ALGORITHMS:
+@dataclass(frozen=True)
+class Agent:
+    """What an algorithm provides to the run lifecycle."""
+
+    name: str
+    """The command-line name (`rlbase train NAME`)."""
+    summary: str
+    """One line for `rlbase train --help`."""
+    Config: type
+    """Its config dataclass (a subclass of `rlbase.config.CommonConfig`)."""
+    validate: Callable[[Any], None]
+    """Raise a UsageError naming the flag of any invalid value (before anything is built)."""
+    check_env: Callable[[Any, "TensorVecEnv"], None]
+    """Raise a UsageError when the agent cannot act in the env (action or observation space)."""
+    train: Callable[[Any, "TensorVecEnv", "Run"], dict[str, Any]]
+    """The loop body: `train(cfg, env, run) -> metrics`; `run` does seeding, episode statistics,
+    cadences, checkpoints, callbacks and evaluation (rlbase.run.Run)."""
+    load_policy: Callable[[Any, dict[str, "torch.Tensor"], "gym.spaces.Space", "gym.spaces.Space", "torch.device"],
+                          Policy]
+    """`load_policy(cfg, tensors, observation_space, action_space, device)`: the evaluation policy of a
+    checkpoint's tensors, acting as the config says (`exploration` below)."""
+    exploration: Literal["epsilon", "sample"]
+    """How the evaluation policy explores: `epsilon` (value-based: greedy except with probability
+    `cfg.eval_epsilon`) or `sample` (policy-gradient: the mode/mean action when
+    `cfg.eval_deterministic`, else a sample of the policy)."""
+
+    def describe_policy(self, cfg: Any) -> str:
+        """How the evaluation policy acts, for reports: `deterministic`, `stochastic` or `epsilon-greedy E`."""
+        if self.exploration == "epsilon":
+            return f"epsilon-greedy {cfg.eval_epsilon}"
+        return "deterministic" if cfg.eval_deterministic else "stochastic"
+
+
+AGENT_MODULES = {"dqn": "rlbase.agents.dqn", "ppo": "rlbase.agents.ppo", "a2c": "rlbase.agents.a2c",
+                 "reinforce": "rlbase.agents.reinforce"}
+ALGORITHMS = tuple(AGENT_MODULES)
+
+
+def get_agent(name: str) -> Agent:
+    """The `Agent` record of algorithm `name` (its module is imported on first use)."""
+    if name not in AGENT_MODULES:
         raise UsageError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
-    return importlib.import_module(f"rlbase.agents.{name}")
+    agent = importlib.import_module(AGENT_MODULES[name]).AGENT
+    assert agent.name == name, f"{AGENT_MODULES[name]} declares agent {agent.name!r}"
+    return agent

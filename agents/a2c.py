@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, load_policy,  # noqa: F401
-                              minibatch_update, train_loop, validate_pg)
+from rlbase.agents.pg import ActorCritic, PGConfig, RolloutStorage, pg_agent, train_loop, validate_pg
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
+from rlbase.optim import gradient_step
+from rlbase.run import Run
 from rlbase.utils import make_adam
 
 
@@ -26,20 +27,16 @@ from rlbase.utils import make_adam
 class A2CConfig(PGConfig):
     """A2C hyperparameters (defaults: the Stable-Baselines3 / Baselines values)."""
 
+    # PGConfig's fields with A2C's defaults (documented there, shown by --help).
     num_envs: int = 16
-    """Parallel environments stepped together; actions for all of them come from one batched forward pass."""
     num_steps: int = 5
-    """Steps per env in each rollout (a rollout is num_steps * num_envs transitions)."""
     learning_rate: float = 7e-4
-    """Optimiser learning rate (annealed linearly to 0 with --anneal-lr)."""
     anneal_lr: bool = False
-    """Anneal the learning rate linearly to 0 over training."""
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+
     gae_lambda: float = 1.0
     """GAE lambda (1.0: n-step returns bootstrapped at the rollout's end, the classic A2C target)."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient-norm clip (0 disables it)."""
     optimizer: str = "rmsprop"
     """rmsprop (alpha 0.99, as in the paper and SB3) or adam."""
     rms_alpha: float = 0.99
@@ -77,15 +74,15 @@ def update(cfg: A2CConfig, model: ActorCritic, optimizer: torch.optim.Optimizer,
            dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One gradient step on the whole rollout."""
     loss, stats = a2c_loss(cfg, model, dist, storage.flat())
-    minibatch_update(optimizer, loss, cfg.max_grad_norm)
+    gradient_step(optimizer, loss, cfg.max_grad_norm)
     return {"train/policy_gradient_loss": stats["pg"], "train/value_loss": stats["v"],
             "train/entropy_loss": -stats["ent"], "num_updates": 1}
 
 
-def train(cfg: A2CConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:
-    """Train A2C on `env`; see `rlbase.agents.ppo.train` for what `run` does and what is returned."""
-    validate(cfg)
-    return train_loop(cfg, env, run, update, make_optimizer=make_optimizer, timer=timer)
+def train(cfg: A2CConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
+    """Train A2C on `env`: rollouts and bookkeeping are shared (agents/pg.py `train_loop`, rlbase.run.Run)."""
+    return train_loop(cfg, env, run, update, make_optimizer=make_optimizer)
 
 
 Config = A2CConfig
+AGENT = pg_agent("a2c", "Advantage Actor-Critic (synchronous A2C)", A2CConfig, validate, train)

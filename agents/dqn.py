@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -21,15 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlbase import transfer
-from rlbase.backbones import build_backbone, check_backbone
+from rlbase.agents import Agent, Policy
 from rlbase.buffers import ReplayBuffer, ReplaySample
-from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
-from rlbase.config import CommonConfig, check, training_threads, validate_common
+from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
-from rlbase.optim import clip_grad_norm_
-from rlbase.stats import RecentEpisodes
-from rlbase.utils import intra_op_threads, make_adam, seed_everything
+from rlbase.optim import gradient_step
+from rlbase.run import Run
+from rlbase.stats import DeviceMean
+from rlbase.transfer import BackboneSpec
+from rlbase.utils import make_adam
 
 
 @dataclass
@@ -131,11 +132,11 @@ def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
                          f"{type(env.single_observation_space).__name__} observations (use ppo, a2c or reinforce)")
 
 
-def build_q_network(cfg: DQNConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> QNetwork:
+def build_q_network(backbone: BackboneSpec, observation_space: gym.spaces.Space, action_space: gym.spaces.Space,
+                    dueling: bool) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
-        raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {action_space}")
-    backbone = build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes, cfg.activation)
-    return QNetwork(backbone, int(action_space.n), cfg.dueling)
+        raise UsageError(f"DQN needs a discrete action space; got {action_space}")
+    return QNetwork(backbone.build(observation_space), int(action_space.n), dueling)
 
 
 def linear_epsilon(cfg: DQNConfig, global_step: int) -> float:
@@ -179,65 +180,43 @@ def update_target(q: nn.Module, target: nn.Module, tau: float) -> None:
         tp.lerp_(p, tau)  # tau = 1: hard copy
 
 
-def train(cfg: DQNConfig, env: TensorVecEnv, run: Any = None) -> dict[str, Any]:
-    """Train DQN on `env`. `run` (rlbase.run.Run or None) logs, checkpoints and resumes.
+def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
+    """Train DQN on `env`. `run` (rlbase.run.Run) seeds the action generator, counts episodes and
+    steps, logs, checkpoints, resumes and runs the callbacks.
 
     Returns the final counters and recent-episode statistics, and the trained network as
     `q_network` (for in-process use: tests, benchmarks, notebooks).
     """
-    validate(cfg)
-    backbone = check_backbone(cfg.backbone, env.single_observation_space)
-    with intra_op_threads(training_threads(cfg, backbone, env.device.type)):
-        return _train(cfg, env, run)
-
-
-def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
     device = env.device
-    seed_everything(cfg.seed)
-    q = build_q_network(cfg, env.single_observation_space, env.single_action_space)
-    parts = transfer.prepare(cfg, [q.backbone], env.single_observation_space,
-                             fresh=run is None or run.resume is None)
+    obs_space = env.single_observation_space
+    q = build_q_network(run.backbone, obs_space, env.single_action_space, cfg.dueling)
+    parts = transfer.prepare(run.backbone, [q.backbone], obs_space, fresh=not run.resuming)
     q.to(device)
     target = copy.deepcopy(q).requires_grad_(False)
-    optimizer = make_adam(transfer.parameter_groups(q, parts, cfg), cfg.learning_rate, cfg.adam_eps)
+    optimizer = make_adam(transfer.parameter_groups(q, parts, run.backbone), cfg.learning_rate, cfg.adam_eps)
     transfer.set_learning_rate(optimizer, cfg.learning_rate)  # pretrained backbone: lr * --backbone-lr-scale
     num_actions = int(env.single_action_space.n)
-    obs_space = env.single_observation_space
     buffer = ReplayBuffer(cfg.buffer_size, env.num_envs, obs_space.shape, torch.from_numpy(obs_space.sample()).dtype,
                           device, frame_stack=env.frame_stack, n_step=cfg.n_step, gamma=cfg.gamma,
                           prioritized=cfg.prioritized_replay, alpha=cfg.per_alpha, priority_eps=cfg.per_eps)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
-    recent = RecentEpisodes(100, device, env.num_envs)
+    counters = run.restore(modules={"q": q, "target": target}, optimizer=optimizer, buffer=buffer,
+                           counters={"num_updates": 0, "update_credit": 0, "target_syncs": 0})
+    generator = run.generator
     act_q = torch.compile(q) if cfg.compile else q
+    loss_mean, q_mean = DeviceMean(device), DeviceMean(device)
 
-    # Counters: everything a resume needs besides tensors.
-    counters = {"global_step": 0, "num_updates": 0, "update_credit": 0, "target_syncs": 0}
-    if run is not None and run.resume is not None:
-        tensors, state, buffer_state = run.resume
-        load_state(q, target, optimizer, generator, tensors, state)
-        counters.update(state["counters"])
-        if buffer_state is not None:
-            buffer.load_state_dict(buffer_state)
+    def scalars(epsilon: float) -> dict[str, float]:
+        """The SB3 tags, read from the device once per log interval."""
+        values = {"rollout/exploration_rate": epsilon, "train/learning_rate": cfg.learning_rate,
+                  "train/n_updates": counters["num_updates"]}
+        if loss_mean.count:
+            values["train/loss"], values["train/q_values"] = loss_mean.read(), q_mean.read()
+        return values
 
-    global_step = counters["global_step"]
-    obs, _ = env.reset(seed=cfg.seed + global_step)  # a resumed run starts fresh episodes
+    obs = run.start()
     buffer.start(obs)
-    loss_sum = torch.zeros((), device=device)
-    q_sum = torch.zeros((), device=device)
-    updates_since_log = 0
-    next_log = (global_step // cfg.log_interval + 1) * cfg.log_interval
-    next_checkpoint = (global_step // cfg.checkpoint_interval + 1) * cfg.checkpoint_interval if cfg.checkpoint_interval else None
-
-    def snapshot() -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor] | None]:
-        counters["global_step"] = global_step
-        return (*save_state(q, target, optimizer, generator, counters), buffer.state_dict() if cfg.save_buffer else None)
-
-    if run is not None:
-        run.snapshot = snapshot  # lets the CLI checkpoint on Ctrl-C
-
-    while global_step < cfg.total_timesteps:
-        epsilon = linear_epsilon(cfg, global_step)
+    while not run.done:
+        epsilon = linear_epsilon(cfg, run.global_step)
         actions = select_actions(act_q, obs, epsilon, num_actions, generator)
         # Host-side envs (Atari) step in their own threads while the learner updates below;
         # the updates sample from what is already stored, one env step behind.
@@ -247,7 +226,7 @@ def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
             # train_freq counts env steps over all envs, so the replay ratio does not depend on
             # num_envs. Credit is kept in integer units of 1/train_freq update: no rounding drift.
             counters["update_credit"] += env.num_envs * cfg.gradient_steps
-            beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, global_step / cfg.total_timesteps)
+            beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, run.global_step / cfg.total_timesteps)
             num_updates = counters["update_credit"] // cfg.train_freq
             counters["update_credit"] -= num_updates * cfg.train_freq
             if cfg.prioritized_replay:  # each batch sees the priorities the previous update wrote
@@ -256,99 +235,39 @@ def _train(cfg: DQNConfig, env: TensorVecEnv, run: Any) -> dict[str, Any]:
                 batches = buffer.sample(cfg.batch_size * num_updates, generator).split(cfg.batch_size) if num_updates else []
             for batch in batches:
                 loss, q_taken, td_errors = td_loss(act_q, target, batch, cfg.double_q, cfg.prioritized_replay)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], cfg.max_grad_norm)
-                optimizer.step()
+                gradient_step(optimizer, loss, cfg.max_grad_norm)
                 if cfg.prioritized_replay:
                     buffer.update_priorities(batch.indices, td_errors)
-                loss_sum += loss.detach()
-                q_sum += q_taken.sum()
-                updates_since_log += 1
+                loss_mean.add(loss)
+                q_mean.add(q_taken.sum(), cfg.batch_size)
                 counters["num_updates"] += 1
 
         next_obs, rewards, terminated, truncated, info = env.step_wait()
         dones = terminated | truncated
         train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
         buffer.add(actions, train_rewards, train_terminal, dones, next_obs, info["final_obs"])
-        recent.add(info["episode_return"], info["episode_length"], dones)
+        run.record_episodes(info, dones)
         obs = next_obs  # CRUCIAL: the env already reset ended episodes; final_obs went to the buffer
-        global_step += env.num_envs
 
-        syncs_due = global_step // cfg.target_update_interval
+        syncs_due = (run.global_step + env.num_envs) // cfg.target_update_interval
         if syncs_due > counters["target_syncs"]:
             counters["target_syncs"] = syncs_due
             update_target(q, target, cfg.tau)
-
-        if run is not None:
-            run.logger.progress(global_step)
-            if global_step >= next_log or global_step >= cfg.total_timesteps:
-                next_log += cfg.log_interval * max(1, (global_step - next_log) // cfg.log_interval + 1)
-                scalars = log_scalars(recent, epsilon, cfg.learning_rate, loss_sum, q_sum / cfg.batch_size,
-                                      updates_since_log, counters["num_updates"])
-                loss_sum.zero_(), q_sum.zero_()
-                updates_since_log = 0
-                run.logger.log(global_step, scalars)
-            if next_checkpoint is not None and global_step >= next_checkpoint:
-                next_checkpoint += cfg.checkpoint_interval
-                run.save(global_step, *snapshot())
-
-    if run is not None:
-        run.save(global_step, *snapshot())
-    summary = recent.summary()
-    return {"global_step": global_step, "num_updates": counters["num_updates"],
-            "episodes": summary["episodes"], "ep_rew_mean": summary.get("ep_rew_mean"),
-            "ep_len_mean": summary.get("ep_len_mean"), "q_network": q}
+        run.advance(env.num_envs, lambda: scalars(epsilon))
+    return run.finish(q_network=q)
 
 
-def log_scalars(recent: RecentEpisodes, epsilon: float, lr: float, loss_sum: torch.Tensor, q_sum: torch.Tensor,
-                updates: int, num_updates: int) -> dict[str, float]:
-    """The SB3 tags, read from the device once per log interval."""
-    scalars = {"rollout/exploration_rate": epsilon, "train/learning_rate": lr, "train/n_updates": num_updates}
-    summary = recent.summary()
-    if summary["episodes"]:
-        scalars["rollout/ep_rew_mean"] = summary["ep_rew_mean"]
-        scalars["rollout/ep_len_mean"] = summary["ep_len_mean"]
-    if updates:
-        scalars["train/loss"] = float(loss_sum) / updates
-        scalars["train/q_values"] = float(q_sum) / updates
-    return scalars
-
-
-def save_state(q: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               counters: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {f"q.{k}": v for k, v in q.state_dict().items()}
-    tensors.update({f"target.{k}": v for k, v in target.state_dict().items()})
-    optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
-    tensors.update(optim_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.actions"] = generator.get_state()
-    return tensors, {"counters": dict(counters), "optimizer": optim_meta}
-
-
-def load_state(q: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    load_weights(q, tensors, "q.")
-    load_weights(target, tensors, "target.")
-    optimizer_from_tensors(optimizer, tensors, state["optimizer"])
-    torch.set_rng_state(tensors["rng.torch"].cpu())
-    generator.set_state(tensors["rng.actions"].cpu())
-
-
-def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
-    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    module.load_state_dict(weights)
-
-
-def load_policy(cfg: DQNConfig, tensors: dict[str, torch.Tensor], env: TensorVecEnv,
-                epsilon: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """The evaluation policy of a trained agent: epsilon-greedy on the saved Q-network."""
-    q = build_q_network(cfg, env.single_observation_space, env.single_action_space).to(env.device)
-    load_weights(q, tensors, "q.")
+def load_policy(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
+                action_space: gym.spaces.Space, device: torch.device) -> Policy:
+    """The evaluation policy of a trained agent: epsilon-greedy (`cfg.eval_epsilon`) on the saved Q-network."""
+    q = build_q_network(transfer.parse(cfg, observation_space, with_weights=False), observation_space, action_space,
+                        cfg.dueling).to(device)
+    q.load_state_dict({k[len("q."):]: v for k, v in tensors.items() if k.startswith("q.")})
     q.eval()
-    num_actions = int(env.single_action_space.n)
+    num_actions, epsilon = int(action_space.n), cfg.eval_epsilon
     return lambda obs, generator: select_actions(q, obs, epsilon, num_actions, generator)
 
 
 Config = DQNConfig
+AGENT = Agent(name="dqn", summary="Deep Q-Networks (double, dueling, n-step, prioritized replay)", Config=DQNConfig,
+              validate=validate, check_env=check_env, train=train, load_policy=load_policy, exploration="epsilon")

@@ -1,9 +1,10 @@
 """What the policy-gradient agents (PPO, A2C, REINFORCE) share: config, the actor-critic network,
-the training loop and checkpoints (policy distributions are in agents/distributions.py; running
-normalisation, rollout storage and GAE in agents/rollout.py).
+the rollout loop and the evaluation policy (policy distributions are in agents/distributions.py;
+running normalisation, rollout storage and GAE in agents/rollout.py; the run's bookkeeping, from
+seeding to checkpoints, in rlbase/run.py).
 
 Each agent module adds only its own hyperparameters and its `update` (the loss and the optimiser
-steps on one rollout); collection, returns, logging and checkpoints are written once, here.
+steps on one rollout); rollout collection and returns are written once, here.
 
 Rollouts live on the device, `(num_steps, num_envs, ...)`, allocated once. Acting is one batched
 forward for all envs; values reach the host only at log intervals.
@@ -12,7 +13,6 @@ forward for all envs; values reach the host only at log intervals.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,16 +26,15 @@ from rlbase.agents.distributions import (Categorical, DiagGaussian, MultiCategor
 # Re-exported: the agents and tests reach the rollout side through this module too.
 from rlbase.agents.rollout import (Normalizer, RolloutStorage, RunningMeanStd,  # noqa: F401
                                    compute_gae, explained_variance)
-from rlbase.backbones import build_backbone, check_backbone
-from rlbase.checkpoint import optimizer_from_tensors, optimizer_to_tensors
-from rlbase.config import CommonConfig, check, training_threads, validate_common
+from rlbase import transfer
+from rlbase.agents import Agent, Policy
+from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.obs import assign
-from rlbase.optim import clip_grad_norm_
-from rlbase import transfer
-from rlbase.stats import RecentEpisodes
-from rlbase.utils import intra_op_threads, make_adam, seed_everything
+from rlbase.run import Run
+from rlbase.transfer import BackboneSpec
+from rlbase.utils import make_adam
 
 
 @dataclass
@@ -125,11 +124,10 @@ def _orthogonal_init(module: nn.Module, gain: float) -> None:
 class ActorCritic(nn.Module):
     """Backbone(s) -> policy parameters and state value. `forward(obs) -> (dist_params, value)`."""
 
-    def __init__(self, cfg: PGConfig, observation_space: gym.spaces.Space, dist: Any):
+    def __init__(self, cfg: PGConfig, backbone: BackboneSpec, observation_space: gym.spaces.Space, dist: Any):
         super().__init__()
-        make = lambda: build_backbone(cfg.backbone, observation_space, cfg.hidden_sizes, cfg.activation)  # noqa: E731
-        self.actor_backbone = make()
-        self.critic_backbone = None if cfg.shared_backbone else make()
+        self.actor_backbone = backbone.build(observation_space)
+        self.critic_backbone = None if cfg.shared_backbone else backbone.build(observation_space)
         critic_dim = (self.critic_backbone or self.actor_backbone).out_dim
         self.policy_head = nn.Linear(self.actor_backbone.out_dim, dist.num_params)
         self.value_head = nn.Linear(critic_dim, 1)
@@ -164,86 +162,40 @@ class ActorCritic(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Training loop shared by the agents
 # --------------------------------------------------------------------------------------------
-class StageTimer:
-    """Wall time per stage of the loop (env, act, store, learn). Synchronises CUDA at each mark,
-    so it is only switched on for benchmarks."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
-        self._last = now
-
-
-class _NoTimer:
-    def mark(self, stage: str) -> None:
-        pass
-
-
-UpdateFn = Callable[[PGConfig, ActorCritic, torch.optim.Optimizer, RolloutStorage, Any, torch.Generator],
-                    dict[str, torch.Tensor]]
+UpdateFn = Callable[[PGConfig, ActorCritic, Any, RolloutStorage, Any, torch.Generator], dict[str, torch.Tensor]]
 # (config, parameter groups from `transfer.parameter_groups`) -> optimiser
-MakeOptimizer = Callable[[PGConfig, list[dict[str, Any]]], torch.optim.Optimizer]
+MakeOptimizer = Callable[[PGConfig, list[dict[str, Any]]], Any]
 
 
-def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn,
-               make_optimizer: MakeOptimizer | None = None,
-               timer: StageTimer | None = None) -> dict[str, Any]:
-    """Collect rollouts and hand each one to `update`; log, checkpoint and resume through `run`."""
-    backbone = check_backbone(cfg.backbone, env.single_observation_space)
-    with intra_op_threads(training_threads(cfg, backbone, env.device.type)):
-        return _train_loop(cfg, env, run, update, make_optimizer, timer or _NoTimer())
+def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Run, update: UpdateFn,
+               make_optimizer: MakeOptimizer | None = None) -> dict[str, Any]:
+    """Collect rollouts and hand each one to `update`. `run` (rlbase.run.Run) seeds the action
+    generator, counts episodes and steps, logs, checkpoints, resumes and runs the callbacks.
 
-
-def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, make_optimizer, timer) -> dict[str, Any]:
+    Returns counters, recent-episode statistics, the last update's metrics and the trained
+    `model` (for in-process use: tests, benchmarks, notebooks).
+    """
     device = env.device
-    seed_everything(cfg.seed)
-    action_space = env.single_action_space
+    action_space, obs_space = env.single_action_space, env.single_observation_space
     dist = make_distribution(action_space, cfg.action_bounds)
-    obs_space = env.single_observation_space
-    model = ActorCritic(cfg, obs_space, dist)
-    resuming = run is not None and run.resume is not None
-    parts = transfer.prepare(cfg, model.backbones(), obs_space, fresh=not resuming)  # after the orthogonal init
+    model = ActorCritic(cfg, run.backbone, obs_space, dist)
+    parts = transfer.prepare(run.backbone, model.backbones(), obs_space, fresh=not run.resuming)  # after orthogonal init
     model.to(device)
-    groups = transfer.parameter_groups(model, parts, cfg)
+    groups = transfer.parameter_groups(model, parts, run.backbone)
     optimizer = (make_optimizer or (lambda c, g: make_adam(g, c.learning_rate, c.adam_eps)))(cfg, groups)
     storage = RolloutStorage(cfg.num_steps, env.num_envs, obs_space, torch.float32 if cfg.normalize_obs else None,
                              dist.action_shape, dist.action_dtype, device)
     normalizer = Normalizer(cfg, obs_space.shape, env.num_envs, device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
-    recent = RecentEpisodes(100, device, env.num_envs)
+    counters = run.restore(modules={"model": model}, optimizer=optimizer, state=[normalizer],
+                           counters={"rollouts": 0, "num_updates": 0})
+    generator, timer = run.generator, run.timer
     act_model = torch.compile(model) if cfg.compile else model
-
     batch = cfg.num_steps * env.num_envs
     num_rollouts = max(1, math.ceil(cfg.total_timesteps / batch))
-    counters = {"global_step": 0, "rollouts": 0, "num_updates": 0}
-    if resuming:
-        tensors, state, _ = run.resume
-        load_state(model, optimizer, generator, normalizer, tensors, state)
-        counters.update(state["counters"])
-
-    global_step = counters["global_step"]
-    obs, _ = env.reset(seed=cfg.seed + global_step)  # a resumed run starts fresh episodes
-    obs = normalizer.observation(obs)
-    next_log = (global_step // cfg.log_interval + 1) * cfg.log_interval
-    next_checkpoint = (global_step // cfg.checkpoint_interval + 1) * cfg.checkpoint_interval if cfg.checkpoint_interval else None
     metrics: dict[str, torch.Tensor] = {}
 
-    def snapshot() -> tuple[dict[str, torch.Tensor], dict[str, Any], None]:
-        counters["global_step"] = global_step
-        return (*save_state(model, optimizer, generator, normalizer, counters), None)
-
-    if run is not None:
-        run.snapshot = snapshot  # lets the CLI checkpoint on Ctrl-C
-
-    while counters["rollouts"] < num_rollouts:
+    obs = normalizer.observation(run.start())
+    while not run.done:
         lr = cfg.learning_rate * (1.0 - counters["rollouts"] / num_rollouts if cfg.anneal_lr else 1.0)
         transfer.set_learning_rate(optimizer, lr)  # pretrained backbone groups: lr * --backbone-lr-scale
 
@@ -269,9 +221,8 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
                 # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
                 storage.truncated[t] = truncated & ~train_terminal
                 assign(storage.final_obs, t, normalizer.observation(info["final_obs"], update=False))
-                recent.add(info["episode_return"], info["episode_length"], dones)
+                run.record_episodes(info, dones)
                 obs = normalizer.observation(next_obs)  # the env already reset ended episodes
-                global_step += env.num_envs
                 timer.mark("store")
             storage.bootstrap_truncated(model.value, cfg.gamma)
             storage.compute_returns(model.value(obs), cfg.gamma, cfg.gae_lambda)
@@ -284,94 +235,50 @@ def _train_loop(cfg: PGConfig, env: TensorVecEnv, run: Any, update: UpdateFn, ma
         counters["rollouts"] += 1
         counters["num_updates"] += int(metrics.pop("num_updates", 1))
         timer.mark("learn")
+        run.advance(batch, lambda: log_scalars(metrics, lr, counters["num_updates"], model))
 
-        if run is not None:
-            run.logger.progress(global_step)
-            last = counters["rollouts"] == num_rollouts
-            if global_step >= next_log or last:
-                next_log += cfg.log_interval * max(1, (global_step - next_log) // cfg.log_interval + 1)
-                run.logger.log(global_step, log_scalars(recent, metrics, lr, counters["num_updates"], model))
-            if next_checkpoint is not None and global_step >= next_checkpoint and not last:
-                next_checkpoint += cfg.checkpoint_interval * max(1, (global_step - next_checkpoint) // cfg.checkpoint_interval + 1)
-                run.save(global_step, *snapshot()[:2])
-
-    if run is not None:
-        run.save(global_step, *snapshot()[:2])
-    summary = recent.summary()
-    return {"global_step": global_step, "num_updates": counters["num_updates"], "episodes": summary["episodes"],
-            "ep_rew_mean": summary.get("ep_rew_mean"), "ep_len_mean": summary.get("ep_len_mean"),
-            "model": model, "normalizer": normalizer,
-            "train_metrics": {k: float(v) for k, v in metrics.items()}}
+    return run.finish(model=model, normalizer=normalizer, train_metrics={k: float(v) for k, v in metrics.items()})
 
 
-def log_scalars(recent: RecentEpisodes, metrics: dict[str, torch.Tensor], lr: float, num_updates: int,
-                model: ActorCritic) -> dict[str, float]:
-    """The SB3 on-policy tags, read from the device once per log interval."""
+def log_scalars(metrics: dict[str, torch.Tensor], lr: float, num_updates: int, model: ActorCritic) -> dict[str, float]:
+    """The SB3 on-policy train/* tags, read from the device once per log interval (the run adds
+    the rollout/* episode statistics)."""
     scalars = {"train/learning_rate": lr, "train/n_updates": num_updates}
     scalars.update({k: float(v) for k, v in metrics.items()})
     if model.log_std is not None:
         scalars["train/std"] = float(model.log_std.detach().exp().mean())
-    summary = recent.summary()
-    if summary["episodes"]:
-        scalars["rollout/ep_rew_mean"] = summary["ep_rew_mean"]
-        scalars["rollout/ep_len_mean"] = summary["ep_len_mean"]
     return scalars
 
 
-def minibatch_update(optimizer: Any, loss: torch.Tensor, max_grad_norm: float) -> None:
-    """One optimiser step on `loss`, with the gradient norm of the optimised (not frozen) parameters
-    clipped to `max_grad_norm`. The optimiser's groups list exactly those parameters, and reading
-    them there is cheaper than walking `model.parameters()` at every step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm > 0:
-        clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
-    optimizer.step()
-
-
 # --------------------------------------------------------------------------------------------
-# Checkpoints and evaluation
+# Evaluation
 # --------------------------------------------------------------------------------------------
-def save_state(model: ActorCritic, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               normalizer: Normalizer, counters: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
-    tensors.update(optim_tensors)
-    tensors.update(normalizer.state())
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.actions"] = generator.get_state()
-    return tensors, {"counters": dict(counters), "optimizer": optim_meta}
-
-
-def load_state(model: ActorCritic, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               normalizer: Normalizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimizer_from_tensors(optimizer, tensors, state["optimizer"])
-    normalizer.load(tensors)
-    torch.set_rng_state(tensors["rng.torch"].cpu())
-    generator.set_state(tensors["rng.actions"].cpu())
-
-
-def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], env: TensorVecEnv,
-                epsilon: float = 0.0) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
+                action_space: gym.spaces.Space, device: torch.device) -> Policy:
     """The evaluation policy of a trained agent: the saved network behind the saved (frozen) normalisation.
 
-    Plays the mode / mean action when `cfg.eval_deterministic`, else samples; `epsilon` (DQN's
-    evaluation exploration) does not apply to policy-gradient agents and is ignored.
+    Plays the mode / mean action when `cfg.eval_deterministic`, else samples.
     """
-    dist = make_distribution(env.single_action_space, cfg.action_bounds)
-    model = ActorCritic(cfg, env.single_observation_space, dist).to(env.device)
+    dist = make_distribution(action_space, cfg.action_bounds)
+    model = ActorCritic(cfg, transfer.parse(cfg, observation_space, with_weights=False), observation_space, dist)
+    model.to(device)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     model.eval()
-    normalizer = Normalizer(cfg, env.single_observation_space.shape, env.num_envs, env.device)
+    normalizer = Normalizer(cfg, getattr(observation_space, "shape", None), 1, device)
     normalizer.load(tensors)
     normalizer.training = False
-    space = env.single_action_space
 
     @torch.no_grad()
     def policy(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         params, _ = model(normalizer.observation(obs, update=False))
         actions = dist.mode(params) if cfg.eval_deterministic else dist.sample(params, generator)
-        return env_actions(dist, actions, space)
+        return env_actions(dist, actions, action_space)
 
     return policy
+
+
+def pg_agent(name: str, summary: str, config: type, validate: Callable[[Any], None],
+             train: Callable[[Any, TensorVecEnv, Run], dict[str, Any]]) -> Agent:
+    """The `Agent` record of a policy-gradient agent (they share check_env, load_policy and sampling)."""
+    return Agent(name=name, summary=summary, Config=config, validate=validate, check_env=check_env, train=train,
+                 load_policy=load_policy, exploration="sample")

@@ -16,19 +16,20 @@ from typing import Any
 
 import torch
 
-from rlbase.agents.pg import (ActorCritic, PGConfig, RolloutStorage, check_env, load_policy,  # noqa: F401
-                              minibatch_update, train_loop, validate_pg)
+from rlbase.agents.pg import ActorCritic, PGConfig, RolloutStorage, pg_agent, train_loop, validate_pg
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
 from rlbase.obs import take
+from rlbase.optim import gradient_step
+from rlbase.run import Run
 
 
 @dataclass
 class PPOConfig(PGConfig):
     """PPO hyperparameters (defaults: the standard Atari values of Schulman et al. / CleanRL)."""
 
-    num_envs: int = 8
-    """Parallel environments stepped together; actions for all of them come from one batched forward pass."""
+    num_envs: int = 8  # PGConfig's field (documented there) with PPO's default
+
     update_epochs: int = 4
     """Passes over each rollout."""
     num_minibatches: int = 4
@@ -102,7 +103,7 @@ def update(cfg: PPOConfig, model: ActorCritic, optimizer: Any, storage: RolloutS
         shuffled = {k: take(v, order) for k, v in data.items()}
         for start in range(0, mb_size * cfg.num_minibatches, mb_size):
             loss, stats = ppo_loss(cfg, model, dist, {k: take(v, slice(start, start + mb_size)) for k, v in shuffled.items()})
-            minibatch_update(optimizer, loss, cfg.max_grad_norm)
+            gradient_step(optimizer, loss, cfg.max_grad_norm)
             rows.append(stats)
         # The one host sync of an update, and only when early stopping is on.
         if cfg.target_kl > 0:
@@ -115,14 +116,10 @@ def update(cfg: PPOConfig, model: ActorCritic, optimizer: Any, storage: RolloutS
             "num_updates": len(rows)}
 
 
-def train(cfg: PPOConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:
-    """Train PPO on `env`. `run` (rlbase.run.Run or None) logs, checkpoints and resumes.
-
-    Returns counters, recent-episode statistics, the last update's metrics and the trained
-    `model` (for in-process use: tests, benchmarks, notebooks).
-    """
-    validate(cfg)
-    return train_loop(cfg, env, run, update, timer=timer)
+def train(cfg: PPOConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
+    """Train PPO on `env`: rollouts and bookkeeping are shared (agents/pg.py `train_loop`, rlbase.run.Run)."""
+    return train_loop(cfg, env, run, update)
 
 
 Config = PPOConfig
+AGENT = pg_agent("ppo", "Proximal Policy Optimization (clipped surrogate, GAE)", PPOConfig, validate, train)

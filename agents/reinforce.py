@@ -19,27 +19,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlbase.agents.a2c import update as a2c_update
-from rlbase.agents.pg import PGConfig, check_env, load_policy, train_loop, validate_pg  # noqa: F401
+from rlbase.agents.pg import PGConfig, pg_agent, train_loop, validate_pg
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
+from rlbase.run import Run
 
 
 @dataclass
 class ReinforceConfig(PGConfig):
     """REINFORCE hyperparameters."""
 
+    # PGConfig's fields with REINFORCE's defaults (documented there, shown by --help).
     num_envs: int = 8
-    """Parallel environments stepped together; actions for all of them come from one batched forward pass."""
     num_steps: int = 500
-    """Steps per env in each rollout (a rollout is num_steps * num_envs transitions)."""
     learning_rate: float = 1e-3
-    """Adam learning rate (annealed linearly to 0 with --anneal-lr)."""
     anneal_lr: bool = False
-    """Anneal the learning rate linearly to 0 over training."""
+    ent_coef: float = 0.0
+
     gae_lambda: float = 1.0
     """Must stay 1.0: REINFORCE uses Monte Carlo returns (bootstrapped only at the rollout's end)."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
     norm_adv: bool = True
     """Normalise the return-minus-baseline weights over the rollout (reduces variance)."""
 
@@ -54,10 +52,10 @@ def validate(cfg: ReinforceConfig) -> None:
 update = a2c_update
 
 
-def train(cfg: ReinforceConfig, env: TensorVecEnv, run: Any = None, timer: Any = None) -> dict[str, Any]:
-    """Train REINFORCE on `env`; see `rlbase.agents.ppo.train` for what `run` does and what is returned."""
-    validate(cfg)
-    return train_loop(cfg, env, run, update, timer=timer)
+def train(cfg: ReinforceConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
+    """Train REINFORCE on `env`: rollouts and bookkeeping are shared (agents/pg.py `train_loop`, rlbase.run.Run)."""
+    return train_loop(cfg, env, run, update)
 
 
 Config = ReinforceConfig
+AGENT = pg_agent("reinforce", "REINFORCE with a learned baseline", ReinforceConfig, validate, train)

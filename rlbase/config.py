@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import textwrap
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, get_type_hints
-
-import yaml
 
 from rlbase.errors import UsageError
 
@@ -25,7 +24,10 @@ class CommonConfig:
     """Options shared by every algorithm."""
 
     env_id: str = ""
-    """Environment id: any Gymnasium id (CartPole-v1, ALE/Breakout-v5, rlbase/Maze-v0, ...)."""
+    """Environment id: any Gymnasium id (CartPole-v1, ALE/Breakout-v5, rlbase/Maze-v0, ...), or
+    MODULE:ID for your own env (MODULE is imported first and registers ID, Gymnasium's convention)."""
+    gym_packages: tuple[str, ...] = ()
+    """Packages to import before making the env, for the env ids they register (PKG,PKG,...)."""
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the environment, as KEY=VALUE,KEY=VALUE (e.g. size=15,obs_mode=pixels)."""
     total_timesteps: int = 100_000
@@ -67,8 +69,12 @@ class CommonConfig:
     torch_threads: int = 0
     """Torch intra-op threads while training (0: auto, 1 for an mlp backbone on CPU, whose small ops
     run faster on one thread than split over several; torch's default otherwise)."""
+    eval_freq: int = 0
+    """Evaluate every this many environment steps during training, and at the end (0: never): the
+    eval split, the evaluation policy, --eval-episodes episodes; logs eval/mean_reward and keeps the
+    best checkpoint in best/ (`rlbase eval RUN --best`)."""
     eval_episodes: int = 10
-    """Episodes played by `rlbase eval` when --episodes is not given."""
+    """Episodes per evaluation: of --eval-freq, and of `rlbase eval` when --episodes is not given."""
     eval_epsilon: float = 0.0
     """Exploration rate used by `rlbase eval` (Atari preset: 0.05)."""
     sticky_actions: float = 0.25
@@ -135,6 +141,8 @@ def _parse_value(type_: Any, text: str, flag: str) -> Any:
             return float(text)
         if type_ == tuple[int, ...]:
             return tuple(int(x) for x in text.split(",") if x.strip())
+        if type_ == tuple[str, ...]:
+            return tuple(x.strip() for x in text.split(",") if x.strip())
         if type_ == dict[str, Any]:
             return parse_kwargs(text)
     except ValueError:
@@ -146,6 +154,8 @@ def _parse_value(type_: Any, text: str, flag: str) -> Any:
 
 def parse_kwargs(text: str) -> dict[str, Any]:
     """`KEY=VALUE,KEY=VALUE` -> dict; values are read as YAML scalars (15 -> int, true -> bool, pixels -> str)."""
+    import yaml
+
     out: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
@@ -203,23 +213,76 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
-            metavar = {int: "INT", float: "FLOAT", str: "STR", dict[str, Any]: "KEY=VALUE,..."}.get(type_, "INTS")
+            metavar = {int: "INT", float: "FLOAT", str: "STR", dict[str, Any]: "KEY=VALUE,...",
+                       tuple[str, ...]: "NAMES"}.get(type_, "INTS")
             parser.add_argument(flag, dest=f.name, action=_Store, field_type=type_, metavar=metavar,
                                 default=argparse.SUPPRESS, help=help_text)
 
 
 def env_family(env_id: str) -> str:
     """The preset family of an env id: `atari` for ALE ids, `classic_control` otherwise."""
-    return "atari" if env_id.startswith("ALE/") else "classic_control"
+    return "atari" if _plain_id(env_id).startswith("ALE/") else "classic_control"
 
 
-def load_preset(algo: str, env_id: str) -> dict[str, Any]:
-    """Preset values for `algo` on `env_id`: the family's block, then the env's own block on top."""
+def _plain_id(env_id: str) -> str:
+    """The registered id of `MODULE:ID` (Gymnasium's convention), or `env_id` itself."""
+    return env_id.rsplit(":", 1)[-1]
+
+
+OBSERVATION_KINDS = ("vector", "grid", "image", "tokens", "dict")
+"""Kinds of observation a preset's `observations:` block can be tuned for."""
+
+
+def observation_kind(space: Any) -> str:
+    """`image` ((C, H, W), H and W >= 36), `grid` (smaller (C, H, W)), `tokens` (token ids), `dict`,
+    or `vector` (anything else a Box holds)."""
+    import gymnasium as gym
+
+    from rlbase.backbones import is_grid_space, is_image_space, is_token_space
+
+    if isinstance(space, gym.spaces.Dict):
+        return "dict"
+    if is_image_space(space):
+        return "image"
+    if is_grid_space(space):
+        return "grid"
+    return "tokens" if is_token_space(space) else "vector"
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_file(algo: str) -> dict[str, Any]:
+    import yaml
+
     text = resources.files("rlbase").joinpath("presets", f"{algo}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    return yaml.safe_load(text) or {}
+
+
+def load_preset(algo: str, env_id: str, observations: str | None = None) -> dict[str, Any]:
+    """Preset values for `algo` on `env_id`: the family's block, then the env's own block, then, when
+    the kind of the env's `observations` is known, the env block's `observations: {KIND: {...}}`
+    entry (values tuned for that kind only, such as a backbone)."""
+    data = _preset_file(algo)
     values = dict(data.get("families", {}).get(env_family(env_id), {}) or {})
-    values.update(data.get("envs", {}).get(env_id, {}) or {})
+    env_block = dict(data.get("envs", {}).get(_plain_id(env_id), {}) or {})
+    by_kind = env_block.pop("observations", None) or {}
+    values.update(env_block)
+    if observations is not None:
+        values.update(by_kind.get(observations, {}) or {})
     return values
+
+
+def describe_presets(algo: str) -> str:
+    """Which preset applies to which envs, for `rlbase train ALGO --help`."""
+    data = _preset_file(algo)
+    lines = [f"presets (rlbase/presets/{algo}.yaml; your flags override them):",
+             "  atari family            ALE/<Game>-v5 ids",
+             "  classic_control family  every other id"]
+    for env_id, block in (data.get("envs") or {}).items():
+        kinds = (block or {}).get("observations") or {}
+        tuned = "; ".join(f"{', '.join(f'{k} {v}' for k, v in values.items())} for {kind} observations only"
+                          for kind, values in kinds.items())
+        lines.append(f"  {env_id:<22}  on top of its family" + (f" ({tuned})" if tuned else ""))
+    return "\n".join(lines)
 
 
 def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
@@ -231,18 +294,28 @@ def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
     hints = get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
-        if hints[key] == tuple[int, ...] and isinstance(value, list):
+        if hints[key] in (tuple[int, ...], tuple[str, ...]) and isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def resolve_config(cls: type, algo: str, cli_values: dict[str, Any]) -> Any:
-    """Defaults < preset(env family, env id) < command-line values."""
-    env_id = cli_values.get("env_id", "")
-    values = load_preset(algo, env_id) if env_id else {}
-    values.update(cli_values)
-    return from_dict(cls, values, f"preset for {algo}")
+def resolve_config(cls: type, algo: str, values: dict[str, Any], observations: str | None = None) -> Any:
+    """Defaults < preset (env family, env id, and the env's `observations` kind when given) < `values`
+    (the user's: command-line flags or keyword arguments)."""
+    env_id = values.get("env_id", "")
+    merged = load_preset(algo, env_id, observations) if env_id else {}
+    merged.update(values)
+    return from_dict(cls, merged, f"preset for {algo}")
+
+
+def make_env(cfg: CommonConfig, num_envs: int, device: Any, *, training: bool = True, render: bool = False) -> Any:
+    """The config's env (`rlbase.envs.make_vec_env`): its id, packages, env keyword arguments and
+    Atari settings; `training=False` gives the eval split with full, unclipped episodes."""
+    from rlbase.envs import make_vec_env
+
+    return make_vec_env(cfg.env_id, num_envs, device, render=render, gym_packages=tuple(cfg.gym_packages),
+                        **env_options(cfg, training))
 
 
 def to_json(config: Any) -> str:
@@ -272,6 +345,7 @@ def validate_common(cfg: CommonConfig) -> None:
     check(cfg.checkpoint_interval >= 0, "checkpoint_interval", f"must be >= 0, got {cfg.checkpoint_interval}")
     check(cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads}")
     check(cfg.eval_episodes > 0, "eval_episodes", f"must be positive, got {cfg.eval_episodes}")
+    check(cfg.eval_freq >= 0, "eval_freq", f"must be >= 0 (0: no evaluation during training), got {cfg.eval_freq}")
     check(0.0 <= cfg.eval_epsilon <= 1.0, "eval_epsilon", f"must be in [0, 1], got {cfg.eval_epsilon}")
     check(0.0 <= cfg.sticky_actions <= 1.0, "sticky_actions", f"must be in [0, 1], got {cfg.sticky_actions}")
     check(cfg.frame_stack > 0, "frame_stack", f"must be positive, got {cfg.frame_stack}")

@@ -6,16 +6,19 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from rlbase.checkpoint import atomic_write_text, find_checkpoint, load_checkpoint
-from rlbase.config import env_options, from_dict
-from rlbase.envs import TensorVecEnv, make_vec_env
-from rlbase.errors import RlbaseError
+from rlbase.checkpoint import BEST, CHECKPOINTS, atomic_write_text, find_checkpoint, load_checkpoint
+from rlbase.config import from_dict
+from rlbase.errors import RlbaseError, UsageError
 from rlbase.run import CONFIG_FILE, read_config
+
+if TYPE_CHECKING:
+    from rlbase.agents import Agent
+    from rlbase.envs import TensorVecEnv
 
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom; 1.96 beyond.
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -35,17 +38,15 @@ def summarize(returns: list[float], lengths: list[int]) -> dict[str, Any]:
             "episodes": [{"return": float(ret), "length": int(le)} for ret, le in zip(returns, lengths)]}
 
 
-EPISODE_KEYS = ("final_obs", "episode_return", "episode_length")
-
-
 def play_episodes(env: TensorVecEnv, policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
                   episodes: int, seed: int, video_dir: Path | None = None,
-                  outcomes: dict[str, list[float]] | None = None) -> tuple[list[float], list[int]]:
+                  outcomes: dict[str, list[float]] | None = None, progress: Any = None) -> tuple[list[float], list[int]]:
     """Play exactly `episodes` full episodes, split evenly over the envs (so short episodes are not
     over-represented), and return their real returns and lengths in completion order.
 
-    With `outcomes`, the env's other per-env `info` values at each episode's last step (the maze's
-    `success`, the driving task's `laps`, ...) are appended to `outcomes[key]`, in the same order.
+    With `outcomes`, the env's outcome values (`env.outcome_keys`: the maze's `success`, the driving
+    task's `laps`, ...) at each episode's last step are appended to `outcomes[key]`, in the same
+    order. `progress` (an rlbase.logger.Progress) is advanced by one per finished episode.
     """
     quota = np.array([episodes // env.num_envs + (i < episodes % env.num_envs) for i in range(env.num_envs)])
     done_count = np.zeros(env.num_envs, dtype=np.int64)
@@ -65,23 +66,25 @@ def play_episodes(env: TensorVecEnv, policy: Callable[[torch.Tensor, torch.Gener
             continue
         ep_returns = info["episode_return"].cpu().numpy()
         ep_lengths = info["episode_length"].cpu().numpy()
-        extra = {} if outcomes is None else {
-            k: v.cpu().numpy() for k, v in info.items()
-            if k not in EPISODE_KEYS and torch.is_tensor(v) and v.shape == (env.num_envs,)}
+        extra = {} if outcomes is None else {key: info[key].cpu().numpy() for key in env.outcome_keys if key in info}
+        finished = 0
         for i in np.flatnonzero(ended):
             if done_count[i] < quota[i]:
                 returns.append(float(ep_returns[i]))
                 lengths.append(int(ep_lengths[i]))
+                finished += 1
                 for key, values in extra.items():
                     outcomes.setdefault(key, []).append(float(values[i]))
                 if video_dir is not None and i == 0:
-                    write_video(video_dir / f"episode_{int(done_count[0]):03d}.mp4", frames[:-1])
+                    write_video(video_dir / f"episode_{int(done_count[0]):03d}.mp4", frames[:-1], env.render_fps)
                     frames = frames[-1:]
             done_count[i] += 1
+        if progress is not None and finished:
+            progress.update(finished)
     return returns, lengths
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     try:
         import imageio.v2 as imageio
     except ImportError:
@@ -92,12 +95,15 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
     tmp.replace(path)
 
 
-def resolve_target(path: str | Path) -> tuple[str, dict[str, Any], Path]:
-    """(algo, config values, checkpoint folder) of a run directory, checkpoint folder or model file."""
+def resolve_target(path: str | Path, kind: str = CHECKPOINTS) -> tuple[str, dict[str, Any], Path]:
+    """(algo, config values, checkpoint folder) of a run directory (its newest checkpoint of `kind`),
+    checkpoint folder or model file."""
     path = Path(path)
     if not path.exists():
         raise RlbaseError(f"{path} does not exist")
-    checkpoint = find_checkpoint(path)
+    if kind == BEST and not (path / CONFIG_FILE).exists():
+        raise UsageError(f"--best needs a run directory; {path} is not one")
+    checkpoint = find_checkpoint(path, kind)
     if path.is_dir() and (path / CONFIG_FILE).exists():
         algo, values = read_config(path)
         return algo, values, checkpoint
@@ -111,47 +117,84 @@ def resolve_target(path: str | Path) -> tuple[str, dict[str, Any], Path]:
         raise RlbaseError(f"{state_file} is corrupt") from None
 
 
-def evaluate(path: str | Path, *, episodes: int | None = None, epsilon: float | None = None,
-             deterministic: bool | None = None, seed: int = 0,
-             device: torch.device, num_envs: int | None = None, video_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate the checkpoint at `path`; returns the summary (also saved as an eval report in the run)."""
-    from rlbase.agents import get_algorithm
-
-    algo, values, checkpoint = resolve_target(path)
-    module = get_algorithm(algo)
-    cfg = from_dict(module.Config, values, f"{checkpoint} config")
-    tensors, state, _ = load_checkpoint(checkpoint, device)
-    episodes = episodes or cfg.eval_episodes
-    if hasattr(cfg, "eval_deterministic"):  # policy-gradient agents: mode/mean or sampled actions
-        if deterministic is not None:
-            cfg = dataclasses.replace(cfg, eval_deterministic=deterministic)
-        epsilon = None
-        policy_kind = "deterministic" if cfg.eval_deterministic else "stochastic"
-    else:
-        epsilon = cfg.eval_epsilon if epsilon is None else epsilon
-        policy_kind = f"epsilon-greedy {epsilon}"
-    video = Path(video_dir) if video_dir is not None else None
-    num_envs = 1 if video is not None else (num_envs or min(episodes, 8))
-    env = make_vec_env(cfg.env_id, num_envs, device, render=video is not None, **env_options(cfg, training=False))
-    try:
-        try:
-            policy = module.load_policy(cfg, tensors, env, epsilon)
-        except (RuntimeError, KeyError) as exc:
-            raise RlbaseError(f"{checkpoint} does not match its config ({str(exc).splitlines()[0]})") from None
-        outcomes: dict[str, list[float]] = {}
-        with torch.no_grad():
-            returns, lengths = play_episodes(env, policy, episodes, seed, video, outcomes)
-    finally:
-        env.close()
-    report = {"env_id": cfg.env_id, "algo": algo, "checkpoint": str(checkpoint), "global_step": state.get("step"),
-              "epsilon": epsilon, "policy": policy_kind, "seed": seed, "num_episodes": episodes,
-              **summarize(returns, lengths)}
-    # Task outcomes the env reports at episode ends (maze: success; driving: laps), as means.
+@torch.no_grad()
+def evaluate_policy(env: TensorVecEnv, policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                    episodes: int, seed: int, video_dir: Path | None = None, progress: Any = None) -> dict[str, Any]:
+    """Play `episodes` episodes of `policy` on `env` from evaluation seed `seed`: the return
+    statistics (`summarize`), the mean of each outcome the env reports at episode ends, and every
+    episode's return, length and outcomes."""
+    outcomes: dict[str, list[float]] = {}
+    returns, lengths = play_episodes(env, policy, episodes, seed, video_dir, outcomes, progress)
+    report = summarize(returns, lengths)
     report["outcomes"] = {key: float(np.mean(values)) for key, values in outcomes.items()}
     for key, values in outcomes.items():
         for episode, value in zip(report["episodes"], values):
             episode[key] = value
+    return report
+
+
+def evaluation_config(agent: Agent, cfg: Any, deterministic: bool | None = None, epsilon: float | None = None) -> Any:
+    """`cfg` with the evaluation policy's overrides (--deterministic for policy-gradient agents,
+    --epsilon for DQN); a UsageError for one that does not apply to the agent."""
+    if agent.exploration == "sample":
+        if epsilon is not None:
+            raise UsageError(f"--epsilon applies to epsilon-greedy agents (dqn); {agent.name} evaluates with "
+                             "--deterministic or --no-deterministic")
+        return cfg if deterministic is None else dataclasses.replace(cfg, eval_deterministic=deterministic)
+    if deterministic is not None:
+        raise UsageError(f"--deterministic applies to policy-gradient agents; {agent.name} evaluates "
+                         "epsilon-greedy (--epsilon)")
+    return cfg if epsilon is None else dataclasses.replace(cfg, eval_epsilon=epsilon)
+
+
+def evaluate_checkpoint(agent: Agent, cfg: Any, tensors: dict[str, torch.Tensor], *, episodes: int | None = None,
+                        seed: int = 0, device: torch.device, num_envs: int | None = None,
+                        video_dir: str | Path | None = None, env: TensorVecEnv | None = None,
+                        progress: bool | None = None) -> dict[str, Any]:
+    """Play a checkpoint's policy (as `cfg` says: evaluation overrides already applied) on the eval
+    split: the report of `rlbase eval`. `env` replaces the eval envs built from the config."""
+    from rlbase.config import make_env
+    from rlbase.logger import Progress
+
+    episodes = episodes or cfg.eval_episodes
+    video = Path(video_dir) if video_dir is not None else None
+    own_env = env is None
+    if own_env:
+        num_envs = 1 if video is not None else (num_envs or min(episodes, 8))
+        env = make_env(cfg, num_envs, device, training=False, render=video is not None)
+    try:
+        try:
+            policy = agent.load_policy(cfg, tensors, env.single_observation_space, env.single_action_space, env.device)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RlbaseError(f"the checkpoint does not match its config ({str(exc).splitlines()[0]})") from None
+        with Progress(episodes, unit="episode", desc="eval", enabled=progress) as bar:
+            report = evaluate_policy(env, policy, episodes, seed, video, bar)
+    finally:
+        if own_env:
+            env.close()
+    return {"env_id": cfg.env_id, "algo": agent.name, "epsilon": cfg.eval_epsilon if agent.exploration == "epsilon"
+            else None, "policy": agent.describe_policy(cfg), "seed": seed, "num_episodes": episodes, **report}
+
+
+def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = None, epsilon: float | None = None,
+             deterministic: bool | None = None, seed: int = 0, device: torch.device, num_envs: int | None = None,
+             video_dir: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate the checkpoint at `path` (a run directory: its newest checkpoint, or with `best` the
+    best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json."""
+    from rlbase.agents import get_agent
+
+    algo, values, checkpoint = resolve_target(path, BEST if best else CHECKPOINTS)
+    agent = get_agent(algo)
+    cfg = evaluation_config(agent, from_dict(agent.Config, values, f"{checkpoint} config"), deterministic, epsilon)
+    tensors, state, _ = load_checkpoint(checkpoint, device)
+    try:
+        report = evaluate_checkpoint(agent, cfg, tensors, episodes=episodes, seed=seed, device=device,
+                                     num_envs=num_envs, video_dir=video_dir, progress=progress)
+    except RlbaseError as exc:
+        raise RlbaseError(f"{checkpoint}: {exc}") from None
+    report = {**report, "checkpoint": str(checkpoint), "global_step": state.get("step")}
     run_dir = checkpoint.parent.parent
     if (run_dir / CONFIG_FILE).exists():
-        atomic_write_text(run_dir / f"eval_{checkpoint.name}.json", json.dumps(report, indent=2))
+        name = f"eval_{checkpoint.parent.name}_{checkpoint.name}.json" if best else f"eval_{checkpoint.name}.json"
+        atomic_write_text(run_dir / name, json.dumps(report, indent=2))
     return report

@@ -198,3 +198,14 @@ def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Te
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
     return total
+
+
+def gradient_step(optimizer: Any, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """One optimiser step on `loss`, with the gradient norm of the optimised (not frozen) parameters
+    clipped to `max_grad_norm` (0: no clipping). The optimiser's groups list exactly those
+    parameters, and reading them there is cheaper than walking `model.parameters()` at every step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
+    optimizer.step()

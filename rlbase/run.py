@@ -1,4 +1,21 @@
-"""Run directories: creation, `config.json`, and reading a run back."""
+"""One training run's bookkeeping, written once for every agent: run directories and config.json,
+seeding of the action generator, episode statistics, the log and checkpoint cadences, checkpoint
+contents (weights, optimiser, RNG, counters) for saving and exact resume, and callbacks.
+
+An agent's `train(cfg, env, run)` owns only its algorithm. Its loop talks to the `Run` in five calls:
+
+    counters = run.restore(modules={"model": model}, optimizer=optimizer, counters={"rollouts": 0})
+    obs = run.start()                          # seeded reset; resumes count from the checkpoint's step
+    while ...:
+        ...  env.step ...
+        run.record_episodes(info, dones)       # episode returns/lengths, on the device
+        if not run.advance(steps, scalars):    # count steps; log, checkpoint, callbacks when due
+            break
+    return run.finish(model=model)             # final checkpoint (never twice for one step)
+
+`restore` registers what a checkpoint holds and, when resuming, loads it back. Nothing here
+reads values from the device except at log intervals, checkpoints and evaluations.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +23,33 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
-from rlbase.checkpoint import atomic_write_text
+import torch
+from torch import nn
+
+from rlbase.checkpoint import (CHECKPOINTS, Checkpoint, atomic_write_text, optimizer_from_tensors,
+                               optimizer_to_tensors, save_checkpoint)
 from rlbase.errors import RlbaseError
+from rlbase.stats import RecentEpisodes
+
+if TYPE_CHECKING:
+    from rlbase.agents import Agent
+    from rlbase.callbacks import Callback
+    from rlbase.envs import TensorVecEnv
+    from rlbase.logger import RunLogger
+    from rlbase.transfer import BackboneSpec
 
 CONFIG_FILE = "config.json"
 
 
+# --------------------------------------------------------------------------------------------
+# Run directories
+# --------------------------------------------------------------------------------------------
 def new_run_dir(config: Any, algo: str) -> Path:
     """Create `<log_dir>/<run_name>` (a fresh, unique name unless --run-name was given)."""
-    name = config.run_name or f"{config.env_id.replace('/', '-')}__{algo}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    name = config.run_name or f"{config.env_id.replace('/', '-').replace(':', '-')}__{algo}__{config.seed}__" \
+                              f"{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.log_dir) / name
     suffix = 1
     while (run_dir / CONFIG_FILE).exists():
@@ -40,29 +73,248 @@ def read_config(path: Path) -> tuple[str, dict[str, Any]]:
         raise RlbaseError(f"{path} has no {CONFIG_FILE}: not an rlbase run directory")
     try:
         payload = json.loads(file.read_text())
-        return payload["algo"], payload["config"]
+        algo, values = payload["algo"], payload["config"]
     except (ValueError, KeyError, TypeError):
         raise RlbaseError(f"{file} is corrupt") from None
+    if not isinstance(algo, str) or not isinstance(values, dict):
+        raise RlbaseError(f"{file} is corrupt")
+    return algo, values
+
+
+# --------------------------------------------------------------------------------------------
+# Timing of the loop's stages (benchmarks)
+# --------------------------------------------------------------------------------------------
+class StageTimer:
+    """Wall time per stage of a training loop (env, act, store, learn). Synchronises CUDA at each
+    mark, so it is only switched on for benchmarks; `NO_TIMER` is the default."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+class _NoTimer:
+    def mark(self, stage: str) -> None:
+        pass
+
+
+NO_TIMER = _NoTimer()
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+class TensorState(Protocol):
+    """Extra state saved with a checkpoint (running normalisation): tensors by name, and back."""
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+def _next_multiple(step: int, interval: int) -> int:
+    return (step // interval + 1) * interval
 
 
 class Run:
-    """What an agent's `train` needs from its run directory: a logger, checkpoint saving, resume state."""
+    """The bookkeeping of one training run (see the module docstring for how a loop uses it).
 
-    def __init__(self, run_dir: Path, algo: str, config: Any, logger: Any, resume: tuple | None = None):
+    `run_dir` None: an in-memory run (no files; benchmarks, tests, `learn()` continuations) whose
+    final state is still returned by `finish` as a `Checkpoint`.
+    """
+
+    def __init__(self, agent: Agent, cfg: Any, env: TensorVecEnv, backbone: BackboneSpec, *,
+                 run_dir: Path | None = None, logger: RunLogger | None = None, resume: Checkpoint | None = None,
+                 callbacks: Iterable[Callback] = (), timer: Any = NO_TIMER,
+                 make_eval_env: Callable[[int], TensorVecEnv] | None = None):
+        self.agent = agent
+        self.config = cfg
+        self.env = env
+        self.device = env.device
+        self.backbone = backbone
         self.run_dir = run_dir
-        self.algo = algo
-        self.config = config
         self.logger = logger
-        self.resume = resume  # (tensors, state, buffer-or-None) from load_checkpoint
-        self.snapshot = None  # set by the agent: () -> (tensors, state, buffer) for an interrupt checkpoint
+        self.resume = resume
+        self.callbacks = list(callbacks)
+        self.timer = timer
+        self.make_eval_env = make_eval_env
+        # Actions are drawn from this generator, on the device; network initialisation from torch's
+        # global RNG (seeded by the lifecycle before the agent builds its networks).
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed)
+        self.episodes = RecentEpisodes(100, self.device, env.num_envs)
+        self.global_step = 0
         self.last_saved_step: int | None = None
+        self.last_scalars: dict[str, float] = {}  # the newest logged values (host numbers)
+        self.stop_reason: str | None = None  # set when a callback stops training early
+        self._modules: dict[str, nn.Module] = {}
+        self._optimizer: Any = None
+        self._state: tuple[TensorState, ...] = ()
+        self._buffer: Any = None
+        self._counters: dict[str, int] = {}
+        self._next_log = self._next_checkpoint = 0
 
-    def save(self, step: int, tensors: dict, state: dict, buffer: dict | None = None) -> Path:
-        from rlbase.checkpoint import save_checkpoint
+    @property
+    def resuming(self) -> bool:
+        """True when training continues from a checkpoint (pretrained weights are then not reloaded)."""
+        return self.resume is not None
 
+    # -- what a checkpoint holds -------------------------------------------------------------
+    def restore(self, *, modules: dict[str, nn.Module], optimizer: Any, counters: dict[str, int],
+                state: Iterable[TensorState] = (), buffer: Any = None) -> dict[str, int]:
+        """Register what a checkpoint holds; when resuming, load it back. Returns `counters` (the
+        agent's own counters, which it updates in place), with their saved values when resuming.
+
+        `modules` are saved as `<name>.<parameter>`; `buffer` (a replay buffer with
+        `state_dict`/`load_state_dict`) goes to disk only with --save-buffer.
+        """
+        self._modules, self._optimizer, self._state = dict(modules), optimizer, tuple(state)
+        self._buffer, self._counters = buffer, counters
+        if self.resume is None:
+            return counters
+        tensors, saved, buffer_state = self.resume
+        try:
+            for name, module in self._modules.items():
+                prefix = f"{name}."
+                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            optimizer_from_tensors(optimizer, tensors, saved["optimizer"])
+            for item in self._state:
+                item.load(tensors)
+            torch.set_rng_state(tensors["rng.torch"].cpu())
+            self.generator.set_state(tensors["rng.actions"].cpu())
+            values = dict(saved["counters"])
+            self.global_step = int(values.pop("global_step"))
+            if buffer is not None and buffer_state is not None:
+                buffer.load_state_dict(buffer_state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise RlbaseError(f"the checkpoint does not fit this run's networks ({lines[0]})") from None
+        counters.update({k: v for k, v in values.items() if k in counters})
+        self.last_saved_step = self.global_step  # resuming from it: already on disk
+        return counters
+
+    def tensors(self, weights_only: bool = False) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors (live references): module weights and extra state, plus the
+        optimiser and RNG states unless `weights_only` (what a policy needs)."""
+        tensors = {f"{name}.{k}": v for name, module in self._modules.items() for k, v in module.state_dict().items()}
+        for item in self._state:
+            tensors.update(item.state())
+        if not weights_only:
+            tensors.update(optimizer_to_tensors(self._optimizer)[0])
+            tensors["rng.torch"] = torch.get_rng_state()
+            tensors["rng.actions"] = self.generator.get_state()
+        return tensors
+
+    def checkpoint(self) -> Checkpoint:
+        """The whole training state now: what `--resume` (or a `learn()` continuation) needs."""
+        tensors = self.tensors()
+        state = {"counters": {"global_step": self.global_step, **self._counters},
+                 "optimizer": optimizer_to_tensors(self._optimizer)[1]}
+        return Checkpoint(tensors, state, self._buffer.state_dict() if self._buffer is not None else None)
+
+    def save(self, kind: str = CHECKPOINTS) -> Path | None:
+        """Write the current state as checkpoint `global_step` (of `kind`: checkpoints or best)."""
+        if self.run_dir is None or not self._modules:
+            return None
+        tensors, state, buffer = self.checkpoint()
         # The checkpoint carries its own config so it can be evaluated on its own.
-        state = {"algo": self.algo, "config": dataclasses.asdict(self.config), **state}
-        path = save_checkpoint(self.run_dir, step, tensors, state, buffer)
-        self.last_saved_step = step
-        self.logger.flush()
+        state = {"algo": self.agent.name, "config": dataclasses.asdict(self.config), **state}
+        keep_buffer = buffer is not None and self.config.save_buffer and kind == CHECKPOINTS
+        path = save_checkpoint(self.run_dir, self.global_step, tensors, state, buffer if keep_buffer else None,
+                               keep_last=3 if kind == CHECKPOINTS else 1, folder=kind)
+        if kind == CHECKPOINTS:
+            self.last_saved_step = self.global_step
+        if self.logger is not None:
+            self.logger.flush()
         return path
+
+    # -- the loop ----------------------------------------------------------------------------
+    def start(self) -> Any:
+        """Reset the envs (seeded by the config's seed and the step, so a resumed run starts fresh
+        episodes), begin the cadences and tell the callbacks; returns the first observations."""
+        cfg = self.config
+        obs, _ = self.env.reset(seed=cfg.seed + self.global_step)
+        self._next_log = _next_multiple(self.global_step, cfg.log_interval)
+        self._next_checkpoint = _next_multiple(self.global_step, cfg.checkpoint_interval) \
+            if cfg.checkpoint_interval else None
+        for callback in self.callbacks:
+            callback.on_start(self)
+        return obs
+
+    def record_episodes(self, info: dict[str, Any], dones: torch.Tensor) -> None:
+        """Count the episodes that ended at this step (returns and lengths stay on the device)."""
+        self.episodes.add(info["episode_return"], info["episode_length"], dones)
+
+    @property
+    def done(self) -> bool:
+        return self.global_step >= self.config.total_timesteps or self.stop_reason is not None
+
+    def advance(self, steps: int, scalars: Callable[[], dict[str, float]]) -> bool:
+        """Count `steps` env steps; when due, log (`scalars()` gives the agent's own values, read
+        from the device only then), run the callbacks and checkpoint. False: stop training."""
+        self.global_step += steps
+        cfg = self.config
+        if self.logger is not None:
+            self.logger.progress(self.global_step)
+        logged = False
+        if self.global_step >= self._next_log or self.global_step >= cfg.total_timesteps:
+            self._next_log = _next_multiple(self.global_step, cfg.log_interval)
+            self.log(scalars())
+            logged = True
+        for callback in self.callbacks:
+            if callback.on_step(self) is False and self.stop_reason is None:
+                self.stop_reason = f"stopped by {type(callback).__name__} at step {self.global_step}"
+        if self.done and not logged:  # a stopped run logs where it stopped
+            self.log(scalars())
+        if self._next_checkpoint is not None and self.global_step >= self._next_checkpoint and not self.done:
+            self._next_checkpoint = _next_multiple(self.global_step, cfg.checkpoint_interval)
+            self.save()
+        return not self.done
+
+    def episode_scalars(self) -> dict[str, float]:
+        """`rollout/ep_rew_mean` and `rollout/ep_len_mean` over the last 100 episodes (one host sync)."""
+        summary = self.episodes.summary()
+        if not summary["episodes"]:
+            return {}
+        return {"rollout/ep_rew_mean": summary["ep_rew_mean"], "rollout/ep_len_mean": summary["ep_len_mean"]}
+
+    def log(self, scalars: dict[str, float]) -> None:
+        """Log the agent's values and the episode statistics at the current step."""
+        values = {**scalars, **self.episode_scalars()}
+        self.last_scalars = values
+        if self.logger is not None:
+            self.logger.log(self.global_step, values)
+
+    def finish(self, **extra: Any) -> dict[str, Any]:
+        """End of training: the final checkpoint (unless this step is already saved), the callbacks'
+        `on_end`; returns the metrics (counters, recent episodes, the final `checkpoint`) and `extra`."""
+        if self.last_saved_step != self.global_step:
+            self.save()
+        for callback in self.callbacks:
+            callback.on_end(self)
+        summary = self.episodes.summary()
+        return {"global_step": self.global_step, **self._counters, "episodes": summary["episodes"],
+                "ep_rew_mean": summary.get("ep_rew_mean"), "ep_len_mean": summary.get("ep_len_mean"),
+                "stop_reason": self.stop_reason, "checkpoint": self.checkpoint(), **extra}
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, env: TensorVecEnv, episodes: int, seed: int) -> dict[str, Any]:
+        """Play `episodes` episodes of the current policy (the config's evaluation policy) on `env`:
+        the report of `rlbase eval`. The training envs, the action generator and torch's RNG are
+        left exactly as they were, so evaluating does not change the training run."""
+        from rlbase.evaluate import evaluate_policy
+
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # building the policy's network draws init values
+            policy = self.agent.load_policy(self.config, self.tensors(weights_only=True), env.single_observation_space,
+                                            env.single_action_space, env.device)
+            return evaluate_policy(env, policy, episodes, seed)

@@ -1,4 +1,5 @@
-"""Recent-episode statistics kept on the device (what `rollout/ep_rew_mean` reports)."""
+"""Statistics kept on the device between log points: recent episodes (what `rollout/ep_rew_mean`
+reports) and running means of training values (losses, Q-values)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,25 @@ class RecentEpisodes:
             return {"episodes": 0}
         return {"episodes": count, "ep_rew_mean": float(self.returns[:n].mean()),
                 "ep_len_mean": float(self.lengths[:n].mean())}
+
+
+class DeviceMean:
+    """The mean of values added on the device since the last `read` (one host sync per read)."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)
+        self.count = 0
+
+    def add(self, value: torch.Tensor, count: int = 1) -> None:
+        """Add `value` (a scalar tensor: one value, or the sum of `count` values)."""
+        self.total += value.detach()
+        self.count += count
+
+    def read(self) -> float | None:
+        """The mean since the last read (None when nothing was added), and start over."""
+        if not self.count:
+            return None
+        mean = float(self.total) / self.count
+        self.total.zero_()
+        self.count = 0
+        return mean

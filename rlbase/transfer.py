@@ -1,21 +1,25 @@
-"""Transfer: start an agent's backbone from a pretrained artifact (`rlbase pretrain`), frozen or fine-tuned.
+"""Backbone choice and transfer: `--backbone`, `--backbone-weights`, `--freeze-backbone` and
+`--backbone-lr-scale`, parsed once into a `BackboneSpec`.
 
-Three config options drive it (shared by every agent):
-
-- `--backbone-weights DIR` (or `KEY=DIR,...` for Dict observations) names backbone artifacts;
+- `--backbone NAME` (or `KEY=NAME,...` for Dict observations) picks the feature extractor;
+- `--backbone-weights DIR` (or `KEY=DIR,...`) starts it from pretrained artifacts (`rlbase pretrain`);
 - `--freeze-backbone` keeps those backbones fixed (the agent trains only its heads);
 - `--backbone-lr-scale X` fine-tunes them at X times the learning rate.
 
-`resolve` runs before a run directory exists: it checks every artifact against the env's
-observation space and fills in the backbone name, so the saved config rebuilds the same network
-(evaluation and resume read weights from the agent's checkpoint, never from the artifact).
-`load` copies the artifact weights in (fresh runs only), and `parameter_groups` gives the
-optimiser its groups: pretrained parameters with `lr_scale`, frozen ones left out.
+`resolve` runs once per fresh run, before the run directory exists: it checks every artifact
+against the env's observation space and writes the canonical names back into the config
+(`auto` becomes the backbone it stands for, a bare DIR for a Dict space becomes `KEY=DIR`), so
+the saved config rebuilds the same network without reading the artifacts again: evaluation and
+resume read weights from the agent's checkpoint, never from the artifact. `parse` turns such a
+config into a `BackboneSpec` without touching the file system. Agents then `build` the backbone,
+`prepare` it (copy the artifact weights into fresh runs, freeze) and hand `parameter_groups` to
+their optimiser.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,80 @@ from torch import nn
 from rlbase.errors import UsageError
 
 
-def weights_by_key(cfg: Any, space: gym.spaces.Space) -> dict[str | None, str]:
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The feature extractor of a run, for one observation space."""
+
+    name: str
+    """Canonical name: a registry name for a Box space, the full per-key spec for a Dict space."""
+    hidden_sizes: tuple[int, ...]
+    """Widths of mlp backbones."""
+    activation: str
+    """Activation of mlp backbones."""
+    weights: dict[str | None, str] = field(default_factory=dict, hash=False)
+    """Artifact directory per observation key (None: the whole Box observation); empty: from scratch."""
+    freeze: bool = False
+    """Keep the pretrained parts (the whole backbone when there are no weights) fixed."""
+    lr_scale: float = 1.0
+    """Learning-rate multiplier of the pretrained parts when fine-tuned."""
+
+    def build(self, space: gym.spaces.Space) -> nn.Module:
+        """A freshly initialised backbone for `space`."""
+        from rlbase.backbones import build_backbone
+
+        return build_backbone(self.name, space, self.hidden_sizes, self.activation)
+
+    @property
+    def key_names(self) -> dict[str, str]:
+        """Per-key backbone names of a Dict spec ({} for a single backbone)."""
+        from rlbase.backbones.multi import is_backbone_spec, parse_backbone_spec
+
+        return parse_backbone_spec(self.name) if is_backbone_spec(self.name) else {}
+
+
+def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> BackboneSpec:
+    """The `BackboneSpec` of a config for `space` (UsageError when the backbone cannot take it);
+    `with_weights=False` leaves the pretrained artifacts out (enough to rebuild the network).
+
+    Reads no artifact, except for configs saved before weights were canonicalised (a bare DIR for
+    a Dict space), whose key is found from the artifact's input space.
+    """
+    from rlbase.backbones import resolve_backbone_name
+
+    if cfg.backbone_lr_scale < 0:
+        raise UsageError(f"invalid --backbone-lr-scale: must be >= 0, got {cfg.backbone_lr_scale}")
+    return BackboneSpec(name=resolve_backbone_name(cfg.backbone, space), hidden_sizes=tuple(cfg.hidden_sizes),
+                        activation=cfg.activation, weights=_weights_by_key(cfg, space) if with_weights else {},
+                        freeze=cfg.freeze_backbone, lr_scale=cfg.backbone_lr_scale)
+
+
+def resolve(cfg: Any, space: gym.spaces.Space) -> tuple[Any, BackboneSpec]:
+    """(`cfg` with canonical backbone names and weights, its spec), checking every artifact of
+    --backbone-weights against `space`: a UsageError for a missing, corrupt or mismatched one.
+    `auto` takes the artifact's backbone."""
+    from rlbase.backbones import backbone_names
+    from rlbase.backbones.artifact import load_backbone_spec
+    from rlbase.backbones.multi import format_backbone_spec
+
+    weights = _weights_by_key(cfg, space)
+    backbone = cfg.backbone
+    if weights and isinstance(space, gym.spaces.Dict):
+        names = dict(backbone_names(cfg.backbone, space))
+        explicit = set() if cfg.backbone == "auto" else set(_explicit_keys(cfg.backbone, names))
+        for key, path in weights.items():
+            names[key] = _artifact_name(load_backbone_spec(path), path, names[key] if key in explicit else "auto",
+                                        cfg, space.spaces[key], key)
+        backbone = format_backbone_spec(names)
+    elif weights:
+        backbone = _artifact_name(load_backbone_spec(weights[None]), weights[None], cfg.backbone, cfg, space, None)
+    canonical = ",".join(f"{key}={path}" for key, path in sorted(weights.items())) if None not in weights else (
+        weights[None])
+    cfg = dataclasses.replace(cfg, backbone=backbone, backbone_weights=canonical if weights else "")
+    spec = parse(cfg, space)
+    return dataclasses.replace(cfg, backbone=spec.name), spec
+
+
+def _weights_by_key(cfg: Any, space: gym.spaces.Space) -> dict[str | None, str]:
     """The artifacts of `cfg.backbone_weights`: {None: DIR} for a Box space, {key: DIR} for a Dict space.
 
     For a Dict space a single DIR (no `KEY=`) goes to the one key whose observations the artifact
@@ -65,32 +142,6 @@ def _same_space(spec: dict[str, Any], space: gym.spaces.Space) -> bool:
     return True
 
 
-def resolve(cfg: Any, space: gym.spaces.Space) -> Any:
-    """`cfg` with its backbone name made to match the artifacts of --backbone-weights (`auto` takes
-    the artifact's name); a UsageError for a missing, corrupt or mismatched artifact."""
-    from rlbase.backbones import backbone_names, check_backbone
-    from rlbase.backbones.artifact import load_backbone_spec
-    from rlbase.backbones.multi import format_backbone_spec
-
-    weights = weights_by_key(cfg, space)
-    if cfg.backbone_lr_scale < 0:
-        raise UsageError(f"invalid --backbone-lr-scale: must be >= 0, got {cfg.backbone_lr_scale}")
-    if not weights:
-        return cfg
-    if isinstance(space, gym.spaces.Dict):
-        names = dict(backbone_names(cfg.backbone, space))
-        explicit = set() if cfg.backbone == "auto" else set(_explicit_keys(cfg.backbone, names))
-        for key, path in weights.items():
-            names[key] = _artifact_name(load_backbone_spec(path), path, names[key] if key in explicit else "auto",
-                                        cfg, space.spaces[key], key)
-        backbone = format_backbone_spec(names)
-    else:
-        backbone = _artifact_name(load_backbone_spec(weights[None]), weights[None], cfg.backbone, cfg, space, None)
-    cfg = dataclasses.replace(cfg, backbone=backbone)
-    check_backbone(cfg.backbone, space)
-    return cfg
-
-
 def _explicit_keys(spec: str, names: dict[str, str]) -> list[str]:
     """Keys a Dict backbone spec names itself (`image=resnet` names `image`; a bare name names the keys it took)."""
     if "=" in spec:
@@ -114,42 +165,39 @@ def _artifact_name(spec: dict[str, Any], path: str, wanted: str, cfg: Any, space
     return spec["name"]
 
 
-def pretrained_parts(cfg: Any, backbone: nn.Module, space: gym.spaces.Space) -> list[nn.Module]:
+def pretrained_parts(spec: BackboneSpec, backbone: nn.Module) -> list[nn.Module]:
     """The modules of `backbone` that --backbone-weights initialises (all of it when no weights are
     named: --freeze-backbone then freezes the randomly initialised backbone, a common baseline)."""
-    weights = weights_by_key(cfg, space) if cfg.backbone_weights else {}
-    if not weights or None in weights:
+    if not spec.weights or None in spec.weights:
         return [backbone]
-    return [backbone.sub_backbones[key] for key in weights]
+    return [backbone.sub_backbones[key] for key in spec.weights]
 
 
-def load(cfg: Any, backbone: nn.Module, space: gym.spaces.Space) -> None:
-    """Copy the artifact weights of --backbone-weights into `backbone` (built from the resolved cfg)."""
-    from rlbase.backbones import backbone_names
+def load(spec: BackboneSpec, backbone: nn.Module, space: gym.spaces.Space) -> None:
+    """Copy the artifact weights of `spec` into `backbone` (built from the same spec)."""
     from rlbase.backbones.artifact import load_backbone_weights
 
-    for key, path in weights_by_key(cfg, space).items():
+    for key, path in spec.weights.items():
         if key is None:
-            load_backbone_weights(backbone, path, cfg.backbone, space)
+            load_backbone_weights(backbone, path, spec.name, space)
         else:
-            name = backbone_names(cfg.backbone, space)[key]
-            load_backbone_weights(backbone.sub_backbones[key], path, name, space.spaces[key])
+            load_backbone_weights(backbone.sub_backbones[key], path, spec.key_names[key], space.spaces[key])
 
 
-def prepare(cfg: Any, backbones: list[nn.Module], space: gym.spaces.Space, fresh: bool) -> list[nn.Module]:
+def prepare(spec: BackboneSpec, backbones: list[nn.Module], space: gym.spaces.Space, fresh: bool) -> list[nn.Module]:
     """Load (when `fresh`) and freeze the pretrained parts of each backbone; returns those parts."""
     parts: list[nn.Module] = []
     for backbone in backbones:
         if fresh:
-            load(cfg, backbone, space)
-        parts += pretrained_parts(cfg, backbone, space) if (cfg.backbone_weights or cfg.freeze_backbone) else []
-    if cfg.freeze_backbone:
+            load(spec, backbone, space)
+        parts += pretrained_parts(spec, backbone) if (spec.weights or spec.freeze) else []
+    if spec.freeze:
         for part in parts:
             part.requires_grad_(False)
     return parts
 
 
-def parameter_groups(model: nn.Module, parts: list[nn.Module], cfg: Any) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, parts: list[nn.Module], spec: BackboneSpec) -> list[dict[str, Any]]:
     """Optimiser groups: the model's trainable parameters, with the pretrained ones (when fine-tuned)
     in their own group at `lr_scale` = --backbone-lr-scale. Frozen parameters are left out."""
     pretrained = {id(p) for part in parts for p in part.parameters()}
@@ -159,7 +207,7 @@ def parameter_groups(model: nn.Module, parts: list[nn.Module], cfg: Any) -> list
     if tuned:
         seen: set[int] = set()
         unique = [p for p in tuned if not (id(p) in seen or seen.add(id(p)))]
-        groups.append({"params": unique, "lr_scale": cfg.backbone_lr_scale})
+        groups.append({"params": unique, "lr_scale": spec.lr_scale})
     return groups
 
 

@@ -162,13 +162,13 @@ def make_sb3_env(cfg, n_envs: int):
 # --------------------------------------------------------------------------- workers (one measurement each)
 
 def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
-    from rlbase.agents.dqn import train
+    from rlbase.lifecycle import train_config
 
     threads = set_threads(job)
     cfg = config_from_dict(job["config"])
     env = make_rlbase_env(cfg)
     start = time.perf_counter()
-    out = train(cfg, env, run=None)
+    out = train_config(cfg, env)
     wall = time.perf_counter() - start
     env.close()
     return {"steps": out["global_step"], "wall_s": wall, "updates": out["num_updates"], "threads": threads}

@@ -65,9 +65,9 @@ OpenCV (`pip install opencv-python-headless`); without it the SB3 Breakout runs 
    every --eval-every steps and at the end of training: --eval-episodes deterministic episodes
    (mode action) played by `rlbase.evaluate.play_episodes` on the same rlbase eval env with the
    same seeds, evaluation time excluded from the clock (the clock is paused), training stopped
-   once solved. rlbase is evaluated from inside `train` through the `run` hook (the loop's
-   `run.snapshot()` gives the current weights; torch's RNG is forked so training is unchanged),
-   SB3 from a callback. The clock includes model setup, not env creation. Median over --seeds
+   once solved. rlbase is evaluated from a callback of its run lifecycle (the policy is built from
+   `run.tensors()`, the current weights; torch's RNG is forked so training is unchanged), SB3 from
+   a callback. The clock includes model setup, not env creation. Median over --seeds
    (an unsolved seed counts as infinitely slow). A third run per seed, "rlbase native", trains the
    PPO preset of rlbase/CartPole-v1 (the same dynamics batched on the device; its preset is tuned
    for wall-clock) for its whole budget, evaluated the same way on the way but not stopped when
@@ -215,30 +215,6 @@ def sb3_rl_zoo_cartpole_kwargs() -> dict[str, Any]:
             "learning_rate": linear_schedule(1e-3), "clip_range": linear_schedule(0.2)}
 
 
-class HookRun:
-    """The part of `rlbase.run.Run` the training loop uses, with no files: `on_progress(step)` is
-    called after every rollout + update (via `logger.progress`); logging and saving do nothing."""
-
-    resume = None
-
-    def __init__(self, on_progress):
-        self.on_progress = on_progress
-        self.logger = self
-        self.snapshot = None  # set by the training loop: () -> (tensors, state, None)
-
-    def progress(self, global_step: int) -> None:
-        self.on_progress(global_step)
-
-    def log(self, global_step: int, scalars: dict[str, float]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def save(self, step, tensors, state, buffer=None) -> None:
-        pass
-
-
 class PausableClock:
     """Wall clock that can be paused (evaluation time is not training time)."""
 
@@ -261,8 +237,8 @@ class PausableClock:
 
 def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from rlbase.agents.pg import StageTimer
-    from rlbase.agents.ppo import train
+    from rlbase.lifecycle import train_config
+    from rlbase.run import StageTimer
 
     threads = set_threads(job)
     cfg = config_from_dict(job["config"])
@@ -271,11 +247,11 @@ def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
     timer = StageTimer(torch.device("cpu"))  # CPU: marks only read the clock, no syncs
     marks: list[tuple[int, float, dict[str, float]]] = []  # (global_step, time, stage seconds) after each update
 
-    def on_progress(step: int) -> None:
-        marks.append((step, time.perf_counter(), dict(timer.seconds)))
+    def after_update(run) -> None:
+        marks.append((run.global_step, time.perf_counter(), dict(timer.seconds)))
 
     start = time.perf_counter()
-    out = train(cfg, env, run=HookRun(on_progress), timer=timer)
+    out = train_config(cfg, env, callbacks=after_update, timer=timer)
     wall = time.perf_counter() - start
     env.close()
     (step0, t0, stages0), (step1, t1, stages1) = marks[0], marks[-1]
@@ -413,12 +389,10 @@ def work_ceiling(job: dict[str, Any]) -> dict[str, Any]:
 def work_solve(job: dict[str, Any]) -> dict[str, Any]:
     """Train until the first evaluation with mean return >= the threshold (or the budget ends)."""
     import torch
-    from rlbase.agents.pg import load_policy
     from rlbase.evaluate import play_episodes
 
     threads = set_threads(job)
-    cfg = config_from_dict(job["config"])
-    eval_cfg = dataclasses.replace(cfg, eval_deterministic=True)
+    cfg = dataclasses.replace(config_from_dict(job["config"]), eval_deterministic=True)
     eval_env = make_rlbase_env(cfg, training=False, num_envs=job["eval_episodes"])
     every, episodes, eval_seed = job["eval_every"], job["eval_episodes"], job["eval_seed"]
     clock = PausableClock()
@@ -446,29 +420,25 @@ def work_solve(job: dict[str, Any]) -> dict[str, Any]:
         clock.start()
         return False
 
-    class Solved(Exception):
-        pass
-
     if job["library"] in ("rlbase", "rlbase native"):
-        from rlbase.agents.ppo import train
+        from rlbase.lifecycle import train_config
 
         env = make_rlbase_env(cfg)
         train_threads = rlbase_training_threads(cfg, env)
-        last_step = math.ceil(cfg.total_timesteps / rollout_size(cfg)) * rollout_size(cfg)
-        run: HookRun
 
-        def on_progress(step: int) -> None:
-            if step >= state["next_eval"] or step >= last_step:
-                if evaluate_now(step, lambda: load_policy(eval_cfg, run.snapshot()[0], eval_env)):
-                    raise Solved
+        def after_update(run) -> bool | None:
+            """Evaluate the current policy at the cadence and at the last step; False (solved) stops training."""
+            if run.global_step >= state["next_eval"] or run.done:
+                policy_fn = lambda: run.agent.load_policy(  # noqa: E731
+                    cfg, run.tensors(weights_only=True), eval_env.single_observation_space,
+                    eval_env.single_action_space, eval_env.device)
+                if evaluate_now(run.global_step, policy_fn):
+                    return False
+            return None
 
-        run = HookRun(on_progress)
         clock.start()
-        try:
-            out = train(cfg, env, run=run)
-            steps = out["global_step"]
-        except Solved:
-            steps = evals[-1]["step"]
+        out = train_config(cfg, env, callbacks=after_update)
+        steps = out["global_step"]
         if clock.started is not None:
             clock.pause()
         env.close()

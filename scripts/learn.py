@@ -21,34 +21,22 @@ from pathlib import Path
 
 import torch
 
-from rlbase.agents import ALGORITHMS, get_algorithm
-from rlbase.config import env_options, resolve_config, to_json
-from rlbase.envs import make_vec_env
+from rlbase.agents import ALGORITHMS
 from rlbase.evaluate import evaluate
-from rlbase.logger import RunLogger
-from rlbase.run import Run, write_config
+from rlbase.lifecycle import train
 from rlbase.utils import resolve_device
 
 
 def train_and_evaluate(algo: str, overrides: dict, episodes: int, eval_seed: int, run_dir: Path) -> dict:
-    """Train `algo` with its preset plus `overrides` into `run_dir`; evaluate the final checkpoint."""
-    module = get_algorithm(algo)
-    cfg = resolve_config(module.Config, algo, overrides)
-    device = resolve_device(cfg.device)
-    run_dir.mkdir(parents=True)
-    write_config(run_dir, algo, cfg)
-    logger = RunLogger(run_dir, cfg.total_timesteps, hparams=json.loads(to_json(cfg)), progress=False)
-    env = make_vec_env(cfg.env_id, cfg.num_envs, device, **env_options(cfg))
+    """Train `algo` with its preset plus `overrides` into `run_dir` (the run lifecycle, as `rlbase
+    train` does); evaluate the final checkpoint as `rlbase eval` does."""
     start = time.perf_counter()
-    try:
-        metrics = module.train(cfg, env, Run(run_dir, algo, cfg, logger))
-    finally:
-        logger.close()
-        env.close()
+    metrics = train(algo, overrides, run_dir=run_dir)
     seconds = time.perf_counter() - start
-    report = evaluate(run_dir, episodes=episodes, seed=eval_seed, device=device)
+    report = evaluate(run_dir, episodes=episodes, seed=eval_seed, device=resolve_device(overrides.get("device", "auto")),
+                      progress=False)
     returns = [e["return"] for e in report["episodes"]]
-    return {"algo": algo, "env": cfg.env_id, "seed": cfg.seed, "train_seconds": round(seconds, 1),
+    return {"algo": algo, "env": report["env_id"], "seed": overrides.get("seed", 0), "train_seconds": round(seconds, 1),
             "steps": metrics["global_step"], "train_ep_rew_mean": metrics["ep_rew_mean"],
             "eval_mean": report["mean_return"], "eval_min": min(returns),
             **{f"eval_{k}": v for k, v in report["outcomes"].items()}}

@@ -11,23 +11,39 @@ import numpy as np
 import pytest
 import torch
 
-from rlbase.agents import dqn
+from rlbase import transfer
+from rlbase.agents import dqn, get_agent
 from rlbase.checkpoint import (find_checkpoint, load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
                                save_checkpoint)
 from rlbase.errors import RlbaseError
+from rlbase.run import Run
 
 OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 ACT_SPACE = gym.spaces.Discrete(2)
 
 
+def tiny_config(dueling: bool = False) -> dqn.DQNConfig:
+    return dqn.DQNConfig(env_id="CartPole-v1", hidden_sizes=(16, 16), dueling=dueling, learning_rate=1e-2)
+
+
 def make_agent(seed: int, dueling: bool = False, fused: bool = False):
     torch.manual_seed(seed)
-    cfg = dqn.DQNConfig(env_id="CartPole-v1", hidden_sizes=(16, 16), dueling=dueling, learning_rate=1e-2)
-    q = dqn.build_q_network(cfg, OBS_SPACE, ACT_SPACE)
-    target = dqn.build_q_network(cfg, OBS_SPACE, ACT_SPACE)
+    cfg = tiny_config(dueling)
+    backbone = transfer.parse(cfg, OBS_SPACE)
+    q = dqn.build_q_network(backbone, OBS_SPACE, ACT_SPACE, dueling)
+    target = dqn.build_q_network(backbone, OBS_SPACE, ACT_SPACE, dueling)
     target.load_state_dict(q.state_dict())
     optimizer = torch.optim.Adam(q.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=fused)
     return q, target, optimizer
+
+
+class _Env:  # what a Run reads of its env outside the loop
+    device, num_envs = torch.device("cpu"), 1
+
+
+def make_run(run_dir: Path, dueling: bool, resume=None) -> Run:
+    cfg = tiny_config(dueling)
+    return Run(get_agent("dqn"), cfg, _Env(), transfer.parse(cfg, OBS_SPACE), run_dir=run_dir, resume=resume)
 
 
 def adam_steps(q, optimizer, steps: int, seed: int) -> None:
@@ -49,26 +65,31 @@ def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_dqn_state_round_trip(tmp_path, dueling, fused):
     q, target, optimizer = make_agent(0, dueling, fused)
     adam_steps(q, optimizer, 5, seed=1)  # Adam moments and step counts are non-trivial now
-    generator = torch.Generator().manual_seed(7)
-    torch.randint(10, (3,), generator=generator)
-    counters = {"global_step": 1234, "num_updates": 56, "update_credit": 0.25, "target_syncs": 2}
-    tensors, state = dqn.save_state(q, target, optimizer, generator, counters)
-    folder = save_checkpoint(tmp_path, 1234, tensors, state)
+    run = make_run(tmp_path, dueling)
+    counters = run.restore(modules={"q": q, "target": target}, optimizer=optimizer,
+                           counters={"num_updates": 56, "update_credit": 3, "target_syncs": 2})
+    run.global_step = 1234
+    torch.randint(10, (3,), generator=run.generator)
+    folder = run.save()
     assert (folder / "model.safetensors").is_file() and (folder / "state.json").is_file()
+    tensors = run.tensors()
 
     loaded_tensors, loaded_state, buffer = load_checkpoint(tmp_path)
     assert buffer is None
-    assert loaded_state["step"] == 1234 and loaded_state["counters"] == counters
+    assert loaded_state["step"] == 1234 and loaded_state["counters"] == {"global_step": 1234, **counters}
+    assert loaded_state["algo"] == "dqn" and loaded_state["config"]["hidden_sizes"] == [16, 16]
     assert loaded_tensors.keys() == tensors.keys()
     for k in tensors:
         assert torch.equal(loaded_tensors[k], tensors[k].cpu()), k
 
     q2, target2, optimizer2 = make_agent(99, dueling, fused)  # different init: everything must come from the file
     assert not params_equal(q, q2)
-    generator2 = torch.Generator()
-    dqn.load_state(q2, target2, optimizer2, generator2, loaded_tensors, loaded_state)
+    run2 = make_run(tmp_path, dueling, resume=load_checkpoint(tmp_path))
+    counters2 = run2.restore(modules={"q": q2, "target": target2}, optimizer=optimizer2,
+                             counters={"num_updates": 0, "update_credit": 0, "target_syncs": 0})
+    assert counters2 == counters and run2.global_step == 1234 and run2.last_saved_step == 1234
     assert params_equal(q, q2) and params_equal(target, target2)
-    assert torch.equal(generator.get_state(), generator2.get_state())
+    assert torch.equal(run.generator.get_state(), run2.generator.get_state())
 
     # Identical subsequent Adam steps: same moments, same step count, same hyperparameters.
     adam_steps(q, optimizer, 3, seed=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,8 +11,8 @@ from torch import nn
 
 from rlbase.agents import dqn
 from rlbase.backbones import MLP, NatureCNN
-from rlbase.envs import make_vec_env
 from rlbase.errors import UsageError
+from rlbase.lifecycle import train_config
 
 CPU = torch.device("cpu")
 
@@ -24,12 +25,9 @@ def tiny_cartpole(**overrides) -> dqn.DQNConfig:
     return dqn.DQNConfig(**values)
 
 
-def run_train(cfg: dqn.DQNConfig, **env_options) -> dict:
-    env = make_vec_env(cfg.env_id, cfg.num_envs, CPU, **env_options)
-    try:
-        return dqn.train(cfg, env, run=None)
-    finally:
-        env.close()
+def run_train(cfg: dqn.DQNConfig, **env_settings) -> dict:
+    """Train in memory through the run lifecycle; `env_settings` are config fields (Atari options)."""
+    return train_config(dataclasses.replace(cfg, **env_settings))
 
 
 def expected_updates(cfg: dqn.DQNConfig) -> int:

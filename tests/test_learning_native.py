@@ -6,37 +6,17 @@ Slow. CI runs the `ci_slow` tier (`-m "not slow or ci_slow"`): PPO on the batche
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from rlbase.agents import get_algorithm
-from rlbase.config import env_options, resolve_config, to_json
-from rlbase.envs import make_vec_env
 from rlbase.evaluate import evaluate
-from rlbase.logger import RunLogger
-from rlbase.run import Run, write_config
+from rlbase.lifecycle import train
 from rlbase.utils import resolve_device
 
 
 def train_preset(tmp_path, algo: str, env_id: str, seed: int, **overrides) -> tuple[dict, object]:
-    module = get_algorithm(algo)
-    cfg = resolve_config(module.Config, algo, {"env_id": env_id, "seed": seed, "log_dir": str(tmp_path), **overrides})
-    if cfg.backbone_weights:
-        from rlbase import transfer
-
-        cfg = transfer.resolve(cfg, make_vec_env(env_id, 1, resolve_device("cpu"), **env_options(cfg)).single_observation_space)
-    device = resolve_device(cfg.device)
+    """Train with the env's preset through the run lifecycle, as `rlbase train` does."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    write_config(run_dir, algo, cfg)
-    logger = RunLogger(run_dir, cfg.total_timesteps, hparams=json.loads(to_json(cfg)), progress=False)
-    env = make_vec_env(cfg.env_id, cfg.num_envs, device, **env_options(cfg))
-    try:
-        metrics = module.train(cfg, env, Run(run_dir, algo, cfg, logger))
-    finally:
-        logger.close()
-        env.close()
+    metrics = train(algo, {"env_id": env_id, "seed": seed, **overrides}, run_dir=run_dir)
     return metrics, run_dir
 
 

@@ -13,12 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rlbase.agents import get_algorithm
-from rlbase.config import env_options, resolve_config, to_json
-from rlbase.envs import make_vec_env
 from rlbase.evaluate import evaluate
-from rlbase.logger import RunLogger
-from rlbase.run import Run, write_config
+from rlbase.lifecycle import train
 from rlbase.utils import resolve_device
 
 EVAL_EPISODES = 20
@@ -28,20 +24,10 @@ PENDULUM_TARGET = -300.0  # a swung-up, balanced pendulum; random policies score
 
 def train_and_evaluate(algo: str, env_id: str, seed: int, run_dir: Path) -> tuple[dict, dict]:
     """Train `algo` with its preset for `env_id` into `run_dir`; evaluate the final checkpoint."""
-    module = get_algorithm(algo)
-    cfg = resolve_config(module.Config, algo, {"env_id": env_id, "seed": seed, "log_dir": str(run_dir.parent)})
-    device = resolve_device(cfg.device)
-    run_dir.mkdir(parents=True)
-    write_config(run_dir, algo, cfg)
-    logger = RunLogger(run_dir, cfg.total_timesteps, hparams=json.loads(to_json(cfg)), progress=False)
-    env = make_vec_env(cfg.env_id, cfg.num_envs, device, **env_options(cfg))
-    try:
-        module.check_env(cfg, env)
-        metrics = module.train(cfg, env, Run(run_dir, algo, cfg, logger))
-    finally:
-        logger.close()
-        env.close()
-    assert metrics["global_step"] >= cfg.total_timesteps and metrics["num_updates"] > 0
+    metrics = train(algo, {"env_id": env_id, "seed": seed}, run_dir=run_dir)
+    device = resolve_device("cpu")
+    total = json.loads((run_dir / "config.json").read_text())["config"]["total_timesteps"]
+    assert metrics["global_step"] >= total and metrics["num_updates"] > 0
     report = evaluate(run_dir, episodes=EVAL_EPISODES, seed=10_000 + seed, device=device)
     assert report["policy"] == "deterministic" and report["num_episodes"] == EVAL_EPISODES
     assert len(report["episodes"]) == EVAL_EPISODES

@@ -148,12 +148,8 @@ def test_clip_grad_norm_matches_torch(max_norm):
 def test_training_an_agent_does_not_import_torch_dynamo():
     # Any torch.optim optimizer imports torch._dynamo when built (~1.3 s here); rlbase's agents avoid it.
     code = ("import sys, torch\n"
-            "from rlbase.agents import ppo\n"
-            "from rlbase.config import resolve_config, env_options\n"
-            "from rlbase.envs import make_vec_env\n"
-            "cfg = resolve_config(ppo.Config, 'ppo', {'env_id': 'rlbase/CartPole-v1', 'total_timesteps': 1024})\n"
-            "env = make_vec_env(cfg.env_id, cfg.num_envs, torch.device('cpu'), **env_options(cfg))\n"
-            "out = ppo.train(cfg, env, None)\n"
+            "from rlbase.lifecycle import train\n"
+            "out = train('ppo', {'env_id': 'rlbase/CartPole-v1', 'total_timesteps': 1024}, run_dir=None)\n"
             "assert out['num_updates'] > 0\n"
             "print('torch._dynamo' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -26,15 +26,15 @@ import torch
 from torch.distributions import Independent, Normal, TransformedDistribution
 from torch.distributions.transforms import AffineTransform, TanhTransform
 
+from rlbase import transfer
 from rlbase.agents import a2c, pg, ppo, reinforce
 from rlbase.backbones import MLP, NatureCNN
 from rlbase.checkpoint import load_checkpoint
-from rlbase.config import env_options, to_json
 from rlbase.envs import make_vec_env
 from rlbase.errors import UsageError
 from rlbase.evaluate import evaluate, play_episodes
-from rlbase.logger import RunLogger
-from rlbase.run import Run, write_config
+from rlbase.lifecycle import execute, plan_config, train_config
+from rlbase.run import Run
 
 CPU = torch.device("cpu")
 ALGOS = {"ppo": ppo, "a2c": a2c, "reinforce": reinforce}
@@ -474,7 +474,7 @@ def test_actor_critic_shapes_and_init(shared, action_space):
     cfg = ppo.PPOConfig(env_id="x", hidden_sizes=(16, 16), shared_backbone=shared, log_std_init=-0.5)
     dist = pg.make_distribution(action_space)
     torch.manual_seed(0)
-    model = pg.ActorCritic(cfg, obs_space, dist)  # ortho_init is the default
+    model = pg.ActorCritic(cfg, transfer.parse(cfg, obs_space), obs_space, dist)  # ortho_init is the default
     assert isinstance(model.actor_backbone, MLP)
     assert (model.critic_backbone is None) == shared
     params, value = model(obs)
@@ -499,7 +499,7 @@ def test_actor_critic_nature_cnn_with_orthogonal_init(shared):
     """The Atari network with the default orthogonal init (the presets' configuration)."""
     obs_space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     cfg = ppo.PPOConfig(env_id="ALE/Breakout-v5", shared_backbone=shared)
-    model = pg.ActorCritic(cfg, obs_space, pg.Categorical(4))
+    model = pg.ActorCritic(cfg, transfer.parse(cfg, obs_space), obs_space, pg.Categorical(4))
     assert isinstance(model.actor_backbone, NatureCNN)
     params, value = model(torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8))
     assert params.shape == (3, 4) and value.shape == (3,)
@@ -627,10 +627,10 @@ class _FakeEnv:
 def test_check_env(space, ok):
     cfg = ppo.PPOConfig(env_id="Some-v0")
     if ok:
-        ppo.check_env(cfg, _FakeEnv(space))
+        ppo.AGENT.check_env(cfg, _FakeEnv(space))
     else:
         with pytest.raises(UsageError, match="Some-v0"):
-            ppo.check_env(cfg, _FakeEnv(space))
+            ppo.AGENT.check_env(cfg, _FakeEnv(space))
 
 
 # ============================================================================ smoke runs
@@ -643,13 +643,10 @@ def tiny(algo: str, env_id: str, **overrides):
     return ALGOS[algo].Config(**values)
 
 
-def run_train(algo: str, cfg, run=None) -> dict:
-    env = make_vec_env(cfg.env_id, cfg.num_envs, CPU, **env_options(cfg))
-    try:
-        ALGOS[algo].check_env(cfg, env)
-        return ALGOS[algo].train(cfg, env, run)
-    finally:
-        env.close()
+def run_train(algo: str, cfg) -> dict:
+    """Train in memory through the run lifecycle (which checks the env first)."""
+    assert isinstance(cfg, ALGOS[algo].Config)
+    return train_config(cfg)
 
 
 def expected_counts(algo: str, cfg) -> tuple[int, int]:
@@ -769,10 +766,10 @@ def test_multidimensional_multidiscrete_actions_reach_the_env_in_its_shape():
     env = make_vec_env(cfg.env_id, cfg.num_envs, CPU)
     try:
         try:
-            ppo.check_env(cfg, env)
+            ppo.AGENT.check_env(cfg, env)
         except UsageError:
             return  # refused with a clear message: fine
-        result = ppo.train(cfg, env)  # the env asserts every action is in its space
+        result = train_config(cfg, env)  # the env asserts every action is in its space
     finally:
         env.close()
     check_smoke("ppo", cfg, result)
@@ -784,18 +781,13 @@ RUN_CFG = dict(env_id="Pendulum-v1", total_timesteps=512, num_envs=2, num_steps=
                learning_rate=1e-3, log_interval=128, seed=0, device="cpu")
 
 
-def train_with_run(cfg, run_dir: Path, resume=None, start: int = 0) -> dict:
-    """Train PPO as the CLI does: config.json, a RunLogger and a Run (optionally resuming)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, "ppo", cfg)
-    logger = RunLogger(run_dir, cfg.total_timesteps, start_step=start, hparams=json.loads(to_json(cfg)),
-                       progress=False)
-    env = make_vec_env(cfg.env_id, cfg.num_envs, CPU, **env_options(cfg))
+def train_with_run(cfg, run_dir: Path, resume=None) -> dict:
+    """Train PPO through the run lifecycle into `run_dir` (config.json, logs, checkpoints), optionally resuming."""
+    p = plan_config(cfg, resume=resume, run_dir=run_dir)
     try:
-        return ppo.train(cfg, env, Run(run_dir, "ppo", cfg, logger, resume))
+        return execute(p, run_dir=run_dir, progress=False)
     finally:
-        logger.close()
-        env.close()
+        p.close()
 
 
 @pytest.fixture(scope="module")
@@ -901,18 +893,20 @@ def test_resume_restores_state_and_continues(ppo_run, tmp_path, monkeypatch):
     assert state["step"] == 512 and buffer is None
 
     restored = {}
-    load_state = pg.load_state
+    restore = Run.restore
 
-    def spy(model, optimizer, generator, normalizer, tensors, state):
-        load_state(model, optimizer, generator, normalizer, tensors, state)
+    def spy(self, **registered):
+        counters = restore(self, **registered)
+        model, optimizer, (normalizer,) = registered["modules"]["model"], registered["optimizer"], registered["state"]
         restored.update(model=copy.deepcopy(model.state_dict()), optimizer=copy.deepcopy(optimizer.state_dict()),
                         normalizer={name: (rms.mean.clone(), rms.var.clone(), rms.count.clone())
                                     for name, rms in (("obs", normalizer.obs), ("ret", normalizer.ret))},
-                        generator=generator.get_state().clone(), torch_rng=torch.get_rng_state().clone())
+                        generator=self.generator.get_state().clone(), torch_rng=torch.get_rng_state().clone())
+        return counters
 
-    monkeypatch.setattr(pg, "load_state", spy)
+    monkeypatch.setattr(Run, "restore", spy)
     cfg = dataclasses.replace(ppo_run["cfg"], total_timesteps=768)
-    result = train_with_run(cfg, run_dir, resume=(tensors, state, buffer), start=state["step"])
+    result = train_with_run(cfg, run_dir, resume=(tensors, state, buffer))
 
     # What training resumed from is exactly what the first run ended with.
     assert restored, "the resumed run did not load the checkpoint"
@@ -970,7 +964,7 @@ def test_evaluate_applies_the_saved_observation_normalisation(ppo_run, tmp_path)
 
     env = make_vec_env("Pendulum-v1", 2, CPU)
     try:
-        policy = ppo.load_policy(ppo_run["cfg"], tensors, env)
+        policy = ppo.AGENT.load_policy(ppo_run["cfg"], tensors, env.single_observation_space, env.single_action_space, CPU)
         obs = torch.tensor(np.stack([env.single_observation_space.sample() for _ in range(256)]))
         actions = policy(obs, torch.Generator().manual_seed(0))
         assert actions.shape == (256, 1)
@@ -990,7 +984,7 @@ def test_stochastic_eval_policy_samples(ppo_run):
     tensors, _, _ = load_checkpoint(ppo_run["run_dir"])
     env = make_vec_env("Pendulum-v1", 2, CPU)
     try:
-        policy = ppo.load_policy(cfg, tensors, env)
+        policy = ppo.AGENT.load_policy(cfg, tensors, env.single_observation_space, env.single_action_space, CPU)
         obs = torch.zeros(500, 3)
         a = policy(obs, torch.Generator().manual_seed(0))
         b = policy(obs, torch.Generator().manual_seed(0))

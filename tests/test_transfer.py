@@ -23,6 +23,7 @@ from rlbase.agents import ppo
 from rlbase.backbones.artifact import load_backbone
 from rlbase.envs import make_vec_env
 from rlbase.errors import UsageError
+from rlbase.lifecycle import train_config
 from rlbase.pretrain import PretrainConfig, pretrain
 
 from tests.test_cli import assert_ok, assert_one_line_error, run_cli
@@ -129,8 +130,7 @@ def test_fine_tuning_moves_the_pretrained_weights_at_the_scaled_rate(maze_artifa
     pretrained = artifact_weights(maze_artifact)
     moved = {}
     for scale in (0.0, 1.0):
-        cfg = transfer.resolve(ppo.PPOConfig(**base, backbone_lr_scale=scale), env.single_observation_space)
-        model = ppo.train(cfg, env)["model"]
+        model = train_config(ppo.PPOConfig(**base, backbone_lr_scale=scale), env)["model"]
         state = model.actor_backbone.state_dict()
         moved[scale] = max(float((state[k] - v).abs().max()) for k, v in pretrained.items())
     env.close()
@@ -145,8 +145,7 @@ def test_dqn_starts_from_the_artifact_and_keeps_it_frozen(maze_artifact):
     cfg = dqn.DQNConfig(env_id="rlbase/Maze-v0", env_kwargs=dict(MAZE_GRID), num_envs=2, total_timesteps=64,
                         learning_starts=16, batch_size=8, buffer_size=128, train_freq=4,
                         backbone_weights=str(maze_artifact), freeze_backbone=True)
-    cfg = transfer.resolve(cfg, env.single_observation_space)
-    q = dqn.train(cfg, env)["q_network"]
+    q = train_config(cfg, env)["q_network"]
     env.close()
     state = q.backbone.state_dict()
     assert all(torch.equal(state[k], v) for k, v in artifact_weights(maze_artifact).items())
@@ -230,9 +229,12 @@ def test_text_artifact_goes_to_the_mission_key(tmp_path):
                             device="cpu"), progress=False)
     env = make_vec_env("rlbase/MazeGoTo-v0", 2, CPU)
     cfg = ppo.PPOConfig(env_id="rlbase/MazeGoTo-v0", backbone_weights=str(out), freeze_backbone=True)
-    cfg = transfer.resolve(cfg, env.single_observation_space)
-    assert "mission=text" in cfg.backbone
-    assert transfer.weights_by_key(cfg, env.single_observation_space) == {"mission": str(out)}
+    cfg, spec = transfer.resolve(cfg, env.single_observation_space)
+    assert "mission=text" in cfg.backbone and spec.name == cfg.backbone
+    assert spec.weights == {"mission": str(out)}
+    # The saved config names the key, so rebuilding the spec later reads no artifact.
+    assert cfg.backbone_weights == f"mission={out}"
+    assert transfer.parse(cfg, env.single_observation_space) == spec
     env.close()
     with pytest.raises(UsageError, match="image"):
         transfer.resolve(ppo.PPOConfig(env_id="rlbase/MazeGoTo-v0", backbone_weights=f"image={out}"),
@@ -242,15 +244,15 @@ def test_text_artifact_goes_to_the_mission_key(tmp_path):
 @pytest.mark.parametrize("backbone", ["mlp", "nature_cnn", "impala_cnn", "resnet", "vit"])
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_agents_train_with_every_vision_backbone(backbone, algo):
-    from rlbase.agents import get_algorithm
+    from rlbase.agents import get_agent
 
     obs_mode = "pixels" if backbone == "nature_cnn" else "grid"
     env = make_vec_env("rlbase/Maze-v0", 2, CPU, env_kwargs={"size": 7, "obs_mode": obs_mode})
-    module = get_algorithm(algo)
+    module = get_agent(algo)
     extra = ({"num_steps": 8, "update_epochs": 1, "num_minibatches": 2} if algo == "ppo"
              else {"learning_starts": 8, "batch_size": 4, "buffer_size": 64, "train_freq": 4})
     cfg = module.Config(env_id="rlbase/Maze-v0", backbone=backbone, total_timesteps=32, **extra)
-    result = module.train(cfg, env)
+    result = train_config(cfg, env)
     env.close()
     assert result["global_step"] >= 32
 
@@ -259,7 +261,8 @@ def test_film_starts_as_identity_inside_the_actor_critic():
     from rlbase.agents.pg import ActorCritic, make_distribution
 
     env = make_vec_env("rlbase/MazeGoTo-v0", 1, CPU)
-    model = ActorCritic(ppo.PPOConfig(env_id="rlbase/MazeGoTo-v0"), env.single_observation_space,
+    cfg = ppo.PPOConfig(env_id="rlbase/MazeGoTo-v0")
+    model = ActorCritic(cfg, transfer.parse(cfg, env.single_observation_space), env.single_observation_space,
                         make_distribution(env.single_action_space, "clip"))
     film = model.actor_backbone.sub_backbones["image"].film
     assert len(film) and all(not layer.weight.detach().any() for layer in film)
