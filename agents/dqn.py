@@ -26,6 +26,7 @@ from rlbase.buffers import ReplayBuffer, ReplaySample
 from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
+from rlbase.obs import batch_size, is_supported_space, space_dtype
 from rlbase.optim import gradient_step
 from rlbase.run import Run
 from rlbase.stats import DeviceMean
@@ -127,9 +128,9 @@ def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
     """A UsageError when DQN cannot act in `env` (it needs a discrete action space)."""
     if not isinstance(env.single_action_space, gym.spaces.Discrete):
         raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {env.single_action_space}")
-    if not isinstance(env.single_observation_space, gym.spaces.Box):
-        raise UsageError(f"DQN's replay buffer stores Box observations; {cfg.env_id} has "
-                         f"{type(env.single_observation_space).__name__} observations (use ppo, a2c or reinforce)")
+    if not is_supported_space(env.single_observation_space):
+        raise UsageError(f"DQN's replay buffer stores Box observations or a Dict of them; {cfg.env_id} has "
+                         f"{type(env.single_observation_space).__name__} observations")
 
 
 def build_q_network(backbone: BackboneSpec, observation_space: gym.spaces.Space, action_space: gym.spaces.Space,
@@ -149,11 +150,11 @@ def linear_epsilon(cfg: DQNConfig, global_step: int) -> float:
 def select_actions(q: nn.Module, obs: torch.Tensor, epsilon: float, num_actions: int,
                    generator: torch.Generator) -> torch.Tensor:
     """Epsilon-greedy for the whole batch of envs with one forward pass, on the device."""
-    n = obs.shape[0]
-    random_actions = torch.randint(num_actions, (n,), device=obs.device, generator=generator)
+    n, device = batch_size(obs), generator.device
+    random_actions = torch.randint(num_actions, (n,), device=device, generator=generator)
     if epsilon >= 1.0:  # pure exploration (warm-up): skip the network
         return random_actions
-    explore = torch.rand(n, device=obs.device, generator=generator) < epsilon
+    explore = torch.rand(n, device=device, generator=generator) < epsilon
     return torch.where(explore, random_actions, q(obs).argmax(dim=1))
 
 
@@ -196,9 +197,13 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
     optimizer = make_adam(transfer.parameter_groups(q, parts, run.backbone), cfg.learning_rate, cfg.adam_eps)
     transfer.set_learning_rate(optimizer, cfg.learning_rate)  # pretrained backbone: lr * --backbone-lr-scale
     num_actions = int(env.single_action_space.n)
-    buffer = ReplayBuffer(cfg.buffer_size, env.num_envs, obs_space.shape, torch.from_numpy(obs_space.sample()).dtype,
-                          device, frame_stack=env.frame_stack, n_step=cfg.n_step, gamma=cfg.gamma,
-                          prioritized=cfg.prioritized_replay, alpha=cfg.per_alpha, priority_eps=cfg.per_eps)
+    if isinstance(obs_space, gym.spaces.Dict):  # stored key by key, e.g. an image and an instruction
+        shape, dtype = ({k: sub.shape for k, sub in obs_space.items()}, {k: space_dtype(sub) for k, sub in obs_space.items()})
+    else:
+        shape, dtype = obs_space.shape, space_dtype(obs_space)
+    buffer = ReplayBuffer(cfg.buffer_size, env.num_envs, shape, dtype, device, frame_stack=env.frame_stack,
+                          n_step=cfg.n_step, gamma=cfg.gamma, prioritized=cfg.prioritized_replay, alpha=cfg.per_alpha,
+                          priority_eps=cfg.per_eps)
     counters = run.restore(modules={"q": q, "target": target}, optimizer=optimizer, buffer=buffer,
                            counters={"num_updates": 0, "update_credit": 0, "target_syncs": 0})
     generator = run.generator

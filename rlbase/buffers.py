@@ -23,6 +23,9 @@ A row is sampled only when it is a complete transition whose n-step look-ahead i
 (age >= n behind the write head) and whose stack look-back has not been overwritten yet.
 Atari: 84*84 + 4 (action) + 4 (reward) + 4 flags = 7,068 bytes per transition, so 1M transitions
 take 7.1 GB (prioritized replay adds a float64 sum tree: about 17 bytes per transition at 1M).
+
+Dict observations (an image and an instruction) are stored key by key, each in its own dtype:
+`obs_shape` and `obs_dtype` are then dicts, and nothing is frame-stacked (`frame_stack == 1`).
 """
 
 from __future__ import annotations
@@ -31,19 +34,26 @@ from typing import NamedTuple
 
 import torch
 
+from rlbase.obs import Obs, assign, obs_map
+
 
 class ReplaySample(NamedTuple):
-    obs: torch.Tensor  # (batch, *obs_shape), the storage dtype (uint8 for pixels)
+    obs: Obs  # (batch, *obs_shape), the storage dtype (uint8 for pixels); a dict of them for Dict observations
     actions: torch.Tensor  # (batch,) int64
     returns: torch.Tensor  # (batch,) n-step discounted sum of training rewards
-    next_obs: torch.Tensor  # (batch, *obs_shape): observation to bootstrap from
+    next_obs: Obs  # (batch, *obs_shape): observation to bootstrap from
     discounts: torch.Tensor  # (batch,) gamma**k, 0 when a terminal state came within the n steps
     weights: torch.Tensor  # (batch,) importance-sampling weights (ones without priorities)
     indices: torch.Tensor  # (batch,) flat row*num_envs+env index, for `update_priorities`
 
     def split(self, size: int) -> list["ReplaySample"]:
         """Cut a large sample into batches of `size` (views, no copies)."""
-        return [ReplaySample(*parts) for parts in zip(*(field.split(size) for field in self))]
+        def pieces(field: Obs) -> list[Obs]:
+            if isinstance(field, dict):
+                return [dict(zip(field, parts)) for parts in zip(*(value.split(size) for value in field.values()))]
+            return list(field.split(size))
+
+        return [ReplaySample(*parts) for parts in zip(*(pieces(field) for field in self))]
 
 
 class SumTree:
@@ -84,12 +94,16 @@ class SumTree:
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device, *, frame_stack: int = 1, n_step: int = 1, gamma: float = 0.99,
-                 prioritized: bool = False, alpha: float = 0.6, priority_eps: float = 1e-6):
+    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...] | dict[str, tuple[int, ...]],
+                 obs_dtype: torch.dtype | dict[str, torch.dtype], device: torch.device, *, frame_stack: int = 1,
+                 n_step: int = 1, gamma: float = 0.99, prioritized: bool = False, alpha: float = 0.6,
+                 priority_eps: float = 1e-6):
         self.slots = capacity // num_envs
         self.num_envs = num_envs
-        self.obs_shape = tuple(obs_shape)
+        keyed = isinstance(obs_shape, dict)
+        if keyed and frame_stack != 1:
+            raise ValueError("Dict observations are stored without frame stacking (frame_stack must be 1)")
+        self.obs_shape = {k: tuple(v) for k, v in obs_shape.items()} if keyed else tuple(obs_shape)
         self.frame_stack = frame_stack
         self.n_step = n_step
         self.gamma = gamma
@@ -103,9 +117,13 @@ class ReplayBuffer:
         if self.max_age < n_step + 1:
             raise ValueError(f"replay capacity {capacity} is too small for {num_envs} envs, "
                              f"frame stack {frame_stack} and n-step {n_step}")
-        frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
         rows = self.slots + 1  # + scratch row
-        self.frames = torch.zeros((rows, num_envs, *frame_shape), dtype=obs_dtype, device=device)
+        if keyed:  # one tensor per key, in the key's dtype
+            self.frames: Obs = {key: torch.zeros((rows, num_envs, *shape), dtype=obs_dtype[key], device=device)
+                                for key, shape in self.obs_shape.items()}
+        else:
+            frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
+            self.frames = torch.zeros((rows, num_envs, *frame_shape), dtype=obs_dtype, device=device)
         self.actions = torch.zeros((rows, num_envs), dtype=torch.int32, device=device)
         self.rewards = torch.zeros((rows, num_envs), dtype=torch.float32, device=device)
         self.first = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
@@ -121,11 +139,11 @@ class ReplayBuffer:
             self.max_priority = torch.ones((), dtype=torch.float64, device=device)
 
     # ------------------------------------------------------------------ writing
-    def _newest_frame(self, obs: torch.Tensor) -> torch.Tensor:
+    def _newest_frame(self, obs: Obs) -> Obs:
         return obs[:, -1] if self.frame_stack > 1 else obs
 
-    def _write_frame(self, rows: torch.Tensor, frames: torch.Tensor, first: bool) -> None:
-        self.frames[rows, self.envs] = frames
+    def _write_frame(self, rows: torch.Tensor, frames: Obs, first: bool) -> None:
+        assign(self.frames, (rows, self.envs), frames)
         self.first[rows, self.envs] = first
         self.has_next[rows, self.envs] = False
         self.terminal[rows, self.envs] = False
@@ -147,7 +165,7 @@ class ReplayBuffer:
                           torch.where(self.has_next[row, self.envs], self.max_priority, 0.0))
 
     def add(self, actions: torch.Tensor, rewards: torch.Tensor, terminal: torch.Tensor, dones: torch.Tensor,
-            next_obs: torch.Tensor, final_obs: torch.Tensor) -> None:
+            next_obs: Obs, final_obs: Obs) -> None:
         """Complete the current transition of every env and record the next observation.
 
         `rewards`/`terminal` are the training signal, `dones` the real episode ends, `next_obs`
@@ -163,8 +181,15 @@ class ReplayBuffer:
 
         new_frame = self._newest_frame(next_obs)
         final_frame = self._newest_frame(final_obs)
-        mask = dones.view(-1, *([1] * (new_frame.dim() - 1)))
-        self._write_frame((self.pos + 1) % self.slots, torch.where(mask, final_frame, new_frame), first=False)
+
+        def ended_or_new(new: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+            return torch.where(dones.view(-1, *([1] * (new.dim() - 1))), final, new)
+
+        if isinstance(new_frame, dict):
+            last = {key: ended_or_new(new_frame[key], final_frame[key]) for key in new_frame}
+        else:
+            last = ended_or_new(new_frame, final_frame)
+        self._write_frame((self.pos + 1) % self.slots, last, first=False)
         # Ended envs also start the next episode one row further; the others write to scratch.
         scratch = torch.full_like(self.pos, self.slots)
         self._write_frame(torch.where(dones, (self.pos + 2) % self.slots, scratch), new_frame, first=True)
@@ -190,10 +215,11 @@ class ReplayBuffer:
             self.tree.set(leaf, value)
 
     # ------------------------------------------------------------------ reading
-    def stack(self, t: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    def stack(self, t: torch.Tensor, env: torch.Tensor) -> Obs:
         """Observations at absolute rows `t` of envs `env`, frame stacks rebuilt (zeros before `first`)."""
         if self.frame_stack == 1:
-            return self.frames[t % self.slots, env]
+            row = t % self.slots
+            return obs_map(lambda frames: frames[row, env], self.frames)
         frames = []
         same_episode = torch.ones_like(t, dtype=torch.bool)
         for lag in range(self.frame_stack):
@@ -288,7 +314,11 @@ class ReplayBuffer:
     # ------------------------------------------------------------------ saving
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {name: getattr(self, name) for name in
-                 ("frames", "actions", "rewards", "first", "has_next", "terminal", "done", "pos")}
+                 ("actions", "rewards", "first", "has_next", "terminal", "done", "pos")}
+        if isinstance(self.frames, dict):
+            state.update({f"frames.{key}": value for key, value in self.frames.items()})
+        else:
+            state["frames"] = self.frames
         state["transitions_added"] = torch.tensor(self.transitions_added)
         if self.prioritized:
             state["tree"] = self.tree.tree
@@ -304,7 +334,12 @@ class ReplayBuffer:
             elif name == "max_priority":
                 self.max_priority = value.to(self.device, torch.float64)
             else:
-                target = getattr(self, name)
+                if name.startswith("frames.") and isinstance(self.frames, dict):
+                    target = self.frames.get(name[len("frames."):])
+                else:
+                    target = getattr(self, name, None)
+                if not torch.is_tensor(target):
+                    raise ValueError(f"replay buffer has no field {name}")
                 if target.shape != value.shape:
                     raise ValueError(f"replay buffer field {name} has shape {tuple(value.shape)}, "
                                      f"expected {tuple(target.shape)}")

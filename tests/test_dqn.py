@@ -108,6 +108,21 @@ def test_breakout_smoke():
     assert isinstance(result["q_network"].backbone, NatureCNN)
 
 
+def test_dict_observations_smoke():
+    """An image and an instruction (MazeGoTo): replay stores each key in its own dtype; the Q-network
+    reads both through the multi-input backbone."""
+    from rlbase.backbones import MultiInputBackbone
+
+    cfg = dqn.DQNConfig(env_id="rlbase/MazeGoTo-v0", total_timesteps=400, num_envs=4, buffer_size=1_000,
+                        learning_starts=100, batch_size=16, train_freq=4, target_update_interval=100,
+                        n_step=3, seed=0, device="cpu")
+    result = run_train(cfg)
+    check_result(cfg, result)
+    assert isinstance(result["q_network"].backbone, MultiInputBackbone)
+    buffer = result["checkpoint"].buffer
+    assert buffer["frames.mission"].dtype == torch.int64 and buffer["frames.image"].dtype == torch.uint8
+
+
 def test_wrong_backbone_is_a_usage_error():
     with pytest.raises(UsageError, match="nature_cnn"):
         run_train(tiny_cartpole(backbone="nature_cnn"))

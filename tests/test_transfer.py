@@ -218,9 +218,14 @@ def test_ppo_on_dict_observations_trains_checkpoints_and_evaluates(tmp_path):
     assert_ok(proc)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["num_episodes"] == 4 and "success" in report["outcomes"]
-    # DQN's replay stores Box observations: a Dict env is refused with one line.
-    refused(run_cli("train", "dqn", "--env", "rlbase/MazeGoTo-v0", "--log-dir", tmp_path,
-                                  cwd=tmp_path), "Dict")
+    # DQN stores Dict observations key by key in its replay: it trains and evaluates too.
+    assert_ok(run_cli("train", "dqn", "--env", "rlbase/MazeGoTo-v0", "--num-envs", "4", "--total-timesteps", "256",
+                      "--learning-starts", "64", "--buffer-size", "512", "--batch-size", "16", "--log-dir", tmp_path,
+                      "--run-name", "goto_dqn", cwd=tmp_path))
+    assert any(k.startswith("q.backbone.sub_backbones.mission.") for k in checkpoint_tensors(tmp_path / "goto_dqn"))
+    proc = run_cli("eval", tmp_path / "goto_dqn", "--episodes", "2", "--json", cwd=tmp_path)
+    assert_ok(proc)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["num_episodes"] == 2
 
 
 def test_text_artifact_goes_to_the_mission_key(tmp_path):
