@@ -1,6 +1,6 @@
 """`python -m rlbase ...` is the same as the `rlbase` console script."""
 
-from rlbase.cli import main
+from rlbase.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
