@@ -275,14 +275,16 @@ def load_preset(algo: str, env_id: str, observations: str | None = None) -> dict
 def describe_presets(algo: str) -> str:
     """Which preset applies to which envs, for `rlbase train ALGO --help`."""
     data = _preset_file(algo)
-    lines = [f"presets (rlbase/presets/{algo}.yaml; your flags override them):",
-             "  atari family            ALE/<Game>-v5 ids",
-             "  classic_control family  every other id"]
-    for env_id, block in (data.get("envs") or {}).items():
+    envs = data.get("envs") or {}
+    width = max([len(env_id) for env_id in envs] + [16]) + 2
+    lines = [f"presets (rlbase/presets/{algo}.yaml): dataclass defaults < family < env < your flags",
+             f"  {'family atari':<{width}}ALE/<Game>-v5 ids",
+             f"  {'family classic_control':<{width}}every other id"]
+    for env_id, block in envs.items():
         kinds = (block or {}).get("observations") or {}
-        tuned = "; ".join(f"{', '.join(f'{k} {v}' for k, v in values.items())} for {kind} observations only"
-                          for kind, values in kinds.items())
-        lines.append(f"  {env_id:<22}  on top of its family" + (f" ({tuned})" if tuned else ""))
+        tuned = "".join(f"; for {kind} observations only: " + ", ".join(f"{k} {v}" for k, v in values.items())
+                        for kind, values in kinds.items())
+        lines.append(f"  {env_id:<{width}}family {env_family(env_id)}, then its own values{tuned}")
     return "\n".join(lines)
 
 

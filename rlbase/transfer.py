@@ -39,6 +39,8 @@ class BackboneSpec:
     """Widths of mlp backbones."""
     activation: str
     """Activation of mlp backbones."""
+    key_names: dict[str, str] = field(default_factory=dict, hash=False)
+    """Backbone name per observation key of a Dict space ({} for a single backbone)."""
     weights: dict[str | None, str] = field(default_factory=dict, hash=False)
     """Artifact directory per observation key (None: the whole Box observation); empty: from scratch."""
     freeze: bool = False
@@ -52,13 +54,6 @@ class BackboneSpec:
 
         return build_backbone(self.name, space, self.hidden_sizes, self.activation)
 
-    @property
-    def key_names(self) -> dict[str, str]:
-        """Per-key backbone names of a Dict spec ({} for a single backbone)."""
-        from rlbase.backbones.multi import is_backbone_spec, parse_backbone_spec
-
-        return parse_backbone_spec(self.name) if is_backbone_spec(self.name) else {}
-
 
 def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> BackboneSpec:
     """The `BackboneSpec` of a config for `space` (UsageError when the backbone cannot take it);
@@ -67,12 +62,14 @@ def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> Backb
     Reads no artifact, except for configs saved before weights were canonicalised (a bare DIR for
     a Dict space), whose key is found from the artifact's input space.
     """
-    from rlbase.backbones import resolve_backbone_name
+    from rlbase.backbones import backbone_names, resolve_backbone_name
 
     if cfg.backbone_lr_scale < 0:
         raise UsageError(f"invalid --backbone-lr-scale: must be >= 0, got {cfg.backbone_lr_scale}")
+    key_names = backbone_names(cfg.backbone, space) if isinstance(space, gym.spaces.Dict) else {}
     return BackboneSpec(name=resolve_backbone_name(cfg.backbone, space), hidden_sizes=tuple(cfg.hidden_sizes),
-                        activation=cfg.activation, weights=_weights_by_key(cfg, space) if with_weights else {},
+                        activation=cfg.activation, key_names=key_names,
+                        weights=_weights_by_key(cfg, space) if with_weights else {},
                         freeze=cfg.freeze_backbone, lr_scale=cfg.backbone_lr_scale)
 
 
