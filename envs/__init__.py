@@ -152,6 +152,15 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
         raise TypeError(f"make_vec_env got unknown option(s) {', '.join(unknown)}; known: {', '.join(ENV_OPTIONS)}")
     env_id = check_env_id(env_id, gym_packages)
     env_kwargs = dict(env_kwargs or {})
+    env = _make(env_id, num_envs, device, render, split, env_kwargs, options)
+    env.env_kwargs = env_kwargs  # so a run handed this env can rebuild it (evaluation envs)
+    return env
+
+
+def _make(env_id: str, num_envs: int, device: torch.device, render: bool, split: str, env_kwargs: dict[str, Any],
+          options: dict[str, Any]) -> TensorVecEnv:
+    from rlbase.envs.gym_adapter import GymVecEnv
+
     if is_native(env_id):
         return make_native_vec_env(env_id, num_envs, device, split, **env_kwargs)
 
@@ -177,5 +186,5 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
     try:
         # Unsupported observation spaces are refused here (a UsageError naming the wrapper to use).
         return GymVecEnv(fns, env_id, device)
-    except (gym.error.Error, TypeError) as exc:
+    except (gym.error.Error, TypeError, ValueError) as exc:  # ValueError: the env's own check of its kwargs
         raise UsageError(f"cannot create {env_id!r}: {_first_line(exc)}") from None

@@ -61,6 +61,8 @@ class TensorVecEnv:
     (Atari's `life_lost`) are not outcomes."""
     render_fps: float = 30.0
     """Frames per second of what `render()` returns, for videos (one frame per agent step)."""
+    env_kwargs: dict[str, Any] | None = None
+    """The keyword arguments `make_vec_env` built it with (None for envs built otherwise)."""
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError

@@ -133,15 +133,21 @@ class Algorithm:
     def _policy(self, deterministic: bool) -> Callable:
         if self._checkpoint is None:
             raise RlbaseError(f"{type(self).__name__} has not been trained: call learn() (or load a checkpoint) first")
+        if not self._policies:  # one sampling stream per trained state, shared by both policies
+            self._generator = torch.Generator(device=self.env.device)
+            self._generator.manual_seed(self.config.seed)
         if deterministic not in self._policies:
-            agent, cfg, env = self._plan.agent, self.config, self.env
-            cfg = _policy_config(agent, cfg, deterministic)
-            devices = [env.device] if env.device.type == "cuda" else []
+            agent, env = self._plan.agent, self.env
+            cfg = _policy_config(agent, self.config, deterministic)
+            devices = [env.device.index or 0] if env.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # building the network must not move torch's RNG
-                self._policies[deterministic] = agent.load_policy(
-                    cfg, self._checkpoint.tensors, env.single_observation_space, env.single_action_space, env.device)
-            self._generator = torch.Generator(device=env.device)
-            self._generator.manual_seed(cfg.seed)
+                try:
+                    self._policies[deterministic] = agent.load_policy(
+                        cfg, self._checkpoint.tensors, env.single_observation_space, env.single_action_space,
+                        env.device)
+                except (RuntimeError, KeyError, ValueError) as exc:
+                    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                    raise RlbaseError(f"the checkpoint does not fit this agent's networks ({lines[0]})") from None
         return self._policies[deterministic]
 
     def evaluate(self, episodes: int | None = None, deterministic: bool | None = None, seed: int = 0,
@@ -150,6 +156,7 @@ class Algorithm:
         the evaluation policy: the report of `rlbase eval` (mean_return, std_return, ci95_low/high,
         mean_length, outcomes, episodes, ...). `deterministic` overrides the config's choice for
         policy-gradient agents."""
+        from rlbase.callbacks import check_same_spaces
         from rlbase.evaluate import evaluate_checkpoint, evaluation_config
 
         if self._checkpoint is None:
@@ -157,13 +164,16 @@ class Algorithm:
         if episodes is not None and episodes <= 0:
             raise UsageError(f"episodes must be positive, got {episodes}")
         agent = self._plan.agent
-        cfg = self.config
-        if deterministic is not None and agent.exploration == "sample":
-            cfg = evaluation_config(agent, cfg, deterministic=deterministic)
+        cfg = evaluation_config(agent, self.config, deterministic=deterministic)
         episodes = episodes or cfg.eval_episodes
         eval_env = None
         if video_dir is None and self._plan.make_eval_env is not None:
             eval_env = self._plan.make_eval_env(min(episodes, 8))
+            try:
+                check_same_spaces(eval_env, self.env)
+            except UsageError:
+                eval_env.close()
+                raise
         try:
             report = evaluate_checkpoint(agent, cfg, self._checkpoint.tensors, episodes=episodes, seed=seed,
                                          device=self.env.device, video_dir=video_dir, env=eval_env, progress=progress)
@@ -206,6 +216,11 @@ class Algorithm:
         in_memory = "log_dir" in config and config["log_dir"] is None
         if in_memory:
             del config["log_dir"]
+        shaping = sorted(set(config) & set(NETWORK_FIELDS))
+        changed = [k for k in shaping if config[k] != checkpoint.state["config"].get(k) and
+                   not (isinstance(config[k], tuple) and list(config[k]) == checkpoint.state["config"].get(k))]
+        if changed:
+            raise UsageError(f"{', '.join(changed)} shape the saved networks and cannot change when loading {path}")
         cfg = from_dict(get_agent(algo).Config, {**checkpoint.state["config"], **config}, f"{path} config")
         vec_env, make_eval_env = _vec_env(env, {**config, "device": cfg.device}) if env is not None else (None, None)
         device = vec_env.device if vec_env is not None else resolve_device(cfg.device)
@@ -225,6 +240,12 @@ class Algorithm:
         if self._owns_env:
             self.env.close()
             self._owns_env = False
+
+
+NETWORK_FIELDS = ("env_id", "env_kwargs", "gym_packages", "backbone", "hidden_sizes", "activation", "dueling",
+                  "shared_backbone", "normalize_obs", "normalize_reward", "action_bounds", "frame_stack", "num_envs",
+                  "buffer_size", "n_step", "prioritized_replay")
+"""Config fields a checkpoint's tensors depend on (networks, normalisation, replay layout, env batch)."""
 
 
 def _say(line: str) -> None:
@@ -284,8 +305,15 @@ def _batch(observation: Any, env: Any) -> tuple[Any, bool, bool]:
         if missing:
             raise UsageError(f"observation is missing key(s) {', '.join(missing)}")
         arrays = {key: to_numpy(observation[key]) for key in raw_space.spaces}
-        key = next(iter(raw_space.spaces))
-        single = _is_single(arrays[key], raw_space.spaces[key], key)
+        forms = {key: _is_single(arrays[key], raw_space.spaces[key], key) for key in arrays}
+        if len(set(forms.values())) > 1:
+            raise UsageError("observation mixes one observation and a batch across its keys: "
+                             + ", ".join(f"{k} {'one' if one else 'batch'}" for k, one in forms.items()))
+        single = next(iter(forms.values()))
+        sizes = {key: len(value) for key, value in arrays.items()} if not single else {}
+        if len(set(sizes.values())) > 1:
+            raise UsageError("observation keys hold batches of different sizes: "
+                             + ", ".join(f"{k} {n}" for k, n in sizes.items()))
         batch = {k: v[None] if single else v for k, v in arrays.items()}
     else:
         array = to_numpy(observation)

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 from rlbase.checkpoint import BEST
+from rlbase.errors import UsageError
 
 if TYPE_CHECKING:
     from rlbase.envs import TensorVecEnv
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 
 class Callback:
     """Base class: every hook does nothing."""
+
+    @property
+    def name(self) -> str:
+        """What the run calls this callback (in `stop_reason`)."""
+        return type(self).__name__
 
     def on_start(self, run: Run) -> None:
         """Before the first step (after a resume has restored the counters: `run.global_step`)."""
@@ -50,6 +56,10 @@ class _StepFunction(Callback):
 
     def __init__(self, fn: Callable[[Run], bool | None]):
         self.fn = fn
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__qualname__", None) or repr(self.fn)
 
     def on_step(self, run: Run) -> bool | None:
         return self.fn(run)
@@ -126,6 +136,15 @@ class StopOnReturn(Callback):
         return not (self.source == "eval" and report["mean_return"] >= self.threshold)
 
 
+def check_same_spaces(eval_env: TensorVecEnv, env: TensorVecEnv) -> None:
+    """A UsageError when evaluation envs do not take the training envs' observations and actions."""
+    if (eval_env.single_observation_space != env.single_observation_space
+            or eval_env.single_action_space != env.single_action_space):
+        raise UsageError(f"the evaluation envs ({eval_env.env_id}: {eval_env.single_observation_space}) do not match "
+                         f"the training envs ({env.env_id}: {env.single_observation_space}); pass the env's keyword "
+                         "arguments (env_kwargs) or the evaluation envs themselves")
+
+
 class EvalCallback(EveryNSteps):
     """Evaluate the policy every `every` steps and at the end of training, on its own envs.
 
@@ -159,6 +178,7 @@ class EvalCallback(EveryNSteps):
             if run.make_eval_env is None:
                 raise ValueError("EvalCallback needs eval envs: pass env=... (this run cannot build them from an id)")
             self.env = run.make_eval_env(min(self.episodes, 8))
+        check_same_spaces(self.env, run.env)
 
     def trigger(self, run: Run) -> bool | None:
         return self.evaluate(run)
@@ -183,7 +203,7 @@ class EvalCallback(EveryNSteps):
             if callback.on_eval(run, report) is False:
                 keep_going = False
                 if run.stop_reason is None:
-                    run.stop_reason = f"stopped by {type(callback).__name__} at step {run.global_step}"
+                    run.stop_reason = f"stopped by {callback.name} at step {run.global_step}"
         return keep_going
 
     def on_end(self, run: Run) -> None:

@@ -309,7 +309,7 @@ def resolve_config(cls: type, algo: str, values: dict[str, Any], observations: s
     env_id = values.get("env_id", "")
     merged = load_preset(algo, env_id, observations) if env_id else {}
     merged.update(values)
-    return from_dict(cls, merged, f"preset for {algo}")
+    return from_dict(cls, merged, f"{algo} config")
 
 
 def make_env(cfg: CommonConfig, num_envs: int, device: Any, *, training: bool = True, render: bool = False) -> Any:

@@ -83,6 +83,8 @@ def plan(algo: str, values: dict[str, Any], *, env: TensorVecEnv | None = None,
     values = dict(values)
     if env is not None:
         values.setdefault("env_id", env.env_id)
+        if env.env_kwargs:  # what it was made with, so evaluation envs are the same env
+            values.setdefault("env_kwargs", dict(env.env_kwargs))
         if values.get("num_envs", env.num_envs) != env.num_envs:
             raise UsageError(f"num_envs={values['num_envs']} does not match the env handed in ({env.num_envs} envs)")
         values["num_envs"] = env.num_envs

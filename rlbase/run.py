@@ -271,7 +271,7 @@ class Run:
             logged = True
         for callback in self.callbacks:
             if callback.on_step(self) is False and self.stop_reason is None:
-                self.stop_reason = f"stopped by {type(callback).__name__} at step {self.global_step}"
+                self.stop_reason = f"stopped by {callback.name} at step {self.global_step}"
         if self.done and not logged:  # a stopped run logs where it stopped
             self.log(scalars())
         if self._next_checkpoint is not None and self.global_step >= self._next_checkpoint and not self.done:
