@@ -145,7 +145,6 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
     to import first; both register envs on import (see `import_env_modules`).
     """
     from rlbase.config import ENV_OPTIONS
-    from rlbase.envs.gym_adapter import GymVecEnv
 
     unknown = sorted(set(options) - set(ENV_OPTIONS))
     if unknown:
