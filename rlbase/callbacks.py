@@ -15,12 +15,14 @@ and checkpoints where it stopped, and its metrics say why (`stop_reason`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 from rlbase.checkpoint import BEST
-from rlbase.errors import UsageError
+from rlbase.errors import RlbaseError, UsageError
 
 if TYPE_CHECKING:
     from rlbase.envs import TensorVecEnv
@@ -136,6 +138,22 @@ class StopOnReturn(Callback):
         return not (self.source == "eval" and report["mean_return"] >= self.threshold)
 
 
+def saved_best(run_dir: Path) -> tuple[int | None, float]:
+    """(step, evaluation mean) of the best checkpoint kept in `run_dir` (None, -inf when there is
+    none, or when its state.json does not say; a run file is input, not trusted)."""
+    from rlbase.checkpoint import STATE_FILE, find_checkpoint
+
+    try:
+        state = json.loads((find_checkpoint(run_dir, BEST) / STATE_FILE).read_text())
+        step, mean = state["step"], state["evaluation"]["mean_return"]
+    except (RlbaseError, OSError, ValueError, KeyError, TypeError):
+        return None, -math.inf
+    if not isinstance(step, int) or isinstance(mean, bool) or not isinstance(mean, (int, float)) \
+            or not math.isfinite(mean):
+        return None, -math.inf
+    return step, float(mean)
+
+
 def check_same_spaces(eval_env: TensorVecEnv, env: TensorVecEnv) -> None:
     """A UsageError when evaluation envs do not take the training envs' observations and actions."""
     if (eval_env.single_observation_space != env.single_observation_space
@@ -174,6 +192,8 @@ class EvalCallback(EveryNSteps):
 
     def on_start(self, run: Run) -> None:
         super().on_start(run)
+        if run.resuming and self.keep_best and run.run_dir is not None:
+            self.best_step, self.best_mean = saved_best(run.run_dir)
         if self.env is None:
             if run.make_eval_env is None:
                 raise ValueError("EvalCallback needs eval envs: pass env=... (this run cannot build them from an id)")
@@ -196,8 +216,9 @@ class EvalCallback(EveryNSteps):
                              "outcomes": report["outcomes"], "seconds": seconds})
         if report["mean_return"] > self.best_mean:
             self.best_mean, self.best_step = report["mean_return"], run.global_step
-            if self.keep_best:
-                run.save(BEST)
+            if self.keep_best:  # the mean goes with it, so a resumed run knows what to beat
+                run.save(BEST, extra={"evaluation": {"mean_return": report["mean_return"], "seed": self.seed,
+                                                     "episodes": self.episodes}})
         keep_going = True
         for callback in run.callbacks:
             if callback.on_eval(run, report) is False:

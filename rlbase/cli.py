@@ -19,6 +19,7 @@ import sys
 
 from rlbase import __version__
 from rlbase.errors import RlbaseError, UsageError
+from rlbase.utils import plural
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,10 +89,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ev.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of each episode into DIR")
     return parser
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def _say(line: str) -> None:

@@ -190,8 +190,8 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
     try:
         report = evaluate_checkpoint(agent, cfg, tensors, episodes=episodes, seed=seed, device=device,
                                      num_envs=num_envs, video_dir=video_dir, progress=progress)
-    except RlbaseError as exc:
-        raise RlbaseError(f"{checkpoint}: {exc}") from None
+    except RlbaseError as exc:  # keep its kind (a usage error stays exit code 2)
+        raise type(exc)(f"{checkpoint}: {exc}") from None
     report = {**report, "checkpoint": str(checkpoint), "global_step": state.get("step")}
     run_dir = checkpoint.parent.parent
     if (run_dir / CONFIG_FILE).exists():

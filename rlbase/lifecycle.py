@@ -237,12 +237,15 @@ def execute(plan: Plan, *, run_dir: Union[str, Path, None] = NEW, callbacks: Any
 
 def start_line(plan: Plan, run_dir: Path | None) -> str:
     """What a run says when it starts: agent, env, backbone, envs, device, steps and where it writes."""
+    from rlbase.utils import plural
+
     cfg = plan.config
     resumed = f" from step {plan.start_step:,}" if plan.resume is not None else ""
-    evaluation = f", evaluating every {cfg.eval_freq:,} steps" if cfg.eval_freq else ""
+    evaluation = f", evaluating every {plural(cfg.eval_freq, 'step')}" if cfg.eval_freq else ""
     where = f"; run dir {run_dir}" if run_dir is not None else ""
     return (f"rlbase: training {plan.agent.name} on {cfg.env_id}: backbone {plan.backbone.name}, "
-            f"{cfg.num_envs} envs on {plan.env.device}, {cfg.total_timesteps:,} steps{resumed}{evaluation}{where}")
+            f"{plural(cfg.num_envs, 'env')} on {plan.env.device}, {plural(cfg.total_timesteps, 'step')}"
+            f"{resumed}{evaluation}{where}")
 
 
 def train(algo: str, values: dict[str, Any], *, run_dir: Union[str, Path, None] = NEW, callbacks: Any = None,

@@ -188,6 +188,7 @@ class Run:
             optimizer_from_tensors(optimizer, tensors, saved["optimizer"])
             for item in self._state:
                 item.load(tensors)
+            self.episodes.load(tensors)
             torch.set_rng_state(tensors["rng.torch"].cpu())
             self.generator.set_state(tensors["rng.actions"].cpu())
             values = dict(saved["counters"])
@@ -208,6 +209,7 @@ class Run:
         for item in self._state:
             tensors.update(item.state())
         if not weights_only:
+            tensors.update(self.episodes.state())
             tensors.update(optimizer_to_tensors(self._optimizer)[0])
             tensors["rng.torch"] = torch.get_rng_state()
             tensors["rng.actions"] = self.generator.get_state()
@@ -220,13 +222,14 @@ class Run:
                  "optimizer": optimizer_to_tensors(self._optimizer)[1]}
         return Checkpoint(tensors, state, self._buffer.state_dict() if self._buffer is not None else None)
 
-    def save(self, kind: str = CHECKPOINTS) -> Path | None:
-        """Write the current state as checkpoint `global_step` (of `kind`: checkpoints or best)."""
+    def save(self, kind: str = CHECKPOINTS, extra: dict[str, Any] | None = None) -> Path | None:
+        """Write the current state as checkpoint `global_step` (of `kind`: checkpoints or best);
+        `extra` (JSON values) goes into its state.json."""
         if self.run_dir is None or not self._modules:
             return None
         tensors, state, buffer = self.checkpoint()
         # The checkpoint carries its own config so it can be evaluated on its own.
-        state = {"algo": self.agent.name, "config": dataclasses.asdict(self.config), **state}
+        state = {"algo": self.agent.name, "config": dataclasses.asdict(self.config), **state, **(extra or {})}
         keep_buffer = buffer is not None and self.config.save_buffer and kind == CHECKPOINTS
         path = save_checkpoint(self.run_dir, self.global_step, tensors, state, buffer if keep_buffer else None,
                                keep_last=3 if kind == CHECKPOINTS else 1, folder=kind)

@@ -48,6 +48,24 @@ class RecentEpisodes:
         self.count = new_count
         self.staged = 0
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The window and the episode count, for a checkpoint (a resumed run reports on from them)."""
+        self.flush()
+        return {"episodes.returns": self.returns, "episodes.lengths": self.lengths, "episodes.count": self.count}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore `state()`; a checkpoint written before it was saved leaves the window empty."""
+        if "episodes.count" not in tensors:
+            return
+        for name in ("returns", "lengths"):
+            saved = tensors[f"episodes.{name}"]
+            if saved.shape != getattr(self, name).shape:
+                raise ValueError(f"episodes.{name} has shape {tuple(saved.shape)}, "
+                                 f"expected {tuple(getattr(self, name).shape)}")
+            getattr(self, name).copy_(saved)
+        self.count = tensors["episodes.count"].to(self.count.device, self.count.dtype).clone().reshape(())
+        self.staged = 0
+
     def summary(self) -> dict[str, float]:
         """Host values (one sync): mean return and length over the window, episodes so far."""
         self.flush()
