@@ -112,8 +112,9 @@ def import_env_modules(env_id: str, gym_packages: tuple[str, ...] = ()) -> str:
 def check_env_id(env_id: str, gym_packages: tuple[str, ...] = ()) -> str:
     """Import the user's env modules (`import_env_modules`) and return the plain Gymnasium id;
     raise a UsageError with close matches when that id is not known."""
-    _register_ale()
     user_id, env_id = env_id, import_env_modules(env_id, gym_packages)
+    if is_atari(env_id) or env_id not in gym.registry:
+        _register_ale()  # only when needed: importing ale-py is not free
     if env_id in gym.registry:
         if is_atari(env_id) and not env_id.endswith("-v5"):
             raise UsageError(f"unsupported Atari id {env_id!r}: use the v5 ids, e.g. ALE/Breakout-v5")
