@@ -243,26 +243,6 @@ def _plain_id(env_id: str) -> str:
     return env_id.rsplit(":", 1)[-1]
 
 
-OBSERVATION_KINDS = ("vector", "grid", "image", "tokens", "dict")
-"""Kinds of observation a preset's `observations:` block can be tuned for."""
-
-
-def observation_kind(space: Any) -> str:
-    """`image` ((C, H, W), H and W >= 36), `grid` (smaller (C, H, W)), `tokens` (token ids), `dict`,
-    or `vector` (anything else a Box holds)."""
-    import gymnasium as gym
-
-    from rlbase.backbones import is_grid_space, is_image_space, is_token_space
-
-    if isinstance(space, gym.spaces.Dict):
-        return "dict"
-    if is_image_space(space):
-        return "image"
-    if is_grid_space(space):
-        return "grid"
-    return "tokens" if is_token_space(space) else "vector"
-
-
 @functools.lru_cache(maxsize=None)
 def _preset_file(algo: str) -> dict[str, Any]:
     import yaml

@@ -149,7 +149,8 @@ def _complete(agent: Agent, cfg: Any, env: TensorVecEnv | None, make_eval_env: C
     """Build the env (unless given), apply the preset's values for its kind of observation (fresh
     runs from values), resolve the backbone, and check that the agent can act in the env."""
     from rlbase import transfer
-    from rlbase.config import load_preset, make_env, observation_kind, resolve_config
+    from rlbase.backbones import observation_kind
+    from rlbase.config import load_preset, make_env, resolve_config
     from rlbase.utils import resolve_device
 
     owns_env = env is None

@@ -305,3 +305,31 @@ def test_film_cnn_starts_unconditioned_and_is_modulated_by_the_condition(shape):
         for layer in net.film:
             layer.weight.normal_()
     assert not torch.allclose(net(obs, cond), net(obs, -cond))
+
+
+def test_preset_observation_blocks_name_known_kinds():
+    """Every `observations:` block of a preset is keyed by a kind `observation_kind` can return."""
+    from rlbase.agents import ALGORITHMS
+    from rlbase.backbones import OBSERVATION_KINDS as KINDS
+    from rlbase.config import _preset_file
+
+    seen = 0
+    for algo in ALGORITHMS:
+        for env_id, block in (_preset_file(algo).get("envs") or {}).items():
+            for kind in (block or {}).get("observations") or {}:
+                assert kind in KINDS, f"{algo} preset for {env_id}: unknown observation kind {kind!r}"
+                seen += 1
+    assert seen >= 1  # the maze's grid-only mlp, at least
+
+
+@pytest.mark.parametrize("make,kind,default", [
+    (lambda: gym.spaces.Box(-1.0, 1.0, (4,), np.float32), "vector", "mlp"),
+    (lambda: box("grid11"), "grid", "impala_cnn"),
+    (lambda: box("atari"), "image", "nature_cnn"),
+    (lambda: token_space(), "tokens", "text"),
+    (lambda: dict_space(), "dict", "auto"),
+], ids=["vector", "grid", "image", "tokens", "dict"])
+def test_observation_kind_and_default_backbone(make, kind, default):
+    from rlbase.backbones import observation_kind
+
+    assert observation_kind(make()) == kind and default_backbone(make()) == default

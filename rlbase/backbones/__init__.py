@@ -28,7 +28,7 @@ __all__ = [
     "FiLMCNN",
     "ACTIVATIONS", "BACKBONES", "Backbone", "ImpalaCNN", "MLP", "MultiInputBackbone", "NatureCNN", "ResNet",
     "TextEncoder", "ViT", "backbone_names", "build_backbone", "check_backbone", "default_backbone",
-    "input_scale", "is_grid_space", "is_image_space", "is_token_space", "resolve_backbone_name",
+    "input_scale", "is_grid_space", "is_image_space", "is_token_space", "observation_kind", "resolve_backbone_name",
 ]
 
 
@@ -64,17 +64,28 @@ BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space],
 }
 
 
+OBSERVATION_KINDS = ("vector", "grid", "image", "tokens", "dict")
+"""What a backbone (and a preset's `observations:` block) tells observations apart by."""
+_DEFAULT_BY_KIND = {"vector": "mlp", "grid": "impala_cnn", "image": "nature_cnn", "tokens": "text", "dict": "auto"}
+
+
+def observation_kind(space: gym.spaces.Space) -> str:
+    """`image` ((C, H, W), H and W >= 36), `grid` (smaller (C, H, W)), `tokens` (token ids), `dict`,
+    or `vector` (anything else a Box holds)."""
+    if isinstance(space, gym.spaces.Dict):
+        return "dict"
+    if is_image_space(space):
+        return "image"
+    if is_grid_space(space):
+        return "grid"
+    return "tokens" if is_token_space(space) else "vector"
+
+
 def default_backbone(observation_space: gym.spaces.Space) -> str:
     """nature_cnn for images (H, W >= 36), impala_cnn for smaller (C, H, W) grids, text for token ids,
     mlp otherwise; `auto` for a Dict (each key then takes its own default, except that images next to
     token ids take film_cnn, conditioned on the text)."""
-    if isinstance(observation_space, gym.spaces.Dict):
-        return "auto"
-    if is_image_space(observation_space):
-        return "nature_cnn"
-    if is_grid_space(observation_space):
-        return "impala_cnn"
-    return "text" if is_token_space(observation_space) else "mlp"
+    return _DEFAULT_BY_KIND[observation_kind(observation_space)]
 
 
 def _check_single(name: str, observation_space: gym.spaces.Space) -> str:
