@@ -39,6 +39,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     command = next((a for a in argv if not a.startswith("-")), None)
     words = [a for a in argv if not a.startswith("-")]
     chosen_algo = words[1] if command == "train" and len(words) > 1 else None
+    chosen_sweep_algo = next((w for w in words[1:] if w in ALGORITHMS), None) if command == "sweep" else None
 
     parser = _Parser(prog="rlbase", description="Reinforcement-learning agents on PyTorch and Gymnasium.")
     parser.add_argument("--version", action="version", version=f"rlbase {__version__}")
@@ -59,7 +60,47 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        help="continue a run from its latest checkpoint (flags given here override its config)")
         p.add_argument("--print-config", action="store_true",
                        help="print the fully resolved config (presets and flags applied) as JSON and exit")
+        p.add_argument("--config", metavar="FILE", default=None,
+                       help="YAML or JSON of config values, applied over the preset (flags still win), e.g. a "
+                            "sweep's best_config.yaml")
         add_config_arguments(p, agent.Config)
+
+    sweep = commands.add_parser(
+        "sweep", help="many seeds and hyperparameter searches, each trial an rlbase run, on Ray Tune",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run trials of `rlbase train ALGO` (every train flag applies to each trial) on Ray Tune: "
+                    "rlbase sweep ALGO --env ID --seeds 0-9 [--space FILE] ... ; rlbase sweep --resume SWEEP_DIR.")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", default=None,
+                       help="resume an interrupted sweep: finished trials are kept, the others continue")
+    sweep.add_argument("--address", default=None, help="join the Ray cluster at ADDRESS (default: start Ray here)")
+    sweep_algos = sweep.add_subparsers(dest="algo", metavar="ALGO")
+    if command == "sweep":
+        from rlbase.sweep import SCHEDULERS, SEARCHES
+
+        for name in ALGORITHMS:
+            agent = get_agent(name)
+            p = sweep_algos.add_parser(name, help=agent.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                       epilog=describe_presets(name) if name == chosen_sweep_algo else None)
+            if name != chosen_sweep_algo:
+                continue
+            p.add_argument("--seeds", default="0", help="seeds of every configuration: 0-9, 0,3,7 (default: 0)")
+            p.add_argument("--space", metavar="FILE", default=None,
+                           help="search space (YAML/JSON): field: {grid|choice: [..]} or {uniform|loguniform|randint: "
+                                "[low, high]} or a value")
+            p.add_argument("--num-samples", type=int, default=1, help="configurations drawn from the space (default: 1)")
+            p.add_argument("--search", choices=SEARCHES, default="random",
+                           help="random (drawn up front) or optuna (model-based) (default: random)")
+            p.add_argument("--search-seed", type=int, default=0, help="seed of the search's own draws (default: 0)")
+            p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
+                           help="fifo (every trial runs its budget) or asha (early stopping) (default: fifo)")
+            p.add_argument("--metric", default=None,
+                           help="what to optimise (default: eval/mean_reward with --eval-freq, else rollout/ep_rew_mean)")
+            p.add_argument("--mode", choices=("max", "min"), default="max", help="(default: max)")
+            p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                           help="CPUs per trial; torch threads follow it (default: 1)")
+            p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: 0)")
+            p.add_argument("--name", default="", help="sweep directory name under --log-dir (default: env__algo__sweep__time)")
+            add_config_arguments(p, agent.Config, skip=("seed",))
 
     pre = commands.add_parser("pretrain", help="train a backbone on a supervised task (for transfer into agents)",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +113,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                            f"loads.\n\ntasks:\n{task_list}")
         pre.add_argument("task", metavar="TASK", help="one of: " + ", ".join(tasks()))
         add_config_arguments(pre, PretrainConfig, skip=("task",))
+
+    plot_parser = commands.add_parser("plot", help="learning curves of runs and sweeps, mean and 95% CI across seeds",
+                                      description="Plot logged tags of run directories, sweep directories or globs "
+                                                  "against env steps or wall-clock, grouped, with bootstrap bands.")
+    report_parser = commands.add_parser("report", help="a table of runs and sweeps: final/best return, IQM, 95% CI",
+                                        description="Aggregate runs per group (seeds pooled): mean, IQM and bootstrap "
+                                                    "confidence intervals of the final and best metric, success, steps.")
+    if command == "plot":
+        from rlbase import plot
+
+        plot.add_arguments(plot_parser)
+    if command == "report":
+        from rlbase import report
+
+        report.add_arguments(report_parser)
 
     ev = commands.add_parser("eval", help="evaluate a trained agent",
                              description="Play full episodes with a trained agent and report the returns.")
@@ -103,6 +159,8 @@ def _train(args: argparse.Namespace) -> int:
     agent = get_agent(args.algo)
     field_names = {f.name for f in dataclasses.fields(agent.Config)}
     values = {k: v for k, v in vars(args).items() if k in field_names}
+    if args.config:
+        values = {**read_values_file(args.config, agent.Config), **values}
     p = plan_resume(args.resume, args.algo, values) if args.resume else plan(args.algo, values)
     try:
         if args.print_config:
@@ -127,6 +185,79 @@ def _train(args: argparse.Namespace) -> int:
         _say(f"rlbase: best evaluation: mean return {best['mean_return']:.2f} at step {best['step']:,} "
              f"(kept in best/: rlbase eval {run_dir} --best)")
     return 0
+
+
+def read_values_file(path: str, config_cls: type) -> dict:
+    """Config values from a YAML or JSON file (a mapping of field -> value); a UsageError for an
+    unreadable file or an unknown field."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path).read())
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"--config {path}: not readable YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of config field -> value")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise UsageError(f"--config {path}: unknown field(s) {', '.join(map(str, unknown))}")
+    return {k: tuple(v) if isinstance(v, list) and k != "env_kwargs" else v for k, v in data.items()}
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rlbase.sweep import SweepSpec, load_space_file, parse_seeds, parse_space, run_sweep
+
+    if args.resume:
+        if args.algo:
+            raise UsageError("--resume SWEEP_DIR takes no ALGO or flags: the sweep's own sweep.json says what to run")
+        sweep_dir = Path(args.resume)
+        spec = SweepSpec.from_file(sweep_dir)
+        rows = run_sweep(spec, sweep_dir, address=args.address, resume=True, announce=_say)
+    else:
+        if not args.algo:
+            raise UsageError("rlbase sweep needs ALGO (e.g. rlbase sweep ppo --env CartPole-v1 --seeds 0-4) or --resume")
+        from rlbase.agents import get_agent
+        from rlbase.config import resolve_config
+        from rlbase.sweep import check_values
+
+        agent = get_agent(args.algo)
+        field_names = {f.name for f in dataclasses.fields(agent.Config)}
+        base = {k: v for k, v in vars(args).items() if k in field_names and k != "seed"}
+        if "env_id" not in base:
+            raise UsageError(f"--env is required, e.g. rlbase sweep {args.algo} --env CartPole-v1 --seeds 0-4")
+        if args.num_samples <= 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+            raise UsageError("--num-samples and --cpus-per-trial must be positive, --gpus-per-trial >= 0")
+        space = load_space_file(args.space) if args.space else {}
+        parse_space(space, agent.Config)
+        check_values(args.algo, base, parse_space(space, agent.Config))
+        if args.search == "optuna" and not space:
+            raise UsageError("--search optuna needs a --space to search")
+        cfg = resolve_config(agent.Config, args.algo, base)
+        metric = args.metric or ("eval/mean_reward" if cfg.eval_freq else "rollout/ep_rew_mean")
+        name = args.name or f"{cfg.env_id.replace('/', '-').replace(':', '-')}__{args.algo}__sweep__" \
+                            f"{time.strftime('%Y%m%d-%H%M%S')}"
+        sweep_dir = Path(cfg.log_dir) / name
+        if (sweep_dir / "sweep.json").exists():
+            raise UsageError(f"sweep directory {sweep_dir} already exists; resume it with rlbase sweep --resume {sweep_dir}")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        spec = SweepSpec(algo=args.algo, base={k: list(v) if isinstance(v, tuple) else v for k, v in base.items()},
+                         space=space, seeds=parse_seeds(args.seeds), num_samples=args.num_samples,
+                         search=args.search, search_seed=args.search_seed, scheduler=args.scheduler, metric=metric,
+                         mode=args.mode, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                         name=name)
+        from rlbase.checkpoint import atomic_write_text
+
+        atomic_write_text(sweep_dir / "sweep.json", json.dumps(dataclasses.asdict(spec), indent=1, sort_keys=True))
+        rows = run_sweep(spec, sweep_dir, address=args.address, announce=_say)
+    done = sum(row["status"] == "TERMINATED" for row in rows)
+    _say(f"rlbase: sweep done: {plural(done, 'trial')} finished of {len(rows)}; results in {sweep_dir}/results.csv"
+         + (f", best config in {sweep_dir}/best_config.yaml" if (sweep_dir / "best_config.yaml").exists() else ""))
+    return 0 if done == len(rows) else 1
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -176,7 +307,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
-        return {"train": _train, "eval": _eval, "pretrain": _pretrain}[args.command](args)
+        if args.command in ("plot", "report"):
+            from importlib import import_module
+
+            return import_module(f"rlbase.{args.command}").run(args)
+        return {"train": _train, "eval": _eval, "pretrain": _pretrain, "sweep": _sweep}[args.command](args)
     except RlbaseError as exc:
         print(f"rlbase: error: {exc}", file=sys.stderr)
         return exc.exit_code

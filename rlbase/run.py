@@ -154,6 +154,7 @@ class Run:
         self.global_step = 0
         self.last_saved_step: int | None = None
         self.last_scalars: dict[str, float] = {}  # the newest logged values (host numbers)
+        self.last_log_step: int | None = None  # the step they were logged at
         self.stop_reason: str | None = None  # set when a callback stops training early
         self._modules: dict[str, nn.Module] = {}
         self._optimizer: Any = None
@@ -292,7 +293,7 @@ class Run:
     def log(self, scalars: dict[str, float]) -> None:
         """Log the agent's values and the episode statistics at the current step."""
         values = {**scalars, **self.episode_scalars()}
-        self.last_scalars = values
+        self.last_scalars, self.last_log_step = values, self.global_step
         if self.logger is not None:
             self.logger.log(self.global_step, values)
 

@@ -1,0 +1,476 @@
+"""`rlbase sweep`: many seeds and hyperparameter searches, each trial an ordinary rlbase run, on Ray Tune.
+
+    rlbase sweep ppo --env rlbase/CartPole-v1 --seeds 0-9                  # 10 seeds of the preset
+    rlbase sweep ppo --env CartPole-v1 --space space.yaml --num-samples 8 --seeds 0-2 --scheduler asha
+
+A sweep directory (`<log_dir>/<name>/`):
+
+    sweep.json        what was asked: algo, train values, search space, seeds, search, resources
+    trials.json       one entry per trial: its values, seed, run dir, status, last and best metric
+    runs/<trial>/     each trial's run directory (TensorBoard, metrics.jsonl, checkpoints; `rlbase eval`-able)
+    results.csv/.json one row per trial, written when the sweep ends
+    best_config.yaml  the best trial's values, for `rlbase train ALGO --config best_config.yaml`
+    ray/              Ray Tune's own files (pickles: rlbase never reads them back)
+
+Trials report to Tune through a callback of the run (rlbase.callbacks), at every logged point and
+every evaluation. Grid and random search are drawn up front (random values from --search-seed), so a
+sweep interrupted by Ctrl-C or a killed driver resumes with `--resume SWEEP_DIR` from sweep.json and
+trials.json: finished trials are kept, the others continue from their own rlbase checkpoints.
+Optuna (`--search optuna`, Tune's OptunaSearch, each suggestion played on every seed) samples as it
+goes; on resume, the finished trials are told to it and the unfinished ones are sampled again.
+Ray's own restore is not used: it unpickles files from the sweep directory.
+
+Search space file (YAML or JSON), one entry per config field:
+
+    learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
+    num_steps: {choice: [16, 32, 64]}        # random search samples it; grid search takes them all
+    gae_lambda: {uniform: [0.9, 0.99]}
+    update_epochs: {randint: [2, 11]}        # integers from 2 to 10
+    ent_coef: {grid: [0.0, 0.01]}            # every value, crossed with everything else
+    clip_coef: 0.2                           # a fixed value
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rlbase.callbacks import Callback
+from rlbase.checkpoint import atomic_write_text
+from rlbase.errors import RlbaseError, UsageError
+
+SWEEP_FILE, TRIALS_FILE = "sweep.json", "trials.json"
+SEARCHES = ("random", "optuna")
+SCHEDULERS = ("fifo", "asha")
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+FINISHED = "TERMINATED"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: seeds and search spaces
+# --------------------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """`0-9`, `0,3,7` or `0-3,10` -> the seeds, in order, without repeats; a UsageError otherwise."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        low, sep, high = part.partition("-")
+        try:
+            values = range(int(low), int(high) + 1) if sep else [int(part)]
+        except ValueError:
+            raise UsageError(f"invalid --seeds {text!r}: write seeds like 0-9 or 0,3,7") from None
+        if sep and int(high) < int(low):
+            raise UsageError(f"invalid --seeds {text!r}: the range {part} is empty")
+        seeds += [s for s in values if s not in seeds]
+    if not seeds or any(s < 0 or s >= 2**32 for s in seeds):
+        raise UsageError(f"invalid --seeds {text!r}: seeds are integers from 0 to 2**32 - 1")
+    return seeds
+
+
+def load_space_file(path: str | Path) -> dict[str, Any]:
+    """The search space in a YAML or JSON file (a mapping of config field -> distribution or value)."""
+    import yaml
+
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--space {file}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"--space {file}: not readable YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--space {file}: expected a mapping of config field -> distribution")
+    return data
+
+
+def parse_space(space: dict[str, Any], config_cls: type) -> dict[str, tuple[str, list[Any]]]:
+    """`{field: (distribution, arguments)}`, checked: known fields (not `seed`: use --seeds), known
+    distributions, numeric ranges with low < high (and low > 0 for loguniform), non-empty lists.
+    A plain value is a `grid` of one value."""
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    parsed: dict[str, tuple[str, list[Any]]] = {}
+    for name, spec in space.items():
+        where = f"search space field {name!r}"
+        if name == "seed":
+            raise UsageError(f"{where}: seeds come from --seeds, not the search space")
+        if name not in fields:
+            raise UsageError(f"{where}: not a config field of {config_cls.__name__}")
+        if not isinstance(spec, dict):
+            parsed[name] = ("grid", [spec])
+            continue
+        if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise UsageError(f"{where}: write one of {', '.join(DISTRIBUTIONS)} as {{kind: [values]}}, got {spec!r}")
+        kind, args = next(iter(spec.items()))
+        if not isinstance(args, list) or not args:
+            raise UsageError(f"{where}: {kind} needs a non-empty list, got {args!r}")
+        if kind in ("uniform", "loguniform", "randint"):
+            numeric = all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args)
+            if len(args) != 2 or not numeric or not args[0] < args[1]:
+                raise UsageError(f"{where}: {kind} needs [low, high] with low < high, got {args!r}")
+            if kind == "loguniform" and args[0] <= 0:
+                raise UsageError(f"{where}: loguniform needs low > 0, got {args!r}")
+            if kind == "randint" and not all(isinstance(a, int) for a in args):
+                raise UsageError(f"{where}: randint needs integers [low, high), got {args!r}")
+        parsed[name] = (kind, list(args))
+    return parsed
+
+
+def _sample(kind: str, args: list[Any], rng: Any) -> Any:
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "uniform":
+        return float(rng.uniform(args[0], args[1]))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+    return int(rng.integers(args[0], args[1]))  # randint: [low, high)
+
+
+def draw_trials(space: dict[str, tuple[str, list[Any]]], seeds: list[int], num_samples: int,
+                search_seed: int) -> list[dict[str, Any]]:
+    """Grid and random search, drawn up front: `num_samples` draws of the random fields for every
+    combination of the grid fields, each played on every seed. `[{"values": {...}, "seed": s}]`."""
+    import numpy as np
+
+    rng = np.random.default_rng(search_seed)
+    grid = {name: args for name, (kind, args) in space.items() if kind == "grid"}
+    random_fields = {name: spec for name, spec in space.items() if spec[0] != "grid"}
+    trials = []
+    for combo in itertools.product(*grid.values()) if grid else [()]:
+        fixed = dict(zip(grid, combo))
+        for _ in range(num_samples if random_fields else 1):
+            values = {**fixed, **{name: _sample(kind, args, rng) for name, (kind, args) in random_fields.items()}}
+            trials += [{"values": values, "seed": seed} for seed in seeds]
+    return trials
+
+
+def check_values(algo: str, base: dict[str, Any], space: dict[str, tuple[str, list[Any]]]) -> None:
+    """Validate the base values and every value the space can produce at its ends (choices, grid
+    values, range bounds) before any trial starts: a UsageError naming the field."""
+    from rlbase.agents import get_agent
+    from rlbase.config import resolve_config
+
+    agent = get_agent(algo)
+    agent.validate(resolve_config(agent.Config, algo, base))
+    for name, (kind, args) in space.items():
+        for value in (args if kind in ("grid", "choice") else [args[0], args[1] - (kind == "randint")]):
+            try:
+                agent.validate(resolve_config(agent.Config, algo, {**base, name: value}))
+            except UsageError as exc:
+                raise UsageError(f"search space field {name!r} value {value!r}: {exc}") from None
+            except TypeError:
+                raise UsageError(f"search space field {name!r}: value {value!r} has the wrong type") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The trial: one ordinary rlbase run, reporting to Tune
+# --------------------------------------------------------------------------------------------
+class _TuneReport(Callback):
+    """Run callback: every logged point and every evaluation goes to Tune (`global_step` with it)."""
+
+    def __init__(self, report: Callable[[dict[str, Any]], None]):
+        self.report = report
+        self.reported_step: int | None = None
+
+    def on_step(self, run: Any) -> None:
+        if run.last_log_step == run.global_step and self.reported_step != run.global_step:
+            self.reported_step = run.global_step
+            self.report({"global_step": run.global_step, **run.last_scalars})
+
+    def on_eval(self, run: Any, report: dict[str, Any]) -> None:
+        self.report({"global_step": run.global_step, **run.last_scalars, "eval/mean_reward": report["mean_return"],
+                     **{f"eval/{k}": v for k, v in report["outcomes"].items()}})
+
+
+def run_trial(spec: dict[str, Any]) -> None:
+    """Tune's function trainable: train (or resume) the trial's rlbase run, reporting as it goes."""
+    from ray import tune
+
+    from rlbase.lifecycle import execute, plan, plan_resume
+
+    trial = dict(spec["trial"]) if "trial" in spec else {}
+    if "__trial_index__" in spec:  # optuna + Repeater: the seed of this repeat
+        trial = {"values": {k: v for k, v in spec.items() if not k.startswith("__")},
+                 "seed": spec["__seeds"][spec["__trial_index__"]]}
+    run_dir = Path(trial.get("run_dir") or Path(spec["__sweep_dir"]) / "runs" / tune.get_context().get_trial_id())
+    values = {**spec["__base"], **trial["values"], "seed": trial["seed"], "torch_threads": spec["__threads"]}
+    algo = spec["__algo"]
+    resuming = (run_dir / "checkpoints" / "latest.json").is_file()
+    p = plan_resume(run_dir, algo, {"total_timesteps": values["total_timesteps"]} if "total_timesteps" in values
+                    else {}) if resuming else plan(algo, values)
+    callback = _TuneReport(tune.report)
+    try:
+        metrics = execute(p, run_dir=run_dir, callbacks=[callback], progress=False)
+    finally:
+        p.close()
+    final = {"global_step": metrics["global_step"], "done": True, "run_dir": str(run_dir)}
+    if metrics.get("ep_rew_mean") is not None:
+        final["rollout/ep_rew_mean"] = metrics["ep_rew_mean"]
+    for row in metrics.get("evaluations") or []:
+        if row["step"] == metrics["global_step"]:
+            final["eval/mean_reward"] = row["mean_return"]
+    tune.report(final)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SweepSpec:
+    """What sweep.json holds."""
+
+    algo: str
+    base: dict[str, Any]
+    """`rlbase train` values applied to every trial (env, steps, ...)."""
+    space: dict[str, Any]
+    seeds: list[int]
+    num_samples: int = 1
+    search: str = "random"
+    search_seed: int = 0
+    scheduler: str = "fifo"
+    metric: str = "rollout/ep_rew_mean"
+    mode: str = "max"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    name: str = ""
+
+    @classmethod
+    def from_file(cls, sweep_dir: Path) -> SweepSpec:
+        file = sweep_dir / SWEEP_FILE
+        try:
+            data = json.loads(file.read_text())
+            spec = cls(**data)
+        except FileNotFoundError:
+            raise UsageError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})") from None
+        except (OSError, ValueError, TypeError, UnicodeDecodeError):
+            raise RlbaseError(f"{file} is corrupt") from None
+        if spec.search not in SEARCHES or spec.scheduler not in SCHEDULERS or spec.mode not in ("max", "min") \
+                or not isinstance(spec.base, dict) or not isinstance(spec.space, dict) \
+                or not all(isinstance(s, int) for s in spec.seeds):
+            raise RlbaseError(f"{file} is corrupt")
+        return spec
+
+
+class _TrialTable:
+    """trials.json, kept up to date by the driver from Tune's trial events (atomic writes)."""
+
+    def __init__(self, sweep_dir: Path, entries: dict[str, dict[str, Any]], metric: str, mode: str):
+        self.file = sweep_dir / TRIALS_FILE
+        self.entries, self.metric, self.mode = entries, metric, mode
+
+    @classmethod
+    def load(cls, sweep_dir: Path, metric: str, mode: str) -> _TrialTable:
+        file = sweep_dir / TRIALS_FILE
+        try:
+            entries = json.loads(file.read_text())
+        except FileNotFoundError:
+            entries = {}
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise RlbaseError(f"{file} is corrupt") from None
+        if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+            raise RlbaseError(f"{file} is corrupt")
+        return cls(sweep_dir, entries, metric, mode)
+
+    def write(self) -> None:
+        atomic_write_text(self.file, json.dumps(self.entries, indent=1, sort_keys=True))
+
+    def key_of(self, trial: Any) -> str:
+        spec = trial.config
+        return Path(spec["trial"]["run_dir"]).name if "trial" in spec else trial.trial_id
+
+    def update(self, trial: Any, status: str, result: dict[str, Any] | None = None) -> None:
+        key = self.key_of(trial)
+        entry = self.entries.setdefault(key, {})
+        spec = trial.config
+        if "trial" in spec:
+            entry.update(values=spec["trial"]["values"], seed=spec["trial"]["seed"], run_dir=spec["trial"]["run_dir"])
+        else:
+            entry.update(values={k: v for k, v in spec.items() if not k.startswith("__")},
+                         seed=spec["__seeds"][spec["__trial_index__"]],
+                         run_dir=str(Path(spec["__sweep_dir"]) / "runs" / trial.trial_id))
+        entry["status"] = status
+        entry.setdefault("started", time.time())
+        if result:
+            entry["steps"] = result.get("global_step", entry.get("steps"))
+            value = result.get(self.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                entry["last"] = value
+                best = entry.get("best")
+                better = best is None or (value > best if self.mode == "max" else value < best)
+                entry["best"] = value if better else best
+            entry["seconds"] = round(time.time() - entry["started"], 1)
+        self.write()
+
+
+def _tune_callback(table: _TrialTable) -> Any:
+    from ray.tune import Callback
+
+    class TrialEvents(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            table.update(trial, "RUNNING")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            table.update(trial, "RUNNING", result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            table.update(trial, FINISHED, trial.last_result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            table.update(trial, "ERROR", trial.last_result)
+
+    return TrialEvents()
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address`, or start Ray in this process (quiet, no dashboard)."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("rlbase sweep needs Ray Tune: pip install 'rlbase[sweep]'") from None
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rlbase runs log for themselves
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RlbaseError(f"cannot start Ray{f' at {address}' if address else ''}: {str(exc).splitlines()[0]}") from None
+
+
+def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, resume: bool = False,
+              announce: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the sweep; returns the rows of results.json."""
+    parsed = parse_space(spec.space, _config_cls(spec.algo))
+    table = _TrialTable.load(sweep_dir, spec.metric, spec.mode) if resume else \
+        _TrialTable(sweep_dir, {}, spec.metric, spec.mode)
+    threads = max(1, int(spec.cpus_per_trial))
+    common = {"__algo": spec.algo, "__base": spec.base, "__sweep_dir": str(sweep_dir.resolve()), "__threads": threads}
+    start_ray(address)
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback  # Tune's result.json only: the runs log for themselves
+
+    searcher, param_space, num_samples = None, dict(common), 1
+    if spec.search == "random":
+        trials = draw_trials(parsed, spec.seeds, spec.num_samples, spec.search_seed)
+        for index, trial in enumerate(trials):
+            trial["run_dir"] = str((sweep_dir / "runs" / f"t{index:04d}").resolve())
+        todo = [t for t in trials if table.entries.get(Path(t["run_dir"]).name, {}).get("status") != FINISHED]
+        if not todo:
+            return write_results(sweep_dir, spec, table)
+        param_space["trial"] = tune.grid_search(todo)
+    else:
+        searcher, num_samples = _optuna(spec, parsed, table)
+        param_space.update(__seeds=spec.seeds)
+        if num_samples <= 0:
+            return write_results(sweep_dir, spec, table)
+    scheduler = None
+    if spec.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        total = int(spec.base.get("total_timesteps") or 0) or None
+        scheduler = ASHAScheduler(time_attr="global_step", max_t=total or 10**12,
+                                  grace_period=max(1, (total or 8) // 8), reduction_factor=2)
+    if announce is not None:
+        announce(f"rlbase: sweep {spec.algo} on {spec.base.get('env_id')}: "
+                 f"{len(param_space['trial']['grid_search']) if 'trial' in param_space else num_samples} trials "
+                 f"({spec.search} search, {spec.scheduler}), {spec.cpus_per_trial:g} CPU"
+                 f"{f', {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''} per trial; sweep dir {sweep_dir}")
+    resources = {"cpu": spec.cpus_per_trial, **({"gpu": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources), param_space=param_space,
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples, trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=tune.RunConfig(name="ray", storage_path=str(sweep_dir.resolve()), verbose=0,
+                                  callbacks=[_tune_callback(table), JsonLoggerCallback()]))
+    tuner.fit()
+    return write_results(sweep_dir, spec, table)
+
+
+def _config_cls(algo: str) -> type:
+    from rlbase.agents import get_agent
+
+    return get_agent(algo).Config
+
+
+def _optuna(spec: SweepSpec, parsed: dict[str, tuple[str, list[Any]]], table: _TrialTable) -> tuple[Any, int]:
+    """Tune's OptunaSearch over the space, each suggestion repeated on every seed; on resume the
+    finished trials are told to it. Returns (searcher, Tune trials still to run)."""
+    from ray import tune
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {}
+    for name, (kind, args) in parsed.items():
+        if kind in ("grid", "choice"):
+            space[name] = tune.choice(args)
+        elif kind == "uniform":
+            space[name] = tune.uniform(*args)
+        elif kind == "loguniform":
+            space[name] = tune.loguniform(*args)
+        else:
+            space[name] = tune.randint(*args)
+    finished = [e for e in table.entries.values() if e.get("status") == FINISHED and e.get("last") is not None]
+    points = [e["values"] for e in finished]
+    searcher = OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, seed=spec.search_seed,
+                            points_to_evaluate=points or None, evaluated_rewards=[e["last"] for e in finished] or None)
+    total = spec.num_samples * len(spec.seeds)
+    return Repeater(searcher, repeat=len(spec.seeds)), total - len(finished)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+def write_results(sweep_dir: Path, spec: SweepSpec, table: _TrialTable) -> list[dict[str, Any]]:
+    """results.json and results.csv (one row per trial) and best_config.yaml; returns the rows."""
+    import yaml
+
+    rows = []
+    for key, entry in sorted(table.entries.items()):
+        rows.append({"trial": key, "status": entry.get("status"), "seed": entry.get("seed"),
+                     "values": entry.get("values", {}), f"final {spec.metric}": entry.get("last"),
+                     f"best {spec.metric}": entry.get("best"), "steps": entry.get("steps"),
+                     "seconds": entry.get("seconds"), "run_dir": entry.get("run_dir")})
+    atomic_write_text(sweep_dir / "results.json", json.dumps({"metric": spec.metric, "mode": spec.mode,
+                                                              "trials": rows}, indent=1))
+    fields = sorted({name for row in rows for name in row["values"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    header = ["trial", "status", "seed", *fields, f"final {spec.metric}", f"best {spec.metric}", "steps", "seconds",
+              "run_dir"]
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row["trial"], row["status"], row["seed"], *(row["values"].get(f) for f in fields),
+                         row[f"final {spec.metric}"], row[f"best {spec.metric}"], row["steps"], row["seconds"],
+                         row["run_dir"]])
+    atomic_write_text(sweep_dir / "results.csv", out.getvalue())
+    best = best_values(rows, spec)
+    if best is not None:
+        header = (f"# Best of sweep {sweep_dir.name}: {spec.algo} on {spec.base.get('env_id')}, mean final "
+                  f"{spec.metric} {best[1]:.4g} over seeds {best[2]}.\n# rlbase train {spec.algo} --config "
+                  f"{sweep_dir / 'best_config.yaml'}\n")
+        values = {k: v for k, v in spec.base.items() if k not in ("seed", "run_name", "log_dir")}
+        values.update(best[0])
+        atomic_write_text(sweep_dir / "best_config.yaml", header + yaml.safe_dump(values, sort_keys=True))
+    return rows
+
+
+def best_values(rows: list[dict[str, Any]], spec: SweepSpec) -> tuple[dict[str, Any], float, list[int]] | None:
+    """(values, mean final metric over its seeds, seeds) of the best finished configuration."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == FINISHED and row[f"final {spec.metric}"] is not None:
+            groups.setdefault(json.dumps(row["values"], sort_keys=True), []).append(row)
+    if not groups:
+        return None
+    scored = [(sum(r[f"final {spec.metric}"] for r in g) / len(g), key, g) for key, g in groups.items()]
+    mean, key, group = (max if spec.mode == "max" else min)(scored, key=lambda item: item[0])
+    return json.loads(key), mean, sorted(r["seed"] for r in group)
