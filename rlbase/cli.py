@@ -100,6 +100,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                            help="CPUs per trial; torch threads follow it (default: 1)")
             p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: 0)")
             p.add_argument("--name", default="", help="sweep directory name under --log-dir (default: env__algo__sweep__time)")
+            p.add_argument("--address", default=argparse.SUPPRESS,
+                           help="join the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379 (default: start Ray here)")
             add_config_arguments(p, agent.Config, skip=("seed",))
 
     pre = commands.add_parser("pretrain", help="train a backbone on a supervised task (for transfer into agents)",
@@ -232,6 +234,7 @@ def _sweep(args: argparse.Namespace) -> int:
             raise UsageError(f"--env is required, e.g. rlbase sweep {args.algo} --env CartPole-v1 --seeds 0-4")
         if args.num_samples <= 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
             raise UsageError("--num-samples and --cpus-per-trial must be positive, --gpus-per-trial >= 0")
+        seeds = parse_seeds(args.seeds)
         space = load_space_file(args.space) if args.space else {}
         parse_space(space, agent.Config)
         check_values(args.algo, base, parse_space(space, agent.Config))
@@ -246,7 +249,7 @@ def _sweep(args: argparse.Namespace) -> int:
             raise UsageError(f"sweep directory {sweep_dir} already exists; resume it with rlbase sweep --resume {sweep_dir}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         spec = SweepSpec(algo=args.algo, base={k: list(v) if isinstance(v, tuple) else v for k, v in base.items()},
-                         space=space, seeds=parse_seeds(args.seeds), num_samples=args.num_samples,
+                         space=space, seeds=seeds, num_samples=args.num_samples,
                          search=args.search, search_seed=args.search_seed, scheduler=args.scheduler, metric=metric,
                          mode=args.mode, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                          name=name)

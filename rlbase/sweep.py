@@ -202,6 +202,10 @@ def run_trial(spec: dict[str, Any]) -> None:
     values = {**spec["__base"], **trial["values"], "seed": trial["seed"], "torch_threads": spec["__threads"]}
     algo = spec["__algo"]
     resuming = (run_dir / "checkpoints" / "latest.json").is_file()
+    if not resuming and run_dir.exists():  # an attempt killed before its first checkpoint: start it over
+        import shutil
+
+        shutil.rmtree(run_dir)
     p = plan_resume(run_dir, algo, {"total_timesteps": values["total_timesteps"]} if "total_timesteps" in values
                     else {}) if resuming else plan(algo, values)
     callback = _TuneReport(tune.report)

@@ -1,0 +1,255 @@
+"""`rlbase sweep`: search-space parsing and its one-line errors, and real sweeps on a local Ray (the
+console script, as a user runs it): the results table, trial run dirs, best_config.yaml through
+`rlbase train --config`, Optuna + ASHA, resume after the driver is killed, and a Ray cluster joined
+with --address."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlbase.agents.ppo import PPOConfig
+from rlbase.errors import UsageError
+from rlbase.sweep import draw_trials, parse_seeds, parse_space
+from tests.test_cli import assert_ok, assert_one_line_error, rlbase_command, run_cli
+
+TINY = ["--env", "rlbase/CartPole-v1", "--num-envs", "16", "--num-steps", "16", "--update-epochs", "1",
+        "--num-minibatches", "1", "--log-interval", "1024"]
+
+
+# ---------------------------------------------------------------- inputs
+@pytest.mark.parametrize("text,seeds", [("0-3", [0, 1, 2, 3]), ("5", [5]), ("0,3,7", [0, 3, 7]),
+                                        ("0-2,10,1", [0, 1, 2, 10])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "-1", "0-x", str(2**32)])
+def test_parse_seeds_refuses(text):
+    with pytest.raises(UsageError, match="--seeds"):
+        parse_seeds(text)
+
+
+@pytest.mark.parametrize("space,message", [
+    ({"learning_rat": {"uniform": [0.1, 0.2]}}, "not a config field"),
+    ({"seed": {"grid": [1, 2]}}, "--seeds"),
+    ({"learning_rate": {"normal": [0, 1]}}, "one of grid, choice"),
+    ({"learning_rate": {"uniform": [0.2, 0.1]}}, "low < high"),
+    ({"learning_rate": {"loguniform": [0.0, 0.1]}}, "low > 0"),
+    ({"num_steps": {"randint": [2.5, 9]}}, "integers"),
+    ({"num_steps": {"choice": []}}, "non-empty list"),
+])
+def test_parse_space_refuses(space, message):
+    with pytest.raises(UsageError, match=message):
+        parse_space(space, PPOConfig)
+
+
+def test_draw_trials_crosses_grid_samples_and_seeds():
+    space = parse_space({"ent_coef": {"grid": [0.0, 0.01]}, "learning_rate": {"loguniform": [1e-4, 1e-2]},
+                         "num_steps": {"randint": [8, 17]}, "clip_coef": 0.3}, PPOConfig)
+    trials = draw_trials(space, [0, 1], num_samples=3, search_seed=5)
+    assert len(trials) == 2 * 3 * 1 * 2  # ent_coef grid x samples x clip_coef (fixed) x seeds
+    assert [t["seed"] for t in trials[:2]] == [0, 1] and trials[0]["values"] == trials[1]["values"]
+    assert {t["values"]["ent_coef"] for t in trials} == {0.0, 0.01}
+    assert all(1e-4 <= t["values"]["learning_rate"] <= 1e-2 and 8 <= t["values"]["num_steps"] <= 16
+               and t["values"]["clip_coef"] == 0.3 for t in trials)
+    assert len({t["values"]["learning_rate"] for t in trials}) == 6  # a fresh draw per sample
+    assert trials == draw_trials(space, [0, 1], num_samples=3, search_seed=5)  # reproducible
+    assert trials != draw_trials(space, [0, 1], num_samples=3, search_seed=6)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--space", "{space}"), "learning_rat"),
+    (("--search", "optuna"), "needs a --space"),
+    (("--seeds", "3-1"), "--seeds"),
+    (("--learning-rate", "-1"), "--learning-rate"),
+])
+def test_bad_sweeps_are_one_line_errors(tmp_path, args, fragment):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rat: {uniform: [0.1, 0.2]}\n")
+    args = [a.replace("{space}", str(space)) for a in args]
+    proc = run_cli("sweep", "ppo", *TINY, "--log-dir", tmp_path / "sweeps", *args, cwd=tmp_path)
+    assert fragment in assert_one_line_error(proc, 2)
+    assert not (tmp_path / "sweeps").exists() or not any((tmp_path / "sweeps").iterdir())
+
+
+def test_ray_unavailable_is_one_line(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake), OMP_NUM_THREADS="1")
+    proc = subprocess.run([*rlbase_command(), "sweep", "ppo", *TINY, "--log-dir", str(tmp_path / "s")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert "pip install 'rlbase[sweep]'" in assert_one_line_error(proc, 2)
+
+
+# ---------------------------------------------------------------- real sweeps
+def trials(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "trials.json").read_text())
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory) -> Path:
+    """4 trials: 2 learning rates x 2 seeds, 2048 steps each."""
+    root = tmp_path_factory.mktemp("sweeps")
+    (root / "space.yaml").write_text("learning_rate: {grid: [0.001, 0.003]}\n")
+    proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
+                   "--log-dir", root / "sweeps", "--name", "grid", cwd=root, timeout=600)
+    assert_ok(proc)
+    assert "4 trials finished of 4" in proc.stderr
+    return root / "sweeps" / "grid"
+
+
+def test_sweep_writes_results_and_ordinary_run_dirs(grid_sweep, tmp_path):
+    rows = list(csv.DictReader((grid_sweep / "results.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
+    assert sorted((float(r["learning_rate"]), int(r["seed"])) for r in rows) == [
+        (0.001, 0), (0.001, 1), (0.003, 0), (0.003, 1)]
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+        assert config["learning_rate"] == float(row["learning_rate"]) and config["seed"] == int(row["seed"])
+        assert config["torch_threads"] == 1  # one thread per trial (--cpus-per-trial 1)
+        assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "checkpoints" / "latest.json").is_file()
+        # What the trial reported through its run callback is what the run logged.
+        logged = [r["rollout/ep_rew_mean"] for r in metrics(run_dir) if "rollout/ep_rew_mean" in r]
+        assert float(row["final rollout/ep_rew_mean"]) == pytest.approx(logged[-1])
+        assert float(row["best rollout/ep_rew_mean"]) == pytest.approx(max(logged))
+        assert int(row["steps"]) == 2048
+    results = json.loads((grid_sweep / "results.json").read_text())
+    assert results["metric"] == "rollout/ep_rew_mean" and len(results["trials"]) == 4
+    # A trial is an ordinary run: `rlbase eval` plays it.
+    proc = run_cli("eval", rows[0]["run_dir"], "--episodes", "2", "--json", cwd=tmp_path)
+    assert_ok(proc)
+    assert json.loads(proc.stdout)["global_step"] == 2048
+
+
+def test_best_config_is_a_config_file_for_train(grid_sweep, tmp_path):
+    rows = list(csv.DictReader((grid_sweep / "results.csv").open()))
+    means = {}
+    for row in rows:
+        means.setdefault(float(row["learning_rate"]), []).append(float(row["final rollout/ep_rew_mean"]))
+    best_lr = max(means, key=lambda lr: sum(means[lr]) / 2)
+    proc = run_cli("train", "ppo", "--config", grid_sweep / "best_config.yaml", "--print-config", cwd=tmp_path)
+    assert_ok(proc)
+    config = json.loads(proc.stdout)["config"]
+    assert config["learning_rate"] == best_lr and config["total_timesteps"] == 2048 and config["num_envs"] == 16
+    # Flags still win over the file.
+    proc = run_cli("train", "ppo", "--config", grid_sweep / "best_config.yaml", "--num-envs", "8", "--print-config",
+                   cwd=tmp_path)
+    assert json.loads(proc.stdout)["config"]["num_envs"] == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 0.1\n")
+    assert "learning_rat" in assert_one_line_error(run_cli("train", "ppo", "--env", "CartPole-v1", "--config", bad,
+                                                           cwd=tmp_path), 2)
+
+
+def test_report_and_plot_read_the_sweep(grid_sweep, tmp_path):
+    proc = run_cli("report", grid_sweep, "--json", cwd=tmp_path)
+    assert_ok(proc)
+    groups = json.loads(proc.stdout)["groups"]
+    assert sorted(g["n_runs"] for g in groups) == [2, 2] and len(groups) == 2  # one group per learning rate
+    out = tmp_path / "curves.png"
+    assert_ok(run_cli("plot", grid_sweep, "--out", out, cwd=tmp_path))
+    assert out.stat().st_size > 1000
+
+
+def test_optuna_with_asha(tmp_path):
+    (tmp_path / "space.yaml").write_text("learning_rate: {loguniform: [0.0003, 0.01]}\nnum_steps: {choice: [8, 16]}\n")
+    proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
+                   "--search", "optuna", "--num-samples", "2", "--scheduler", "asha", "--log-dir", tmp_path,
+                   "--name", "opt", cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    table = trials(tmp_path / "opt")
+    assert len(table) == 4
+    assert sorted(entry["seed"] for entry in table.values()) == [0, 0, 1, 1]  # every suggestion on every seed
+    for entry in table.values():
+        assert 0.0003 <= entry["values"]["learning_rate"] <= 0.01 and entry["values"]["num_steps"] in (8, 16)
+        assert entry["status"] == "TERMINATED" and entry["steps"] >= 1024  # ASHA may stop one at its first rung
+    suggestions = {json.dumps(e["values"], sort_keys=True) for e in table.values()}
+    assert len(suggestions) == 2
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    """kill -9 of the driver once two trials finished and the others have a checkpoint; --resume keeps
+    the finished ones (untouched) and continues the others from their own checkpoints."""
+    cmd = [*rlbase_command(), "sweep", "ppo", *TINY, "--total-timesteps", "24576", "--checkpoint-interval", "4096",
+           "--seeds", "0-3", "--log-dir", str(tmp_path), "--name", "k"]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_dir = tmp_path / "k"
+    killed_at = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+            try:
+                table = trials(sweep_dir)
+            except (OSError, ValueError):
+                continue
+            done = [k for k, e in table.items() if e.get("status") == "TERMINATED"]
+            running = [k for k, e in table.items() if e.get("status") == "RUNNING"
+                       and (sweep_dir / "runs" / k / "checkpoints" / "latest.json").is_file()]
+            if done and running:
+                killed_at = {"done": done, "running": running}
+                os.killpg(driver.pid, signal.SIGKILL)
+                break
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    if killed_at is None:
+        pytest.skip("the sweep finished before the driver could be killed mid-way (machine too fast or too slow)")
+    time.sleep(2)  # Ray's own processes notice their driver is gone
+    finished_files = {k: (sweep_dir / "runs" / k / "metrics.jsonl").stat().st_mtime for k in killed_at["done"]}
+    resumed_from = {k: json.loads((sweep_dir / "runs" / k / "checkpoints" / "latest.json").read_text())["path"]
+                    for k in killed_at["running"]}
+    proc = run_cli("sweep", "--resume", sweep_dir, cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    table = trials(sweep_dir)
+    assert {e["status"] for e in table.values()} == {"TERMINATED"} and len(table) == 4
+    for key, mtime in finished_files.items():  # not redone
+        assert (sweep_dir / "runs" / key / "metrics.jsonl").stat().st_mtime == mtime
+    for key, checkpoint in resumed_from.items():  # continued from its checkpoint, to the end
+        step = int(checkpoint[len("step_"):])
+        records = metrics(sweep_dir / "runs" / key)
+        assert records[-1]["global_step"] == 24576 and table[key]["steps"] == 24576
+        assert any(r["global_step"] > step for r in records)
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    assert len(rows) == 4
+
+
+@pytest.mark.skipif(shutil.which("ray") is None and not (Path(sys.executable).parent / "ray").exists(),
+                    reason="the ray command is not installed")
+def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
+    ray_exe = str(Path(sys.executable).parent / "ray") if (Path(sys.executable).parent / "ray").exists() else "ray"
+    port = 6390 + os.getpid() % 500
+    # A throwaway cluster on this machine only: no token to hand around (`ray start` would write one to
+    # ~/.ray, shared with any other cluster of this user).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    started = subprocess.run([ray_exe, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=180, env=env)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "1024", "--seeds", "0-1", "--address",
+                       f"127.0.0.1:{port}", "--log-dir", tmp_path, "--name", "cluster", cwd=tmp_path, timeout=600)
+        assert_ok(proc)
+        table = trials(tmp_path / "cluster")
+        assert len(table) == 2 and {e["status"] for e in table.values()} == {"TERMINATED"}
+    finally:
+        subprocess.run([ray_exe, "stop", "--force"], capture_output=True, timeout=120, env=env)
