@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples per interval")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="also report how many runs reached the metric >= THRESHOLD, and the median steps and "
+                             "wall-clock to the first logged point that did (e.g. 475 for CartPole)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if not runs:
         raise UsageError("no rlbase runs found in " + " ".join(map(str, args.paths)))
     metric = args.metric if args.metric is not None else default_metric(runs)
-    groups = summarize_groups(runs, metric, group_by, args.confidence, args.resamples, args.bootstrap_seed)
+    groups = summarize_groups(runs, metric, group_by, args.confidence, args.resamples, args.bootstrap_seed,
+                              threshold=args.threshold)
     if args.json:
         print(json.dumps({"metric": metric, "confidence": args.confidence, "groups": groups},
                          allow_nan=False))
@@ -74,14 +78,18 @@ def _parse_group_by(text: str | None) -> list[str] | None:
 
 
 def summarize_groups(runs: list[RunRecord], metric: str, group_by: list[str] | None = None,
-                     confidence: float = 0.95, resamples: int = 10000, seed: int = 0) -> list[dict[str, Any]]:
+                     confidence: float = 0.95, resamples: int = 10000, seed: int = 0,
+                     threshold: float | None = None) -> list[dict[str, Any]]:
     """One summary dict per group of `runs` (grouped as `rlbase.runs.group_runs(runs, group_by)`),
     in group order. Numbers that cannot be computed (no run logged the metric) are None.
 
     Keys: label, key ({field: value}), n_runs, seeds, runs (paths), missing (paths of runs without
     a value of `metric`), final and best ({values, mean, iqm, mean_ci, iqm_ci}), success (mean of
     each run's last `eval/success`, None when no run logged it) with n_success, steps ({mean, min}
-    of each run's last global_step), wall_clock ({mean} seconds from first to last record)."""
+    of each run's last global_step), wall_clock ({mean} seconds from first to last record); with
+    `threshold`: reached ({runs, fraction, final_fraction, median_steps, median_seconds}: runs whose
+    metric ever reached it, those still at or above it at the end, and the median steps and seconds
+    to the first point that reached it, over the runs that did)."""
     if not runs:
         raise UsageError("no rlbase runs to report on")
     if not 0 < confidence < 1:
@@ -94,8 +102,29 @@ def summarize_groups(runs: list[RunRecord], metric: str, group_by: list[str] | N
         raise UsageError(f"no run logged the metric {metric!r}; available tags: {available}")
     groups = group_runs(runs, group_by)
     labels = _labels(groups)
-    return [_summarize(key, labels[key], members, metric, confidence, resamples, seed)
-            for key, members in groups.items()]
+    summaries = [_summarize(key, labels[key], members, metric, confidence, resamples, seed)
+                 for key, members in groups.items()]
+    if threshold is not None:
+        for summary, members in zip(summaries, groups.values()):
+            summary["reached"] = _reached(members, metric, threshold)
+    return summaries
+
+
+def _reached(members: list[RunRecord], metric: str, threshold: float) -> dict[str, Any]:
+    firsts = []
+    at_end = 0
+    for run in members:
+        curve = run.curve(metric)
+        first = next(((step, seconds) for step, seconds, value in curve if value >= threshold), None)
+        if first is not None:
+            firsts.append(first)
+        at_end += bool(curve) and curve[-1][2] >= threshold
+    steps = sorted(step for step, _ in firsts)
+    seconds = sorted(sec for _, sec in firsts if math.isfinite(sec))
+    return {"threshold": threshold, "runs": len(firsts), "fraction": len(firsts) / len(members),
+            "final_fraction": at_end / len(members),
+            "median_steps": float(np.median(steps)) if steps else None,
+            "median_seconds": float(np.median(seconds)) if seconds else None}
 
 
 def _labels(groups: dict[tuple[str, ...], list[RunRecord]]) -> dict[tuple[str, ...], str]:
@@ -200,6 +229,11 @@ def format_table(groups: list[dict[str, Any]], metric: str, confidence: float = 
               "success", "steps", "wall-clock"]
     lines = [f"metric: {metric}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    if any("reached" in group for group in groups):
+        threshold = next(group["reached"]["threshold"] for group in groups if "reached" in group)
+        header += [f"reached >= {threshold:g}", "still at end", "median steps to it", "median time to it"]
+        lines[2] = "| " + " | ".join(header) + " |"
+        lines[3] = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
     for group in groups:
         runs = str(group["n_runs"]) + (f" ({len(group['missing'])} missing)" if group["missing"] else "")
         success = "-" if group["success"] is None else f"{group['success'] * 100:.0f}%"
@@ -207,6 +241,11 @@ def format_table(groups: list[dict[str, Any]], metric: str, confidence: float = 
                _number(group["final"]["mean"]), _with_ci(group["final"]["iqm"], group["final"]["iqm_ci"]),
                _number(group["best"]["mean"]), _with_ci(group["best"]["iqm"], group["best"]["iqm_ci"]),
                success, _steps(group["steps"]["mean"]), _duration(group["wall_clock"]["mean"])]
+        if "reached" in group:
+            reached = group["reached"]
+            row += [f"{reached['runs']}/{group['n_runs']}",
+                    f"{round(reached['final_fraction'] * group['n_runs'])}/{group['n_runs']}",
+                    _steps(reached["median_steps"]), _duration(reached["median_seconds"])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

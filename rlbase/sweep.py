@@ -392,7 +392,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, r
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources), param_space=param_space,
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=num_samples, trial_dirname_creator=lambda trial: trial.trial_id),
+                                    num_samples=num_samples, trial_dirname_creator=lambda trial: trial.trial_id,
+                                    reuse_actors=True),  # a new actor per trial would import torch again
         run_config=tune.RunConfig(name="ray", storage_path=str(sweep_dir.resolve()), verbose=0,
                                   callbacks=[_tune_callback(table), JsonLoggerCallback()]))
     tuner.fit()

@@ -249,3 +249,24 @@ def test_iqm_is_scipy_trim_mean():
     values = np.random.default_rng(1).normal(size=(3, 10))
     assert np.allclose(iqm(values), stats.trim_mean(values, 0.25, axis=-1))
     assert iqm(np.array([1.0, 2.0, 3.0, 4.0, 100.0, 5.0, 6.0, 7.0])) == pytest.approx(4.5)
+
+
+def test_threshold_counts_runs_and_the_steps_to_reach_it(tmp_path, capsys):
+    """Runs reaching the metric >= threshold, still at or above it at the end, and the median steps and
+    seconds to the first point that reached it, against the numbers written here."""
+    curves = {0: [(100, 0.0, 1.0), (200, 1.0, 5.0), (300, 2.0, 6.0)],   # reaches 5 at step 200, stays
+              1: [(100, 0.0, 5.5), (200, 3.0, 2.0), (300, 6.0, 1.0)],   # reaches at 100, falls back below
+              2: [(100, 0.0, 1.0), (200, 1.0, 2.0), (300, 2.0, 3.0)]}   # never
+    for seed, curve in curves.items():
+        write_run(tmp_path / f"r{seed}", seed, 0.001,
+                  [{"global_step": step, "time": 1000.0 + sec, "rollout/ep_rew_mean": value} for step, sec, value in curve])
+    from rlbase.runs import find_runs
+
+    runs = find_runs([tmp_path])
+    (group,) = summarize_groups(runs, "rollout/ep_rew_mean", threshold=5.0)
+    assert group["reached"] == {"threshold": 5.0, "runs": 2, "fraction": 2 / 3, "final_fraction": 1 / 3,
+                                "median_steps": 150.0, "median_seconds": 0.5}
+    assert "reached" not in summarize_groups(runs, "rollout/ep_rew_mean")[0]
+    assert run(report_args(str(tmp_path), "--threshold", "5")) == 0
+    table = capsys.readouterr().out
+    assert "reached >= 5" in table and "| 2/3 | 1/3 |" in table
