@@ -147,6 +147,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--num-envs", type=int, default=None, help="parallel envs (default: min(episodes, 8))")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ev.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of each episode into DIR")
+    ev.add_argument("--env-kwargs", metavar="KEY=VALUE,...", default=None,
+                    help="override env keyword arguments of the run for evaluation (e.g. eval_targets=held_out)")
     return parser
 
 
@@ -273,9 +275,17 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid --epsilon: must be in [0, 1], got {args.epsilon}")
     if args.num_envs is not None and args.num_envs <= 0:
         raise UsageError(f"invalid --num-envs: must be positive, got {args.num_envs}")
+    env_kwargs = None
+    if args.env_kwargs:
+        from rlbase.config import parse_kwargs
+
+        try:
+            env_kwargs = parse_kwargs(args.env_kwargs)
+        except ValueError:
+            raise UsageError(f"--env-kwargs expects KEY=VALUE pairs separated by commas, got {args.env_kwargs!r}") from None
     report = evaluate(args.path, best=args.best, episodes=args.episodes, epsilon=args.epsilon,
                       deterministic=args.deterministic, seed=args.seed, device=resolve_device(args.device),
-                      num_envs=args.num_envs, video_dir=args.video)
+                      num_envs=args.num_envs, video_dir=args.video, env_kwargs=env_kwargs)
     if args.json:
         print(json.dumps(report))
         return 0

@@ -178,23 +178,31 @@ def evaluate_checkpoint(agent: Agent, cfg: Any, tensors: dict[str, torch.Tensor]
 
 def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = None, epsilon: float | None = None,
              deterministic: bool | None = None, seed: int = 0, device: torch.device, num_envs: int | None = None,
-             video_dir: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+             video_dir: str | Path | None = None, progress: bool | None = None,
+             env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (a run directory: its newest checkpoint, or with `best` the
-    best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json."""
+    best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json.
+    `env_kwargs` override the run's env keyword arguments for the eval envs (e.g. MazeGoTo's
+    `eval_targets`, to choose which held-out split is played); the report records them."""
     from rlbase.agents import get_agent
 
     algo, values, checkpoint = resolve_target(path, BEST if best else CHECKPOINTS)
     agent = get_agent(algo)
     cfg = evaluation_config(agent, from_dict(agent.Config, values, f"{checkpoint} config"), deterministic, epsilon)
+    if env_kwargs:
+        cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
     tensors, state, _ = load_checkpoint(checkpoint, device)
     try:
         report = evaluate_checkpoint(agent, cfg, tensors, episodes=episodes, seed=seed, device=device,
                                      num_envs=num_envs, video_dir=video_dir, progress=progress)
     except RlbaseError as exc:  # keep its kind (a usage error stays exit code 2)
         raise type(exc)(f"{checkpoint}: {exc}") from None
-    report = {**report, "checkpoint": str(checkpoint), "global_step": state.get("step")}
+    report = {**report, "checkpoint": str(checkpoint), "global_step": state.get("step"),
+              **({"env_kwargs": cfg.env_kwargs} if env_kwargs else {})}
     run_dir = checkpoint.parent.parent
     if (run_dir / CONFIG_FILE).exists():
         name = f"eval_{checkpoint.parent.name}_{checkpoint.name}.json" if best else f"eval_{checkpoint.name}.json"
+        if env_kwargs:  # another env than the run's: its own report file
+            name = name.replace(".json", "_" + "_".join(f"{k}-{v}" for k, v in sorted(env_kwargs.items())) + ".json")
         atomic_write_text(run_dir / name, json.dumps(report, indent=2))
     return report

@@ -658,3 +658,21 @@ def test_progress_bar_of_the_real_cli_under_tmux(tmp_path):
     assert done and number(done[1]) >= TMUX_TOTAL, shown
     run_dir = tmp_path / "runs" / "x"
     assert latest_state(run_dir)["step"] == number(done[1])
+
+
+def test_eval_env_kwargs_override_the_runs_env(tmp_path):
+    """`rlbase eval --env-kwargs` plays another variant of the run's env (here: a 5-step time limit)."""
+    assert_ok(run_cli("train", "ppo", "--env", "rlbase/Maze-v0", "--env-kwargs", "size=7", "--num-envs", "4",
+                      "--num-steps", "8", "--total-timesteps", "64", "--log-dir", tmp_path, "--run-name", "m",
+                      cwd=tmp_path))
+    proc = run_cli("eval", tmp_path / "m", "--episodes", "4", "--json", "--env-kwargs", "max_episode_steps=5",
+                   cwd=tmp_path)
+    assert_ok(proc)
+    report = json.loads(proc.stdout)
+    assert report["env_kwargs"] == {"size": 7, "max_episode_steps": 5}
+    assert all(episode["length"] <= 5 for episode in report["episodes"])
+    assert (tmp_path / "m" / "eval_step_0000000064_max_episode_steps-5.json").is_file()
+    plain = json.loads(run_cli("eval", tmp_path / "m", "--episodes", "4", "--json", cwd=tmp_path).stdout)
+    assert "env_kwargs" not in plain and max(e["length"] for e in plain["episodes"]) > 5  # 4 * 7**2 steps otherwise
+    assert "--env-kwargs" in assert_one_line_error(run_cli("eval", tmp_path / "m", "--env-kwargs", "oops",
+                                                           cwd=tmp_path), 2)

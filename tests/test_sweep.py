@@ -167,6 +167,17 @@ def test_report_and_plot_read_the_sweep(grid_sweep, tmp_path):
     assert out.stat().st_size > 1000
 
 
+def test_a_sweep_with_evaluation_optimises_the_evaluation(tmp_path):
+    proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--eval-freq", "1024",
+                   "--eval-episodes", "2", "--log-dir", tmp_path, "--name", "ev", cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["metric"] == "eval/mean_reward"
+    for row in results["trials"]:
+        logged = [r["eval/mean_reward"] for r in metrics(row["run_dir"]) if "eval/mean_reward" in r]
+        assert len(logged) == 2 and row["final eval/mean_reward"] == pytest.approx(logged[-1])
+
+
 def test_optuna_with_asha(tmp_path):
     (tmp_path / "space.yaml").write_text("learning_rate: {loguniform: [0.0003, 0.01]}\nnum_steps: {choice: [8, 16]}\n")
     proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
