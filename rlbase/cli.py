@@ -194,16 +194,9 @@ def _train(args: argparse.Namespace) -> int:
 def read_values_file(path: str, config_cls: type) -> dict:
     """Config values from a YAML or JSON file (a mapping of field -> value); a UsageError for an
     unreadable file or an unknown field."""
-    import yaml
+    from rlbase.config import read_mapping_file
 
-    try:
-        data = yaml.safe_load(open(path).read())
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"--config {path}: not readable YAML/JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a mapping of config field -> value")
+    data = read_mapping_file(path, "--config", "config field -> value")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_cls)})
     if unknown:
         raise UsageError(f"--config {path}: unknown field(s) {', '.join(map(str, unknown))}")

@@ -166,6 +166,22 @@ def _parse_value(type_: Any, text: str, flag: str) -> Any:
     return text
 
 
+def read_mapping_file(path: str | Path, flag: str, what: str) -> dict[str, Any]:
+    """The mapping in a YAML or JSON file (`--config`, `--space`); a one-line UsageError naming `flag`
+    for a missing or unreadable file or anything but a mapping (`what` says what it maps)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"{flag} {path}: not readable YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{flag} {path}: expected a mapping of {what}")
+    return data
+
+
 def parse_kwargs(text: str) -> dict[str, Any]:
     """`KEY=VALUE,KEY=VALUE` -> dict; values are read as YAML scalars (15 -> int, true -> bool, pixels -> str)."""
     import yaml

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlbase.errors import UsageError
-from rlbase.runs import RunRecord, default_metric, find_runs, group_runs
+from rlbase.runs import RunRecord, default_metric, find_runs, group_runs, parse_group_by
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,16 +103,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"rlbase: wrote {out}: {', '.join(tags)} against {X_LABELS[args.x]}, "
           f"{_count(groups, 'group')} of {_count(len(runs), 'run')}")
     return 0
-
-
-def parse_group_by(text: str | None) -> list[str] | None:
-    """`"algo,learning_rate"` -> `["algo", "learning_rate"]`; None stays None (automatic grouping)."""
-    if text is None:
-        return None
-    fields = [part.strip() for part in text.split(",") if part.strip()]
-    if not fields:
-        raise UsageError(f"invalid --group-by {text!r}: give config field names separated by commas")
-    return fields
 
 
 def draw(runs: list[RunRecord], tags: list[str] | None = None, *, x: str = "steps",

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats
 
 from rlbase.errors import UsageError
-from rlbase.runs import RunRecord, default_metric, find_runs, group_runs
+from rlbase.runs import RunRecord, default_metric, find_runs, group_runs, parse_group_by
 
 SUCCESS_TAG = "eval/success"
 """The outcome an env reports per evaluation (the maze's `success`); its success rate is reported."""
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report for `args` (see `add_arguments`); user mistakes raise a one-line UsageError."""
-    group_by = _parse_group_by(args.group_by)
+    group_by = parse_group_by(args.group_by)
     runs = find_runs(args.paths)
     if not runs:
         raise UsageError("no rlbase runs found in " + " ".join(map(str, args.paths)))
@@ -66,15 +66,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(groups, metric, args.confidence))
     return 0
-
-
-def _parse_group_by(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    fields = [name.strip() for name in text.split(",") if name.strip()]
-    if not fields:
-        raise UsageError("--group-by needs at least one field name (e.g. --group-by algo,learning_rate)")
-    return fields
 
 
 def summarize_groups(runs: list[RunRecord], metric: str, group_by: list[str] | None = None,

@@ -130,6 +130,17 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     return [found[key] for key in sorted(found)]
 
 
+def parse_group_by(text: str | None) -> list[str] | None:
+    """`--group-by "algo,learning_rate"` -> `["algo", "learning_rate"]`; None stays None (automatic grouping)."""
+    if text is None:
+        return None
+    fields = [part.strip() for part in text.split(",") if part.strip()]
+    if not fields:
+        raise UsageError(f"invalid --group-by {text!r}: give config field names separated by commas "
+                         "(e.g. --group-by algo,learning_rate)")
+    return fields
+
+
 def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)

@@ -76,18 +76,9 @@ def parse_seeds(text: str) -> list[int]:
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
     """The search space in a YAML or JSON file (a mapping of config field -> distribution or value)."""
-    import yaml
+    from rlbase.config import read_mapping_file
 
-    file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"--space {file}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"--space {file}: not readable YAML/JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--space {file}: expected a mapping of config field -> distribution")
-    return data
+    return read_mapping_file(path, "--space", "config field -> distribution")
 
 
 def parse_space(space: dict[str, Any], config_cls: type) -> dict[str, tuple[str, list[Any]]]:

@@ -24,8 +24,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import rlbase_command, timed_command
 
 TRAIN_ARGS = ["train", "ppo", "--env", "rlbase/CartPole-v1"]
 FLOOR = "import os, torch\nos._exit(0)\n"
@@ -34,20 +35,6 @@ IN_PROCESS = ("import gc, time, rlbase.lifecycle as lc\n"
               "t = time.perf_counter()\n"
               "lc.train('ppo', {'env_id': 'rlbase/CartPole-v1'}, run_dir=None)\n"
               "print(time.perf_counter() - t)\n")
-
-
-def wall(command: list[str], cwd: Path) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
-    return seconds, proc.stdout
-
-
-def rlbase_command() -> list[str]:
-    exe = Path(sys.executable).parent / "rlbase"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rlbase"]
 
 
 def import_times(cwd: Path, top: int) -> list[tuple[float, str]]:
@@ -72,9 +59,9 @@ def main() -> None:
     floor, train, command = [], [], []
     try:
         for i in range(args.repeats):
-            floor.append(wall([sys.executable, "-c", FLOOR], work)[0])
-            train.append(float(wall([sys.executable, "-c", IN_PROCESS], work)[1].strip().splitlines()[-1]))
-            command.append(wall([*rlbase_command(), *TRAIN_ARGS, "--log-dir", str(work / "runs"),
+            floor.append(timed_command([sys.executable, "-c", FLOOR], work)[0])
+            train.append(float(timed_command([sys.executable, "-c", IN_PROCESS], work)[1].strip().splitlines()[-1]))
+            command.append(timed_command([*rlbase_command(), *TRAIN_ARGS, "--log-dir", str(work / "runs"),
                                  "--run-name", f"r{i}"], work)[0])
         imports = import_times(work, args.top)
     finally:

@@ -14,31 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import rlbase_command, timed_command
 
 RAY_START = ("import time, ray\n"
              "t = time.perf_counter()\n"
              "ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)\n"
              "print(time.perf_counter() - t)\n"
              "ray.shutdown()\n")
-
-
-def rlbase_command() -> list[str]:
-    exe = Path(sys.executable).parent / "rlbase"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rlbase"]
-
-
-def timed(command: list[str], cwd: Path) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
-    return seconds, proc.stdout
 
 
 def main() -> None:
@@ -48,14 +34,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rlbase-bench-sweep-"))
     try:
-        ray_start = float(timed([sys.executable, "-c", "import os\n" + RAY_START], work)[1].strip().splitlines()[-1])
+        ray_start = float(timed_command([sys.executable, "-c", "import os\n" + RAY_START], work)[1].strip().splitlines()[-1])
         sequential = 0.0
         for seed in range(args.seeds):
-            seconds, _ = timed([*rlbase_command(), "train", "ppo", "--env", args.env, "--seed", str(seed),
+            seconds, _ = timed_command([*rlbase_command(), "train", "ppo", "--env", args.env, "--seed", str(seed),
                                 "--torch-threads", "1", "--log-dir", str(work / "seq"), "--run-name", f"s{seed}"],
                                work)
             sequential += seconds
-        sweep, _ = timed([*rlbase_command(), "sweep", "ppo", "--env", args.env, "--seeds", f"0-{args.seeds - 1}",
+        sweep, _ = timed_command([*rlbase_command(), "sweep", "ppo", "--env", args.env, "--seeds", f"0-{args.seeds - 1}",
                           "--log-dir", str(work), "--name", "sweep"], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -190,3 +190,25 @@ def run_worker_if_asked(args, workers: dict) -> bool:
     job = json.loads(args.worker)
     print(WORKER_RESULT_MARKER + json.dumps(workers[job["kind"]](job)), flush=True)
     return True
+
+
+def timed_command(command: list[str], cwd) -> tuple[float, str]:
+    """(wall-clock seconds, stdout) of `command` run in `cwd` with one OpenMP thread; exits on failure."""
+    import sys
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
+
+
+def rlbase_command() -> list[str]:
+    """The console script next to this Python, else `python -m rlbase`."""
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "rlbase"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rlbase"]
