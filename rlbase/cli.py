@@ -235,6 +235,8 @@ def _sweep(args: argparse.Namespace) -> int:
         check_values(args.algo, base, parse_space(space, agent.Config))
         if args.search == "optuna" and not space:
             raise UsageError("--search optuna needs a --space to search")
+        if args.search == "optuna" and "cases" in space:
+            raise UsageError("search space 'cases' works with random or grid search, not --search optuna")
         cfg = resolve_config(agent.Config, args.algo, base)
         metric = args.metric or ("eval/mean_reward" if cfg.eval_freq else "rollout/ep_rew_mean")
         name = args.name or f"{cfg.env_id.replace('/', '-').replace(':', '-')}__{args.algo}__sweep__" \

@@ -28,6 +28,9 @@ Search space file (YAML or JSON), one entry per config field:
     update_epochs: {randint: [2, 11]}        # integers from 2 to 10
     ent_coef: {grid: [0.0, 0.01]}            # every value, crossed with everything else
     clip_coef: 0.2                           # a fixed value
+    cases:                                   # named sets of values (arms), crossed with the rest
+      scratch: {}
+      frozen: {backbone_weights: pretrained/maze, freeze_backbone: true}
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def parse_space(space: dict[str, Any], config_cls: type) -> dict[str, tuple[str,
     parsed: dict[str, tuple[str, list[Any]]] = {}
     for name, spec in space.items():
         where = f"search space field {name!r}"
+        if name == CASES:
+            parsed[CASES] = ("cases", [_parse_case(case, values, fields) for case, values in _case_items(spec)])
+            continue
         if name == "seed":
             raise UsageError(f"{where}: seeds come from --seeds, not the search space")
         if name not in fields:
@@ -113,6 +119,27 @@ def parse_space(space: dict[str, Any], config_cls: type) -> dict[str, tuple[str,
     return parsed
 
 
+CASES = "cases"
+"""The search-space key of named sets of values (the arms of an experiment)."""
+
+
+def _case_items(spec: Any) -> list[tuple[Any, Any]]:
+    if not isinstance(spec, dict) or not spec:
+        raise UsageError("search space 'cases' must map case names to sets of values, e.g. {scratch: {}, "
+                         "frozen: {freeze_backbone: true}}")
+    return list(spec.items())
+
+
+def _parse_case(case: Any, values: Any, fields: set[str]) -> list[Any]:
+    if not isinstance(case, str) or not case or not isinstance(values, dict):
+        raise UsageError(f"search space case {case!r}: write NAME: {{field: value, ...}}")
+    unknown = sorted(set(values) - fields) + (["seed"] if "seed" in values else [])
+    if unknown:
+        raise UsageError(f"search space case {case!r}: {', '.join(map(str, unknown))} cannot be set here "
+                         "(not a config field, or the seed: use --seeds)")
+    return [case, values]
+
+
 def _sample(kind: str, args: list[Any], rng: Any) -> Any:
     if kind == "choice":
         return args[int(rng.integers(len(args)))]
@@ -130,14 +157,16 @@ def draw_trials(space: dict[str, tuple[str, list[Any]]], seeds: list[int], num_s
     import numpy as np
 
     rng = np.random.default_rng(search_seed)
+    cases = space[CASES][1] if CASES in space else [[None, {}]]
     grid = {name: args for name, (kind, args) in space.items() if kind == "grid"}
-    random_fields = {name: spec for name, spec in space.items() if spec[0] != "grid"}
+    random_fields = {name: spec for name, spec in space.items() if spec[0] not in ("grid", "cases")}
     trials = []
-    for combo in itertools.product(*grid.values()) if grid else [()]:
-        fixed = dict(zip(grid, combo))
-        for _ in range(num_samples if random_fields else 1):
-            values = {**fixed, **{name: _sample(kind, args, rng) for name, (kind, args) in random_fields.items()}}
-            trials += [{"values": values, "seed": seed} for seed in seeds]
+    for case, case_values in cases:
+        for combo in itertools.product(*grid.values()) if grid else [()]:
+            fixed = {**case_values, **dict(zip(grid, combo))}
+            for _ in range(num_samples if random_fields else 1):
+                values = {**fixed, **{name: _sample(kind, args, rng) for name, (kind, args) in random_fields.items()}}
+                trials += [{"values": values, "seed": seed, **({"case": case} if case else {})} for seed in seeds]
     return trials
 
 
@@ -149,7 +178,16 @@ def check_values(algo: str, base: dict[str, Any], space: dict[str, tuple[str, li
 
     agent = get_agent(algo)
     agent.validate(resolve_config(agent.Config, algo, base))
+    for case, values in space[CASES][1] if CASES in space else []:
+        try:
+            agent.validate(resolve_config(agent.Config, algo, {**base, **values}))
+        except UsageError as exc:
+            raise UsageError(f"search space case {case!r}: {exc}") from None
+        except TypeError:
+            raise UsageError(f"search space case {case!r}: a value has the wrong type") from None
     for name, (kind, args) in space.items():
+        if kind == "cases":
+            continue
         for value in (args if kind in ("grid", "choice") else [args[0], args[1] - (kind == "randint")]):
             try:
                 agent.validate(resolve_config(agent.Config, algo, {**base, name: value}))
@@ -286,7 +324,8 @@ class _TrialTable:
         entry = self.entries.setdefault(key, {})
         spec = trial.config
         if "trial" in spec:
-            entry.update(values=spec["trial"]["values"], seed=spec["trial"]["seed"], run_dir=spec["trial"]["run_dir"])
+            entry.update(values=spec["trial"]["values"], seed=spec["trial"]["seed"], run_dir=spec["trial"]["run_dir"],
+                         **({"case": spec["trial"]["case"]} if spec["trial"].get("case") else {}))
         else:
             entry.update(values={k: v for k, v in spec.items() if not k.startswith("__")},
                          seed=spec["__seeds"][spec["__trial_index__"]],
@@ -408,6 +447,8 @@ def _optuna(spec: SweepSpec, parsed: dict[str, tuple[str, list[Any]]], table: _T
     from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
+    if CASES in parsed:
+        raise UsageError("search space 'cases' works with random or grid search, not --search optuna")
     space = {}
     for name, (kind, args) in parsed.items():
         if kind in ("grid", "choice"):
@@ -435,7 +476,7 @@ def write_results(sweep_dir: Path, spec: SweepSpec, table: _TrialTable) -> list[
 
     rows = []
     for key, entry in sorted(table.entries.items()):
-        rows.append({"trial": key, "status": entry.get("status"), "seed": entry.get("seed"),
+        rows.append({"trial": key, "case": entry.get("case"), "status": entry.get("status"), "seed": entry.get("seed"),
                      "values": entry.get("values", {}), f"final {spec.metric}": entry.get("last"),
                      f"best {spec.metric}": entry.get("best"), "steps": entry.get("steps"),
                      "seconds": entry.get("seconds"), "run_dir": entry.get("run_dir")})
@@ -444,11 +485,11 @@ def write_results(sweep_dir: Path, spec: SweepSpec, table: _TrialTable) -> list[
     fields = sorted({name for row in rows for name in row["values"]})
     out = io.StringIO()
     writer = csv.writer(out)
-    header = ["trial", "status", "seed", *fields, f"final {spec.metric}", f"best {spec.metric}", "steps", "seconds",
-              "run_dir"]
+    header = ["trial", "case", "status", "seed", *fields, f"final {spec.metric}", f"best {spec.metric}", "steps",
+              "seconds", "run_dir"]
     writer.writerow(header)
     for row in rows:
-        writer.writerow([row["trial"], row["status"], row["seed"], *(row["values"].get(f) for f in fields),
+        writer.writerow([row["trial"], row["case"] or "", row["status"], row["seed"], *(row["values"].get(f) for f in fields),
                          row[f"final {spec.metric}"], row[f"best {spec.metric}"], row["steps"], row["seconds"],
                          row["run_dir"]])
     atomic_write_text(sweep_dir / "results.csv", out.getvalue())

@@ -67,6 +67,21 @@ def test_draw_trials_crosses_grid_samples_and_seeds():
     assert trials != draw_trials(space, [0, 1], num_samples=3, search_seed=6)
 
 
+def test_cases_are_named_sets_of_values_crossed_with_the_rest():
+    space = parse_space({"cases": {"scratch": {}, "frozen": {"freeze_backbone": True, "backbone_lr_scale": 0.5}},
+                         "ent_coef": {"grid": [0.0, 0.01]}}, PPOConfig)
+    trials = draw_trials(space, [0, 1], num_samples=1, search_seed=0)
+    assert len(trials) == 2 * 2 * 2
+    frozen = [t for t in trials if t["case"] == "frozen"]
+    assert len(frozen) == 4 and all(t["values"]["freeze_backbone"] and t["values"]["backbone_lr_scale"] == 0.5
+                                    for t in frozen)
+    assert all("freeze_backbone" not in t["values"] for t in trials if t["case"] == "scratch")
+    for bad, message in [({"cases": []}, "map case names"), ({"cases": {"a": {"learning_rat": 1}}}, "learning_rat"),
+                         ({"cases": {"a": {"seed": 1}}}, "seed"), ({"cases": {"a": 3}}, "NAME")]:
+        with pytest.raises(UsageError, match=message):
+            parse_space(bad, PPOConfig)
+
+
 @pytest.mark.parametrize("args,fragment", [
     (("--space", "{space}"), "learning_rat"),
     (("--search", "optuna"), "needs a --space"),
@@ -165,6 +180,18 @@ def test_report_and_plot_read_the_sweep(grid_sweep, tmp_path):
     out = tmp_path / "curves.png"
     assert_ok(run_cli("plot", grid_sweep, "--out", out, cwd=tmp_path))
     assert out.stat().st_size > 1000
+
+
+def test_a_sweep_of_cases(tmp_path):
+    (tmp_path / "arms.yaml").write_text("cases:\n  plain: {}\n  shared: {shared_backbone: true}\n")
+    proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "1024", "--space", "arms.yaml", "--log-dir", tmp_path,
+                   "--name", "arms", cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    rows = list(csv.DictReader((tmp_path / "arms" / "results.csv").open()))
+    assert sorted(r["case"] for r in rows) == ["plain", "shared"]
+    for row in rows:
+        config = json.loads((Path(row["run_dir"]) / "config.json").read_text())["config"]
+        assert config["shared_backbone"] is (row["case"] == "shared")
 
 
 def test_a_sweep_with_evaluation_optimises_the_evaluation(tmp_path):
