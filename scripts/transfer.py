@@ -3,10 +3,12 @@
     python scripts/transfer.py maze --seeds 0 1 2 --json transfer_maze.json
     python scripts/transfer.py goto --seeds 0 1 2 --json transfer_goto.json
 
-Runs the real console script throughout: `rlbase pretrain` once (seed 0), then `rlbase train ppo`
-for every arm and seed with identical hyperparameters apart from the backbone's start and
-learning rate, then `rlbase eval` of each final checkpoint on the env's held-out eval split.
-Finished runs are kept in `--workdir` and not trained again; `--report` only reads them back.
+Runs the real console script throughout: `rlbase pretrain` once (seed 0), then one `rlbase sweep
+ppo` whose search space's `cases` are the arms (identical hyperparameters apart from the backbone's
+start and learning rate), crossed with the seeds, then `rlbase eval` of each final checkpoint on the
+env's held-out eval split. The sweep lives in `--workdir/EXPERIMENT/sweep`: run the script again to
+resume an interrupted one (`rlbase sweep --resume`); `--report` only reads finished runs back, and
+`rlbase report` / `rlbase plot` read the sweep directory too.
 
 Experiments:
 - `maze`: rlbase/Maze-v0 with `pixels` observations; the Nature CNN pretrained on the maze's
@@ -32,7 +34,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 EXPERIMENTS = {
@@ -43,7 +44,7 @@ EXPERIMENTS = {
         "train": ["--shared-backbone", "--total-timesteps", "300000", "--log-interval", "8192"],
         "thresholds": [0.3, 0.4, 0.5],
         "warmup": 2 * 484 * 64,  # twice the time limit (4 * 11**2 steps) of each of the 64 envs
-        "arms": {"frozen": ["--freeze-backbone"], "finetune": ["--backbone-lr-scale", "0.1"], "scratch": []},
+        "arms": {"frozen": {"freeze_backbone": True}, "finetune": {"backbone_lr_scale": 0.1}, "scratch": {}},
     },
     "goto": {
         "env": "rlbase/MazeGoTo-v0", "env_kwargs": "",
@@ -52,7 +53,7 @@ EXPERIMENTS = {
         "train": ["--total-timesteps", "1200000", "--log-interval", "16384"],
         "thresholds": [0.4, 0.5, 0.6],
         "warmup": 2 * 128 * 64,  # twice the time limit (2 * 8**2 steps) of each of the 64 envs
-        "arms": {"scratch": [], "frozen": ["--freeze-backbone"], "blanked": []},
+        "arms": {"scratch": {}, "frozen": {"freeze_backbone": True}, "blanked": {}},
     },
 }
 PRETRAINED_ARMS = ("frozen", "finetune")
@@ -100,8 +101,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="held-out evaluation episodes per run")
     parser.add_argument("--workdir", default="transfer_runs")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke mode: tiny pretraining and training budgets (the numbers mean nothing)")
     args = parser.parse_args()
     exp = EXPERIMENTS[args.experiment]
+    if args.quick:
+        exp = {**exp, "pretrain": ["--train-samples", "256", "--val-samples", "64", "--epochs", "1"],
+               "train": [a for a in exp["train"] if a not in ("--total-timesteps", "300000", "1200000")]
+               + ["--num-envs", "8", "--num-steps", "16", "--log-interval", "128"], "warmup": 0}
+        args.total_timesteps = args.total_timesteps or 512
+        args.episodes = min(args.episodes, 4)
     thresholds = args.thresholds or exp["thresholds"]
     work = Path(args.workdir).resolve() / args.experiment
     work.mkdir(parents=True, exist_ok=True)
@@ -115,22 +124,30 @@ def main() -> None:
     print(f"pretrained {spec['name']} on {spec['task']}: held-out "
           + ", ".join(f"{k} {v:.4f}" for k, v in spec["metrics"].items() if k.startswith("val/")), flush=True)
 
+    arms = args.arms or list(exp["arms"])
+    sweep_dir = work / "sweep"
+    if not args.report:
+        run_sweep(exp, arms, args.seeds, artifact, work, sweep_dir, args.total_timesteps)
+    trials = json.loads((sweep_dir / "trials.json").read_text())
     results = []
-    for arm in args.arms or list(exp["arms"]):
+    for arm in arms:
         for seed in args.seeds:
-            run_dir = work / f"{arm}_{seed}"
-            seconds = None
-            if not args.report:
-                seconds = train_arm(exp, arm, seed, run_dir, artifact, work, args.total_timesteps)
+            entry = next((e for e in trials.values() if e.get("case") == arm and e.get("seed") == seed), None)
+            if entry is None or entry.get("status") != "TERMINATED":
+                print(f"{arm} seed {seed}: not finished in {sweep_dir}", flush=True)
+                continue
+            run_dir = Path(entry["run_dir"])
             report = evaluation(run_dir, seed, args.episodes, work, reuse=args.report)
             curve = learning_curve(run_dir)
-            row = {"arm": arm, "seed": seed, "train_seconds": seconds,
+            row = {"arm": arm, "seed": seed, "train_seconds": entry.get("seconds"),
                    "steps_to": {str(t): steps_to_threshold(curve, t, exp["warmup"]) for t in thresholds},
                    "final_ep_rew_mean": curve[-1][1] if curve else None,
                    "eval_mean_return": round(report["mean_return"], 4),
                    **{f"eval_{k}": round(v, 4) for k, v in report["outcomes"].items()}, "curve": curve}
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    if not results:
+        raise SystemExit(f"no finished runs in {sweep_dir}")
 
     budget = max((r["curve"][-1][0] for r in results if r["curve"]), default=0)
     summary = summarize(results, thresholds)
@@ -151,23 +168,30 @@ def main() -> None:
                                                "pretrained": spec, "runs": results, "summary": summary}, indent=1))
 
 
-def train_arm(exp: dict, arm: str, seed: int, run_dir: Path, artifact: Path, work: Path,
-              total_timesteps: int | None) -> float | None:
-    """Train one arm and seed with the real console script (skipped when the run already finished)."""
-    if (run_dir / "checkpoints" / "latest.json").exists():
-        return None
-    flags = list(exp["arms"][arm])
-    env_kwargs = exp["env_kwargs"]
-    if arm == "blanked":
-        env_kwargs = ",".join(filter(None, [env_kwargs, "blank_mission=true"]))
-    if arm in PRETRAINED_ARMS:
-        flags += ["--backbone-weights", str(artifact)]
+def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifact: Path, work: Path, sweep_dir: Path,
+              total_timesteps: int | None) -> None:
+    """The experiment as one `rlbase sweep`: its arms are the space's cases, crossed with the seeds
+    (a sweep already started is resumed; a finished one is left as it is)."""
+    import yaml
+
+    if (sweep_dir / "sweep.json").exists():
+        rlbase("sweep", "--resume", str(sweep_dir), cwd=work)
+        return
+    base_kwargs = dict(item.split("=", 1) for item in exp["env_kwargs"].split(",") if item)
+    cases = {}
+    for arm in arms:
+        values = dict(exp["arms"][arm])
+        if arm in PRETRAINED_ARMS:
+            values["backbone_weights"] = str(artifact)
+        if arm == "blanked":  # the instruction replaced by padding: what a policy that cannot read achieves
+            values["env_kwargs"] = {**{k: yaml.safe_load(v) for k, v in base_kwargs.items()}, "blank_mission": True}
+        cases[arm] = values
+    space_file = work / "arms.yaml"
+    space_file.write_text(yaml.safe_dump({"cases": cases}, sort_keys=True))
     train = list(exp["train"]) + (["--total-timesteps", str(total_timesteps)] if total_timesteps else [])
-    began = time.perf_counter()
-    rlbase("train", "ppo", "--env", exp["env"], *(["--env-kwargs", env_kwargs] if env_kwargs else []),
-           *train, *flags, "--seed", str(seed), "--torch-threads", "1",
-           "--log-dir", str(work), "--run-name", run_dir.name, cwd=work)
-    return round(time.perf_counter() - began, 1)
+    rlbase("sweep", "ppo", "--env", exp["env"], *(["--env-kwargs", exp["env_kwargs"]] if exp["env_kwargs"] else []),
+           *train, "--space", str(space_file), "--seeds", ",".join(map(str, seeds)), "--log-dir", str(work),
+           "--name", sweep_dir.name, cwd=work)
 
 
 def evaluation(run_dir: Path, seed: int, episodes: int, work: Path, reuse: bool) -> dict:

@@ -39,3 +39,20 @@ def test_bench_pg_solve_quick(tmp_path):
     assert native["steps"] == 2048 and native["evals"] and native["final_mean_return"] is not None
     assert data["summary"]["rlbase/CartPole-v1"]["median_train_s"] > 0
     assert any("rlbase/CartPole-v1 PPO trains to a solved policy" in t for t in data["summary"]["targets"])
+
+
+def test_transfer_experiment_is_one_sweep_quick(tmp_path):
+    """scripts/transfer.py defines its arms as the cases of one `rlbase sweep` (smoke budgets)."""
+    out = tmp_path / "transfer.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "transfer.py"), "maze", "--quick", "--seeds", "0",
+                           "--arms", "scratch", "frozen", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted(run["arm"] for run in data["runs"]) == ["frozen", "scratch"]
+    trials = json.loads((tmp_path / "work" / "maze" / "sweep" / "trials.json").read_text())
+    configs = {e["case"]: json.loads((Path(e["run_dir"]) / "config.json").read_text())["config"]
+               for e in trials.values()}
+    assert configs["frozen"]["freeze_backbone"] and configs["frozen"]["backbone_weights"].endswith("pretrained")
+    assert not configs["scratch"]["backbone_weights"] and not configs["scratch"]["freeze_backbone"]
+    assert {e["status"] for e in trials.values()} == {"TERMINATED"}
