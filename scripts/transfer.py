@@ -14,7 +14,9 @@ Experiments:
 - `maze`: rlbase/Maze-v0 with `pixels` observations; the Nature CNN pretrained on the maze's
   shortest-path action (`maze-action`), arms `scratch`, `frozen` (--freeze-backbone) and
   `finetune` (--backbone-lr-scale 0.1). The goal: the pretrained arms reach a threshold in
-  <= 50% of the steps from scratch.
+  <= 50% of the steps from scratch. `maze-action` is the policy itself (behaviour cloning), so two
+  more frozen arms start from perception tasks that are not: `frozen_position` (`maze-position`,
+  the agent's square) and `frozen_exit` (`maze-exit-direction`, where the exit lies).
 - `goto`: rlbase/MazeGoTo-v0; the text encoder pretrained on `goto-text`, arms `scratch` (text
   encoder trained by RL), `frozen`, and `blanked` (the instruction replaced by padding: what a
   policy that cannot read achieves). Held-out success of the language arms must be well above
@@ -44,7 +46,11 @@ EXPERIMENTS = {
         "train": ["--shared-backbone", "--total-timesteps", "300000", "--log-interval", "8192"],
         "thresholds": [0.3, 0.4, 0.5],
         "warmup": 2 * 484 * 64,  # twice the time limit (4 * 11**2 steps) of each of the 64 envs
-        "arms": {"frozen": {"freeze_backbone": True}, "finetune": {"backbone_lr_scale": 0.1}, "scratch": {}},
+        "arms": {"frozen": {"freeze_backbone": True}, "finetune": {"backbone_lr_scale": 0.1},
+                 "frozen_position": {"freeze_backbone": True}, "frozen_exit": {"freeze_backbone": True}, "scratch": {}},
+        # The pretraining task of each pretrained arm (the others train from scratch).
+        "arm_tasks": {"frozen": "maze-action", "finetune": "maze-action", "frozen_position": "maze-position",
+                      "frozen_exit": "maze-exit-direction"},
     },
     "goto": {
         "env": "rlbase/MazeGoTo-v0", "env_kwargs": "",
@@ -54,9 +60,9 @@ EXPERIMENTS = {
         "thresholds": [0.4, 0.5, 0.6],
         "warmup": 2 * 128 * 64,  # twice the time limit (2 * 8**2 steps) of each of the 64 envs
         "arms": {"scratch": {}, "frozen": {"freeze_backbone": True}, "blanked": {}},
+        "arm_tasks": {"frozen": "goto-text"},
     },
 }
-PRETRAINED_ARMS = ("frozen", "finetune")
 SUSTAIN = 3  # logged points in a row at or above the threshold
 
 
@@ -115,19 +121,22 @@ def main() -> None:
     work = Path(args.workdir).resolve() / args.experiment
     work.mkdir(parents=True, exist_ok=True)
 
-    artifact = work / "pretrained"
-    if not (artifact / "backbone").exists():
-        kwargs = ["--env-kwargs", exp["env_kwargs"]] if exp["env_kwargs"] and exp["task"].startswith("maze") else []
-        rlbase("pretrain", exp["task"], "--backbone", exp["backbone"], *kwargs, *exp["pretrain"],
-               "--torch-threads", "1", "--out", str(artifact), cwd=work)
-    spec = json.loads((artifact / "backbone" / "backbone.json").read_text())
-    print(f"pretrained {spec['name']} on {spec['task']}: held-out "
-          + ", ".join(f"{k} {v:.4f}" for k, v in spec["metrics"].items() if k.startswith("val/")), flush=True)
-
     arms = args.arms or list(exp["arms"])
+    artifacts: dict[str, Path] = {}
+    specs: dict[str, dict] = {}
+    for task in dict.fromkeys(exp["arm_tasks"][arm] for arm in arms if arm in exp["arm_tasks"]):
+        artifacts[task] = work / f"pretrained-{task}"
+        if not (artifacts[task] / "backbone").exists():
+            kwargs = ["--env-kwargs", exp["env_kwargs"]] if exp["env_kwargs"] and task.startswith("maze") else []
+            rlbase("pretrain", task, "--backbone", exp["backbone"], *kwargs, *exp["pretrain"],
+                   "--torch-threads", "1", "--out", str(artifacts[task]), cwd=work)
+        specs[task] = spec = json.loads((artifacts[task] / "backbone" / "backbone.json").read_text())
+        print(f"pretrained {spec['name']} on {spec['task']}: held-out "
+              + ", ".join(f"{k} {v:.4f}" for k, v in spec["metrics"].items() if k.startswith("val/")), flush=True)
+
     sweep_dir = work / "sweep"
     if not args.report:
-        run_sweep(exp, arms, args.seeds, artifact, work, sweep_dir, args.total_timesteps)
+        run_sweep(exp, arms, args.seeds, artifacts, work, sweep_dir, args.total_timesteps)
     trials = json.loads((sweep_dir / "trials.json").read_text())
     results = []
     for arm in arms:
@@ -155,7 +164,7 @@ def main() -> None:
         cells = [f"{arm} {fmt_steps(summary[arm][str(t)], budget)}" for arm in summary]
         print(f"steps to a sustained ep_rew_mean >= {t} (median over seeds): " + ", ".join(cells))
         scratch = summary.get("scratch", {}).get(str(t))
-        for arm in PRETRAINED_ARMS:
+        for arm in exp["arm_tasks"]:
             pre = summary.get(arm, {}).get(str(t))
             if pre is not None and "scratch" in summary:
                 bound = "" if scratch is not None else " at most (scratch never reached it)"
@@ -165,11 +174,11 @@ def main() -> None:
               + "; ".join(", ".join(str(r[k]) for k in r if k.startswith("eval_")) for r in results if r["arm"] == arm))
     if args.json:
         Path(args.json).write_text(json.dumps({"experiment": args.experiment, "thresholds": thresholds,
-                                               "pretrained": spec, "runs": results, "summary": summary}, indent=1))
+                                               "pretrained": specs, "runs": results, "summary": summary}, indent=1))
 
 
-def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifact: Path, work: Path, sweep_dir: Path,
-              total_timesteps: int | None) -> None:
+def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifacts: dict[str, Path], work: Path,
+              sweep_dir: Path, total_timesteps: int | None) -> None:
     """The experiment as one `rlbase sweep`: its arms are the space's cases, crossed with the seeds
     (a sweep already started is resumed; a finished one is left as it is)."""
     import yaml
@@ -181,8 +190,8 @@ def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifact: Path, work
     cases = {}
     for arm in arms:
         values = dict(exp["arms"][arm])
-        if arm in PRETRAINED_ARMS:
-            values["backbone_weights"] = str(artifact)
+        if arm in exp["arm_tasks"]:
+            values["backbone_weights"] = str(artifacts[exp["arm_tasks"][arm]])
         if arm == "blanked":  # the instruction replaced by padding: what a policy that cannot read achieves
             values["env_kwargs"] = {**{k: yaml.safe_load(v) for k, v in base_kwargs.items()}, "blank_mission": True}
         cases[arm] = values

@@ -53,6 +53,6 @@ def test_transfer_experiment_is_one_sweep_quick(tmp_path):
     trials = json.loads((tmp_path / "work" / "maze" / "sweep" / "trials.json").read_text())
     configs = {e["case"]: json.loads((Path(e["run_dir"]) / "config.json").read_text())["config"]
                for e in trials.values()}
-    assert configs["frozen"]["freeze_backbone"] and configs["frozen"]["backbone_weights"].endswith("pretrained")
+    assert configs["frozen"]["freeze_backbone"] and configs["frozen"]["backbone_weights"].endswith("pretrained-maze-action")
     assert not configs["scratch"]["backbone_weights"] and not configs["scratch"]["freeze_backbone"]
     assert {e["status"] for e in trials.values()} == {"TERMINATED"}
