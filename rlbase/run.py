@@ -210,17 +210,18 @@ class Run:
         for item in self._state:
             tensors.update(item.state())
         if not weights_only:
-            tensors.update(self.episodes.state())
-            tensors.update(optimizer_to_tensors(self._optimizer)[0])
-            tensors["rng.torch"] = torch.get_rng_state()
-            tensors["rng.actions"] = self.generator.get_state()
+            tensors.update(self.checkpoint().tensors)
         return tensors
 
     def checkpoint(self) -> Checkpoint:
         """The whole training state now: what `--resume` (or a `learn()` continuation) needs."""
-        tensors = self.tensors()
-        state = {"counters": {"global_step": self.global_step, **self._counters},
-                 "optimizer": optimizer_to_tensors(self._optimizer)[1]}
+        tensors = self.tensors(weights_only=True)
+        optim_tensors, optim_meta = optimizer_to_tensors(self._optimizer)
+        tensors.update(self.episodes.state())
+        tensors.update(optim_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.actions"] = self.generator.get_state()
+        state = {"counters": {"global_step": self.global_step, **self._counters}, "optimizer": optim_meta}
         return Checkpoint(tensors, state, self._buffer.state_dict() if self._buffer is not None else None)
 
     def save(self, kind: str = CHECKPOINTS, extra: dict[str, Any] | None = None) -> Path | None:
