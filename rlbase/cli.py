@@ -207,7 +207,8 @@ def _sweep(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from rlbase.sweep import SweepSpec, load_space_file, parse_seeds, parse_space, run_sweep
+    from rlbase.space import load_space_file, parse_seeds, parse_space
+    from rlbase.sweep import SweepSpec, run_sweep
 
     if args.resume:
         if args.algo:
@@ -220,7 +221,7 @@ def _sweep(args: argparse.Namespace) -> int:
             raise UsageError("rlbase sweep needs ALGO (e.g. rlbase sweep ppo --env CartPole-v1 --seeds 0-4) or --resume")
         from rlbase.agents import get_agent
         from rlbase.config import resolve_config
-        from rlbase.sweep import check_values
+        from rlbase.space import check_values
 
         agent = get_agent(args.algo)
         field_names = {f.name for f in dataclasses.fields(agent.Config)}

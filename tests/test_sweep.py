@@ -19,7 +19,7 @@ import pytest
 
 from rlbase.agents.ppo import PPOConfig
 from rlbase.errors import UsageError
-from rlbase.sweep import draw_trials, parse_seeds, parse_space
+from rlbase.space import draw_trials, parse_seeds, parse_space
 from tests.test_cli import assert_ok, assert_one_line_error, rlbase_command, run_cli
 
 TINY = ["--env", "rlbase/CartPole-v1", "--num-envs", "16", "--num-steps", "16", "--update-epochs", "1",
@@ -291,3 +291,23 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
         assert len(table) == 2 and {e["status"] for e in table.values()} == {"TERMINATED"}
     finally:
         subprocess.run([ray_exe, "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("sweep_json,trials_json,code,fragment", [
+    (None, None, 2, "not a sweep directory"),
+    ("{not json", None, 1, "sweep.json is corrupt"),
+    ('{"algo": "ppo", "base": {}, "space": {}, "seeds": ["0"]}', None, 1, "sweep.json is corrupt"),
+    ('{"algo": "ppo", "base": {}, "space": {}, "seeds": [0], "search": "bogus"}', None, 1, "sweep.json is corrupt"),
+    ('{"algo": "ppo", "base": {}, "space": {}, "seeds": [0], "evil": 1}', None, 1, "sweep.json is corrupt"),
+    ('{"algo": "ppo", "base": {"env_id": "rlbase/CartPole-v1"}, "space": {}, "seeds": [0]}', "[1, 2]", 1,
+     "trials.json is corrupt"),
+])
+def test_hand_edited_sweep_files_are_one_line_errors(tmp_path, sweep_json, trials_json, code, fragment):
+    """A sweep directory is input, not trust: what --resume reads back is checked first."""
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    if sweep_json is not None:
+        (sweep_dir / "sweep.json").write_text(sweep_json)
+    if trials_json is not None:
+        (sweep_dir / "trials.json").write_text(trials_json)
+    assert fragment in assert_one_line_error(run_cli("sweep", "--resume", sweep_dir, cwd=tmp_path), code)
