@@ -217,7 +217,7 @@ def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Run, update: UpdateFn,
                 dones = terminated | truncated
                 train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
                 storage.rewards[t] = normalizer.reward(train_rewards, dones)
-                storage.dones[t] = train_terminal | truncated
+                storage.train_ends[t] = train_terminal | truncated
                 # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
                 storage.truncated[t] = truncated & ~train_terminal
                 assign(storage.final_obs, t, normalizer.observation(info["final_obs"], update=False))

@@ -98,8 +98,9 @@ class Normalizer:
 class RolloutStorage:
     """One rollout, `(num_steps, num_envs, ...)` on the device, allocated once.
 
-    `dones[t]` marks that the episode ended at step t for learning purposes (terminated, truncated,
-    or an Atari life loss): nothing is bootstrapped across it. Truncated steps bootstrap from the
+    `train_ends[t]` marks that the episode ended at step t for learning purposes (terminated,
+    truncated, or an Atari life loss), unlike the env's `dones` (real episode ends): nothing is
+    bootstrapped across it. Truncated steps bootstrap from the
     value of their `final_obs`, added to their reward as gamma * V(final_obs) in `bootstrap_truncated`.
     """
 
@@ -115,7 +116,7 @@ class RolloutStorage:
         self.logprobs = torch.zeros((T, N), device=device)
         self.rewards = torch.zeros((T, N), device=device)
         self.values = torch.zeros((T, N), device=device)
-        self.dones = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.train_ends = torch.zeros((T, N), dtype=torch.bool, device=device)  # train_terminal | truncated
         self.truncated = torch.zeros((T, N), dtype=torch.bool, device=device)
         self.advantages = torch.zeros((T, N), device=device)
         self.returns = torch.zeros((T, N), device=device)
@@ -135,7 +136,7 @@ class RolloutStorage:
 
     @torch.no_grad()
     def compute_returns(self, last_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
-        compute_gae(self.rewards, self.values, self.dones, last_value, gamma, gae_lambda,
+        compute_gae(self.rewards, self.values, self.train_ends, last_value, gamma, gae_lambda,
                     out_advantages=self.advantages)
         torch.add(self.advantages, self.values, out=self.returns)
 
@@ -146,21 +147,22 @@ class RolloutStorage:
                 "advantages": self.advantages.flatten(), "returns": self.returns.flatten()}
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, train_ends: torch.Tensor, last_value: torch.Tensor,
                 gamma: float, gae_lambda: float, out_advantages: torch.Tensor | None = None) -> torch.Tensor:
     """Generalised advantage estimation (Schulman et al. 2016) as a reverse scan over time.
 
     All arguments are (T, N) except `last_value` (N,), the value of the observation after the
-    rollout. `dones[t]` cuts the recursion: the value at t + 1 belongs to the next episode.
+    rollout. `train_ends[t]` (the episode ended at t for learning) cuts the recursion: the value
+    at t + 1 belongs to the next episode.
     Truncation bootstraps are expected to be already folded into `rewards`.
     """
     T = rewards.shape[0]
     advantages = out_advantages if out_advantages is not None else torch.empty_like(rewards)
-    not_done = (~dones).to(rewards.dtype)
+    not_ended = (~train_ends).to(rewards.dtype)
     next_values = torch.cat([values[1:], last_value.unsqueeze(0)], dim=0)
     # Every delta at once; only the recursion runs step by step (over time, never over envs).
-    deltas = rewards + gamma * next_values * not_done - values
-    decay = gamma * gae_lambda * not_done
+    deltas = rewards + gamma * next_values * not_ended - values
+    decay = gamma * gae_lambda * not_ended
     running = torch.zeros_like(last_value, dtype=rewards.dtype)
     for t in range(T - 1, -1, -1):
         running = deltas[t] + decay[t] * running

@@ -9,15 +9,15 @@ One row holds one *frame*: the newest frame of an observation (Atari: one 84x84 
 the stack of 4), or the whole observation when nothing is stacked (`frame_stack == 1`). With
 the row's action, training reward and flags:
 
-    first     the frame is the first of an episode: frames before it belong to another episode
-    has_next  the row is a complete transition (its action, reward and next frame are stored)
-    terminal  the transition ended in a terminal state for training (no bootstrap)
-    done      the episode ended there (terminated or truncated): the next row is its final frame
+    first        the frame is the first of an episode: frames before it belong to another episode
+    has_next     the row is a complete transition (its action, reward and next frame are stored)
+    terminal     the transition ended in a terminal state for training (no bootstrap)
+    episode_end  the episode ended there (terminated or truncated): the next row is its final frame
 
 When an episode ends at row `t`, row `t+1` holds the frame of `info["final_obs"]` (no action,
 `has_next` false) and row `t+2` the first frame of the next episode. So a truncated episode
 bootstraps from its real last observation, and nothing ever reads across an episode boundary:
-stacks stop at `first`, n-step sums stop at `terminal` or `done`.
+stacks stop at `first`, n-step sums stop at `terminal` or `episode_end`.
 
 A row is sampled only when it is a complete transition whose n-step look-ahead is written
 (age >= n behind the write head) and whose stack look-back has not been overwritten yet.
@@ -129,7 +129,7 @@ class ReplayBuffer:
         self.first = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
         self.has_next = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
         self.terminal = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
-        self.done = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
+        self.episode_end = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
         self.pos = torch.zeros(num_envs, dtype=torch.long, device=device)  # absolute row of the current obs
         self.envs = torch.arange(num_envs, device=device)
         self.transitions_added = 0  # host counter, for learning_starts
@@ -147,7 +147,7 @@ class ReplayBuffer:
         self.first[rows, self.envs] = first
         self.has_next[rows, self.envs] = False
         self.terminal[rows, self.envs] = False
-        self.done[rows, self.envs] = False
+        self.episode_end[rows, self.envs] = False
 
     def start(self, obs: torch.Tensor) -> None:
         """Record the first observation of every env (after `env.reset`, or after a resume)."""
@@ -156,7 +156,7 @@ class ReplayBuffer:
             # Resumed with a saved buffer: the interrupted episodes end here. Their last observation
             # (the head row) stays as a final frame, so their last transition bootstraps from it,
             # as for a truncation; the new episodes start on the next row.
-            self.done[(self.pos - 1) % self.slots, self.envs] = True
+            self.episode_end[(self.pos - 1) % self.slots, self.envs] = True
             self.pos += 1
         self._write_frame(self.pos % self.slots, self._newest_frame(obs), first=True)
         if resumed and self.prioritized:  # moving the head made one more row old enough to sample
@@ -176,7 +176,7 @@ class ReplayBuffer:
         self.actions[row, self.envs] = actions.to(torch.int32)
         self.rewards[row, self.envs] = rewards
         self.terminal[row, self.envs] = terminal
-        self.done[row, self.envs] = dones
+        self.episode_end[row, self.envs] = dones
         self.has_next[row, self.envs] = True
 
         new_frame = self._newest_frame(next_obs)
@@ -241,7 +241,7 @@ class ReplayBuffer:
         rows = (t.unsqueeze(1) + torch.arange(n, device=self.device)) % self.slots  # (batch, n)
         envs = env.unsqueeze(1)
         terminal = self.terminal[rows, envs]
-        stop = terminal | self.done[rows, envs]
+        stop = terminal | self.episode_end[rows, envs]
         # Step j counts only if no episode end came at an earlier step of the look-ahead.
         running = (torch.cumsum(stop.int(), dim=1) - stop.int()) == 0
         powers = self.gamma ** torch.arange(n, device=self.device, dtype=torch.float32)
@@ -314,7 +314,7 @@ class ReplayBuffer:
     # ------------------------------------------------------------------ saving
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {name: getattr(self, name) for name in
-                 ("actions", "rewards", "first", "has_next", "terminal", "done", "pos")}
+                 ("actions", "rewards", "first", "has_next", "terminal", "episode_end", "pos")}
         if isinstance(self.frames, dict):
             state.update({f"frames.{key}": value for key, value in self.frames.items()})
         else:
@@ -327,6 +327,8 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, value in state.items():
+            if name == "done":  # buffers saved before the field was named episode_end
+                name = "episode_end"
             if name == "transitions_added":
                 self.transitions_added = int(value)
             elif name == "tree":

@@ -385,6 +385,18 @@ def test_state_dict_round_trip_through_safetensors(tmp_path, prioritized):
         check_transition(stream, 3, b.obs[k], b.actions[k], b.returns[k], b.next_obs[k], b.discounts[k])
 
 
+def test_load_state_dict_reads_the_old_done_field():
+    """Buffers saved while `episode_end` was called `done` still load into it."""
+    stream = ScriptedEnvs(2, 4, seed=5)
+    buffer = make_buffer(stream, 2 * 50, 3)
+    feed(stream, buffer, 60)
+    state = buffer.state_dict()
+    state["done"] = state.pop("episode_end")
+    restored = make_buffer(stream, 2 * 50, 3)
+    restored.load_state_dict(state)
+    assert restored.episode_end.any() and torch.equal(restored.episode_end, buffer.episode_end)
+
+
 def test_load_state_dict_rejects_wrong_shape():
     stream = ScriptedEnvs(2, 1, seed=0)
     buffer = make_buffer(stream, 2 * 50, 1)
