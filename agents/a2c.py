@@ -41,6 +41,8 @@ class A2CConfig(PGConfig):
     """rmsprop (alpha 0.99, as in the paper and SB3) or adam."""
     rms_alpha: float = 0.99
     """RMSprop smoothing constant."""
+    rmsprop_eps: float = 1e-5
+    """RMSprop epsilon (--adam-eps is Adam's, used with --optimizer adam)."""
     norm_adv: bool = False
     """Normalise advantages over the rollout."""
 
@@ -54,7 +56,7 @@ def validate(cfg: A2CConfig) -> None:
 def make_optimizer(cfg: A2CConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return make_adam(groups, cfg.learning_rate, cfg.adam_eps)
-    return torch.optim.RMSprop(groups, lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.adam_eps)
+    return torch.optim.RMSprop(groups, lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.rmsprop_eps)
 
 
 def a2c_loss(cfg: A2CConfig, model: ActorCritic, dist: Any, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:

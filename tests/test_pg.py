@@ -180,7 +180,7 @@ def test_rollout_storage_bootstraps_truncated_steps(seed, T, N, gamma, lam):
     storage.final_obs.copy_(torch.randn(T, N, *obs_shape, generator=g))
     storage.rewards.copy_(rewards)
     storage.values.copy_(values)
-    storage.dones.copy_(terminated | truncated)
+    storage.train_ends.copy_(terminated | truncated)
     storage.truncated.copy_(truncated)
     weights = torch.tensor([0.5, -1.0, 2.0])
     rows_seen = []
@@ -206,7 +206,7 @@ def test_rollout_storage_bootstraps_truncated_steps(seed, T, N, gamma, lam):
 def test_bootstrap_truncated_without_truncation_changes_nothing():
     storage = pg.RolloutStorage(5, 2, gym.spaces.Box(-1, 1, (3,)), torch.float32, (), torch.int64, CPU)
     storage.rewards.copy_(torch.arange(10.0).view(5, 2))
-    storage.dones[2, 1] = True  # terminated, not truncated
+    storage.train_ends[2, 1] = True  # terminated, not truncated
 
     def value_fn(x):
         raise AssertionError("no truncated step: the value function must not be called")
@@ -222,7 +222,7 @@ def test_lambda_one_is_monte_carlo_bootstrapped_at_rollout_end(seed):
     storage = pg.RolloutStorage(T, N, gym.spaces.Box(-1, 1, (1,)), torch.float32, (), torch.int64, CPU)
     storage.rewards.copy_(rewards)
     storage.values.copy_(values)
-    storage.dones.copy_(dones)
+    storage.train_ends.copy_(dones)
     storage.compute_returns(last_value, gamma, 1.0)
     expected = torch.zeros(T, N)
     for i in range(N):
@@ -611,6 +611,16 @@ def test_validate_accepts_defaults(algo):
     ALGOS[algo].validate(ALGOS[algo].Config(env_id="CartPole-v1"))
 
 
+def test_a2c_optimizers_take_their_own_eps():
+    params = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    cfg = a2c.A2CConfig(env_id="CartPole-v1", adam_eps=1e-3, rmsprop_eps=1e-4)
+    rmsprop = a2c.make_optimizer(cfg, params)
+    assert isinstance(rmsprop, torch.optim.RMSprop) and rmsprop.defaults["eps"] == 1e-4
+    adam = a2c.make_optimizer(dataclasses.replace(cfg, optimizer="adam"), params)
+    assert adam.defaults["eps"] == 1e-3
+    assert a2c.A2CConfig.rmsprop_eps == pg.PGConfig.adam_eps  # the default RMSprop ran with before it had its own field
+
+
 class _FakeEnv:
     def __init__(self, action_space):
         self.single_action_space = action_space
@@ -748,7 +758,7 @@ def test_terminated_and_truncated_step_is_not_bootstrapped(monkeypatch):
     original = pg.RolloutStorage.bootstrap_truncated
 
     def spy(self, value_fn, gamma):
-        seen.append((self.truncated.clone(), self.dones.clone(), self.rewards.clone()))
+        seen.append((self.truncated.clone(), self.train_ends.clone(), self.rewards.clone()))
         return original(self, value_fn, gamma)
 
     monkeypatch.setattr(pg.RolloutStorage, "bootstrap_truncated", spy)
