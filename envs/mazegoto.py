@@ -29,7 +29,7 @@ Observations: a Dict
   agent a black diamond (drawn over the object it stepped on, in final observations). At 64 pixels
   the shapes read well up to size ~10 (6+ pixels a square); larger rooms blur them.
 - `mission`: (MAX_WORDS,) int64 token ids of the instruction under TOKENIZER (a
-  `rlbase.backbones.text.Tokenizer` over VOCABULARY), padded with 0.
+  `rlbase.tokenizer.Tokenizer` over VOCABULARY), padded with 0.
 The instruction as text: `MazeGoToVecEnv.instruction(i)`; the single-instance env puts it in
 `info["mission"]` of `reset` and `step`.
 
@@ -62,8 +62,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.backbones.text import Tokenizer
 from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_int, level_seeds, random_bits
+from rlbase.tokenizer import Tokenizer
 
 # -- the language (module-level API: pretraining on the text task imports these) --------------------
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "purple", "yellow", "grey")

@@ -36,9 +36,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.backbones.text import PAD_ID, UNK_ID
 from rlbase.envs.native import SPLITS, random_bits, random_uniform
 from rlbase.errors import UsageError
+from rlbase.tokenizer import PAD_ID, UNK_ID
 
 TASKS: dict[str, str] = {
     "maze-action": "Maze-v0 views -> the shortest-path action to the exit (4 classes: up, down, left, right)",

@@ -14,8 +14,8 @@ from rlbase.backbones import (BACKBONES, MultiInputBackbone, TextEncoder, backbo
                               check_backbone, default_backbone, is_token_space, resolve_backbone_name)
 from rlbase.backbones.artifact import (load_backbone, load_backbone_spec, load_backbone_weights, load_tokenizer,
                                        save_backbone)
-from rlbase.backbones.text import PAD_ID, UNK, UNK_ID, Tokenizer
 from rlbase.errors import UsageError
+from rlbase.tokenizer import PAD_ID, UNK, UNK_ID, Tokenizer
 
 # (shape, high): an Atari stack, RGB frames, a one-hot maze grid, digits.
 OBSERVATION_KINDS = {

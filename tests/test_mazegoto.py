@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from rlbase.backbones.text import words_of
 from rlbase.envs import make_vec_env  # importing rlbase.envs registers the rlbase/ ids
 from rlbase.envs.mazegoto import (AGENT_CODE, COLOURS, EVAL_TEMPLATES, HELDOUT_TARGETS, MAX_WORDS, OBJECTS,
                                   PIXELS, TOKENIZER, TRAIN_TEMPLATES, VOCABULARY, MazeGoToEnv, MazeGoToVecEnv,
                                   _pixel_squares, instruction_text, paint)
 from rlbase.errors import UsageError
+from rlbase.tokenizer import words_of
 
 from tests.gridpaths import MOVES, bfs_actions
 

@@ -25,9 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlbase.backbones import Backbone, build_backbone, input_scale, is_token_space, resolve_backbone_name
-from rlbase.backbones.text import Tokenizer, TextEncoder
+from rlbase.backbones.text import TextEncoder
 from rlbase.backbones.vision import MLP
 from rlbase.errors import UsageError
+from rlbase.tokenizer import Tokenizer
 
 FORMAT = "rlbase-backbone"
 VERSION = 1
