@@ -18,9 +18,8 @@ import torch
 from rlbase.agents.pg import ActorCritic, PGConfig, RolloutStorage, pg_agent, train_loop, validate_pg
 from rlbase.config import check
 from rlbase.envs import TensorVecEnv
-from rlbase.optim import gradient_step
+from rlbase.optim import Optimizer, gradient_step, make_adam
 from rlbase.run import Run
-from rlbase.utils import make_adam
 
 
 @dataclass
@@ -53,7 +52,7 @@ def validate(cfg: A2CConfig) -> None:
     check(0.0 < cfg.rms_alpha < 1.0, "rms_alpha", f"must be in (0, 1), got {cfg.rms_alpha}")
 
 
-def make_optimizer(cfg: A2CConfig, groups: list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: A2CConfig, groups: list[dict]) -> Optimizer:
     if cfg.optimizer == "adam":
         return make_adam(groups, cfg.learning_rate, cfg.adam_eps)
     return torch.optim.RMSprop(groups, lr=cfg.learning_rate, alpha=cfg.rms_alpha, eps=cfg.rmsprop_eps)
@@ -72,7 +71,7 @@ def a2c_loss(cfg: A2CConfig, model: ActorCritic, dist: Any, data: dict[str, torc
     return loss, {"pg": pg_loss.detach(), "v": v_loss.detach(), "ent": entropy.detach()}
 
 
-def update(cfg: A2CConfig, model: ActorCritic, optimizer: torch.optim.Optimizer, storage: RolloutStorage,
+def update(cfg: A2CConfig, model: ActorCritic, optimizer: Optimizer, storage: RolloutStorage,
            dist: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One gradient step on the whole rollout."""
     loss, stats = a2c_loss(cfg, model, dist, storage.flat())

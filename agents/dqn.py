@@ -27,11 +27,10 @@ from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.obs import batch_size, is_supported_space, space_dtype
-from rlbase.optim import gradient_step
+from rlbase.optim import gradient_step, make_adam
 from rlbase.run import Run
 from rlbase.stats import DeviceMean
 from rlbase.transfer import BackboneSpec
-from rlbase.utils import make_adam
 
 
 @dataclass

@@ -32,9 +32,9 @@ from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
 from rlbase.obs import assign
+from rlbase.optim import Optimizer, make_adam
 from rlbase.run import Run
 from rlbase.transfer import BackboneSpec
-from rlbase.utils import make_adam
 
 
 @dataclass
@@ -162,9 +162,9 @@ class ActorCritic(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Training loop shared by the agents
 # --------------------------------------------------------------------------------------------
-UpdateFn = Callable[[PGConfig, ActorCritic, Any, RolloutStorage, Any, torch.Generator], dict[str, torch.Tensor]]
+UpdateFn = Callable[[PGConfig, ActorCritic, Optimizer, RolloutStorage, Any, torch.Generator], dict[str, torch.Tensor]]
 # (config, parameter groups from `transfer.parameter_groups`) -> optimiser
-MakeOptimizer = Callable[[PGConfig, list[dict[str, Any]]], Any]
+MakeOptimizer = Callable[[PGConfig, list[dict[str, Any]]], Optimizer]
 
 
 def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Run, update: UpdateFn,

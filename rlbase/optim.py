@@ -159,6 +159,16 @@ class Adam:
                 [entry["exp_avg_sq"].to(p.device, p.dtype).clone() for p, entry in zip(params, entries)])
 
 
+# What the agents and the run's checkpoints accept as an optimiser: this Adam, or a torch.optim one
+# (A2C's RMSprop). Both have param_groups, zero_grad, step, state_dict and load_state_dict.
+Optimizer = Adam | torch.optim.Optimizer
+
+
+def make_adam(params: Iterable[Any], lr: float, eps: float) -> Adam:
+    """The agents' Adam; `params` is a list of parameters or of parameter groups."""
+    return Adam(params, lr=lr, eps=eps)
+
+
 def _has_fused_adam(param: torch.Tensor) -> bool:
     """Whether torch's fused Adam kernel runs here for `param`'s device and dtype (CPU: torch >= 2.4)."""
     if not hasattr(torch, "_fused_adam_"):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from rlbase.errors import UsageError
-from rlbase.optim import Adam
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,9 +48,3 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def make_adam(params, lr: float, eps: float) -> Any:
-    """The agents' Adam (rlbase.optim.Adam: torch's update and fused kernel, without torch.optim's
-    start-up cost); `params` is a list of parameters or of parameter groups."""
-    return Adam(params, lr=lr, eps=eps)
