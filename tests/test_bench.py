@@ -42,9 +42,9 @@ def test_bench_pg_solve_quick(tmp_path):
 
 
 def test_transfer_experiment_is_one_sweep_quick(tmp_path):
-    """scripts/transfer.py defines its arms as the cases of one `rlbase sweep` (smoke budgets)."""
+    """scripts/maze_transfer.py defines its arms as the cases of one `rlbase sweep` (smoke budgets)."""
     out = tmp_path / "transfer.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "transfer.py"), "maze", "--quick", "--seeds", "0",
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "maze_transfer.py"), "maze", "--quick", "--seeds", "0",
                            "--arms", "scratch", "frozen", "--workdir", str(tmp_path / "work"), "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,7 +1,7 @@
 """What transfer buys: env steps to a return threshold, pretrained backbone vs from scratch.
 
-    python scripts/transfer.py maze --seeds 0 1 2 --json transfer_maze.json
-    python scripts/transfer.py goto --seeds 0 1 2 --json transfer_goto.json
+    python scripts/maze_transfer.py maze --seeds 0 1 2 --json transfer_maze.json
+    python scripts/maze_transfer.py goto --seeds 0 1 2 --json transfer_goto.json
 
 Runs the real console script throughout: `rlbase pretrain` once (seed 0), then one `rlbase sweep
 ppo` whose search space's `cases` are the arms (identical hyperparameters apart from the backbone's
