@@ -20,10 +20,35 @@ if TYPE_CHECKING:
     from rlbase.agents import Agent
     from rlbase.envs import TensorVecEnv
 
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom; 1.96 beyond.
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The t with P(|T| < t) = `confidence` for Student's t with `df` (a positive integer) degrees
+    of freedom: 2.776 for a 95% interval with 4.
+
+    SciPy's `stats.t.ppf` is not a dependency of `rlbase eval`; for integer degrees of freedom the
+    two-sided probability has a closed form in theta = atan(t / sqrt(df)) (Abramowitz & Stegun
+    26.7.3-4), increasing in theta, so bisecting it gives the quantile to float precision.
+    """
+    if df < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"t_quantile needs df >= 1 and a confidence in (0, 1), got {df}, {confidence}")
+    # The series has df // 2 terms in cos^2; k numbers the ones after the first.
+    k = np.arange(1, df // 2, dtype=np.float64)
+    powers = 2 * np.arange(df // 2)
+    if df % 2:  # odd: 2/pi (theta + sin (cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ...)); theta alone for df 1
+        coefficients = np.concatenate([[1.0], np.cumprod(2 * k / (2 * k + 1))]) if df > 1 else np.zeros(0)
+
+        def two_sided(theta: float) -> float:
+            return 2 / math.pi * (theta + math.sin(theta) * np.sum(coefficients * np.cos(theta) ** (powers + 1)))
+    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        coefficients = np.concatenate([[1.0], np.cumprod((2 * k - 1) / (2 * k))])
+
+        def two_sided(theta: float) -> float:
+            return math.sin(theta) * np.sum(coefficients * np.cos(theta) ** powers)
+    low, high = 0.0, math.pi / 2
+    for _ in range(64):
+        mid = (low + high) / 2
+        low, high = (mid, high) if two_sided(mid) < confidence else (low, mid)
+    return math.sqrt(df) * math.tan((low + high) / 2)
 
 
 def summarize(returns: list[float], lengths: list[int]) -> dict[str, Any]:
@@ -31,7 +56,7 @@ def summarize(returns: list[float], lengths: list[int]) -> dict[str, Any]:
     r = np.asarray(returns, dtype=np.float64)
     n = len(r)
     std = float(r.std(ddof=1)) if n > 1 else 0.0
-    half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * std / math.sqrt(n) if n > 1 else 0.0
+    half = t_quantile(0.95, n - 1) * std / math.sqrt(n) if n > 1 else 0.0
     mean = float(r.mean())
     return {"mean_return": mean, "std_return": std, "min_return": float(r.min()), "max_return": float(r.max()),
             "ci95_low": mean - half, "ci95_high": mean + half, "mean_length": float(np.mean(lengths)),

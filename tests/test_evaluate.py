@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlbase.envs import make_vec_env
-from rlbase.evaluate import play_episodes, summarize
+from rlbase.evaluate import play_episodes, summarize, t_quantile
 from rlbase.stats import RecentEpisodes
 
 CPU = torch.device("cpu")
@@ -51,6 +51,48 @@ def test_summarize_against_statistics_module():
     assert [e["return"] for e in s["episodes"]] == returns and [e["length"] for e in s["episodes"]] == lengths
     one = summarize([5.0], [7])
     assert one["std_return"] == 0.0 and one["ci95_low"] == one["ci95_high"] == 5.0
+
+
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom, as printed in statistics tables.
+T95_TABLE = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+             2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+             2.045, 2.042]
+
+
+def test_t_quantile_matches_the_printed_table():
+    assert [round(t_quantile(0.95, df), 3) for df in range(1, 31)] == T95_TABLE
+    # Past the table it keeps falling towards the normal quantile, never below it.
+    larger = [t_quantile(0.95, df) for df in (31, 60, 120, 1000, 100_000)]
+    assert 2.042 > larger[0] and larger == sorted(larger, reverse=True) and larger[-1] > 1.959963
+    assert larger[-1] == pytest.approx(1.959963985, abs=1e-4)
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99])
+def test_t_quantile_against_scipy(confidence):
+    stats = pytest.importorskip("scipy.stats")  # a dev dependency, not one of rlbase eval's
+    for df in [*range(1, 41), 99, 100, 1001, 5000]:
+        assert t_quantile(confidence, df) == pytest.approx(stats.t.ppf(0.5 + confidence / 2, df), rel=1e-9)
+
+
+def test_videos_play_at_the_env_render_fps(tmp_path):
+    """One mp4 per episode of env 0, at the env's own frame rate (native CartPole: 50, not 30)."""
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    env = make_vec_env("rlbase/CartPole-v1", 1, CPU, render=True)
+    try:
+        assert env.render_fps == 50.0
+        returns, lengths = play_episodes(env, lambda obs, generator: torch.zeros(len(obs), dtype=torch.long), 2, 0,
+                                         video_dir=tmp_path)
+    finally:
+        env.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_000.mp4", "episode_001.mp4"]
+    for name, length in zip(["episode_000.mp4", "episode_001.mp4"], lengths):
+        reader = imageio.get_reader(tmp_path / name)
+        try:
+            assert reader.get_meta_data()["fps"] == 50.0
+            assert reader.count_frames() == length  # the first observation and every step but the last
+        finally:
+            reader.close()
 
 
 def test_play_episodes_splits_evenly_and_reports_real_episodes():
