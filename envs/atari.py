@@ -1,4 +1,4 @@
-"""Atari backend: ale-py's C++ vector env behind the `TensorVecEnv` interface.
+"""Atari through ale-py: the settings a run carries, and the pipelines that play them.
 
 Preprocessing is ale-py's own (the standard DQN/Nature settings): 84x84 grey frames, a stack
 of 4 (zero frames before the first one of a game), frameskip 4 with max-pooling of the last
@@ -6,17 +6,39 @@ two frames, up to 30 no-ops and FIRE at reset, v5 sticky actions (0.25).
 
 The env always plays and reports full games with the real score. Reward clipping and
 life-loss-as-terminal are applied in `training_signal`, for learning targets only.
+
+Two pipelines play a game with the same settings: `AtariVecEnv` (rlbase.envs.atari_vec), ale-py's
+C++ vector env, for training and evaluation; and `make_single_atari`, the same preprocessing from
+Gymnasium wrappers, for videos (the C++ env has no RGB render). `make_atari_vec_env` picks one.
+
+This module imports neither torch nor ale-py, so the run config reads the settings' names and
+defaults (`GAME_OPTIONS`, `TRAINING_OPTIONS`) from here at no cost.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
-import numpy as np
-import torch
 
-from rlbase.envs.core import EpisodeStats, HostToDevice, TensorVecEnv, actions_to_numpy
+if TYPE_CHECKING:
+    import torch
+
+    from rlbase.envs.core import TensorVecEnv
+
+GAME_OPTIONS: dict[str, Any] = {
+    "sticky_actions": 0.25,  # probability of repeating the previous action (v5)
+    "frame_stack": 4,  # stacked 84x84 grey frames
+    "noop_max": 30,  # up to this many no-ops at the start of a game
+    "atari_max_episode_steps": 27_000,  # agent steps (108,000 frames) after which a game is truncated
+}
+"""How a game is played: option name -> default; the same in training and evaluation."""
+TRAINING_OPTIONS: dict[str, Any] = {
+    "clip_rewards": True,  # learn from sign-clipped rewards
+    "terminal_on_life_loss": True,  # a lost life ends the learning target's episode
+}
+"""What the learner trains on (`training_signal`): option name -> default. Evaluation leaves them
+out and reads the real, unclipped games."""
 
 FRAME_SKIP = 4
 """Emulator frames per agent step (the action is repeated; the last two frames are max-pooled)."""
@@ -27,78 +49,33 @@ AGENT_STEP_FPS = EMULATOR_FPS / FRAME_SKIP
 """Agent steps per second of real game time (15): the frame rate of real-time videos."""
 
 
-class AtariVecEnv(TensorVecEnv):
-    render_fps = AGENT_STEP_FPS  # this backend cannot render; the value matches the video path's
+def make_atari_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bool = False,
+                       **options: Any) -> TensorVecEnv:
+    """The `TensorVecEnv` of Atari id `env_id`: ale-py's C++ vector env, or with `render=True`
+    Gymnasium's vector env over `make_single_atari` (frames for videos).
 
-    def __init__(self, env_id: str, num_envs: int, device: torch.device, *, sticky_actions: float = 0.25,
-                 frame_stack: int = 4, noop_max: int = 30, max_episode_steps: int = 27_000,
-                 clip_rewards: bool = True, terminal_on_life_loss: bool = True, num_threads: int = 0):
-        from ale_py.vector_env import AtariVectorEnv
+    `options` are names of GAME_OPTIONS and TRAINING_OPTIONS (the defaults stand for the others);
+    another name is a TypeError. A missing video dependency is an RlbaseError.
+    """
+    unknown = sorted(set(options) - set(GAME_OPTIONS) - set(TRAINING_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown Atari option(s) {', '.join(unknown)}; known: "
+                        f"{', '.join([*GAME_OPTIONS, *TRAINING_OPTIONS])}")
+    game = {name: options.get(name, default) for name, default in GAME_OPTIONS.items()}
+    game["max_episode_steps"] = game.pop("atari_max_episode_steps")  # the pipelines' own keyword
+    if not render:
+        from rlbase.envs.atari_vec import AtariVecEnv
 
-        self.env_id = env_id
-        self.num_envs = num_envs
-        self.device = device
-        self.frame_stack = frame_stack
-        self.clip_rewards = clip_rewards
-        self.terminal_on_life_loss = terminal_on_life_loss
-        game = gym.spec(env_id).kwargs["game"]
-        self._env = AtariVectorEnv(
-            game, num_envs,
-            autoreset_mode="SameStep",
-            repeat_action_probability=sticky_actions,
-            frameskip=FRAME_SKIP, stack_num=frame_stack, img_height=84, img_width=84, grayscale=True, maxpool=True,
-            noop_max=noop_max, use_fire_reset=True,
-            max_num_frames_per_episode=max_episode_steps * FRAME_SKIP,
-            # Training-only transforms are done in training_signal, so episodes are whole games.
-            reward_clipping=False, episodic_life=False, life_loss_info=False,
-            num_threads=num_threads,
-        )
-        self.single_observation_space = self._env.single_observation_space
-        self.single_action_space = self._env.single_action_space
-        self._to_device = HostToDevice(device)
-        self._stats = EpisodeStats(num_envs, device)
-        self._lives = np.zeros(num_envs, dtype=np.int32)
+        training = {name: options.get(name, default) for name, default in TRAINING_OPTIONS.items()}
+        return AtariVecEnv(env_id, num_envs, device, **game, **training)
+    from rlbase.envs.gym_adapter import GymVecEnv
+    from rlbase.errors import RlbaseError
 
-    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-        obs, info = self._env.reset(seed=seed)
-        self._lives = info["lives"].copy()
-        self._stats.reset()
-        return self._to_device("obs", obs), {}
-
-    def step(self, actions: torch.Tensor):
-        self.step_async(actions)
-        return self.step_wait()
-
-    def step_async(self, actions: torch.Tensor) -> None:
-        self._env.send(actions_to_numpy(actions).astype(np.int64))  # ale-py's C++ threads start stepping
-
-    def step_wait(self):
-        obs, rewards, terminated, truncated, info = self._env.recv()
-        dones = terminated | truncated
-        # A life lost without the game ending; `lives` of a reset env is its new game's count.
-        life_lost = (info["lives"] < self._lives) & ~dones
-        self._lives = info["lives"].copy()
-        final_obs = info["final_obs"] if "final_obs" in info else obs
-        to_dev = self._to_device
-        out = {
-            "final_obs": to_dev("final_obs", final_obs),
-            "life_lost": to_dev("life_lost", life_lost),
-        }
-        rewards_t = to_dev("rewards", rewards.astype(np.float32))
-        terminated_t = to_dev("terminated", terminated)
-        truncated_t = to_dev("truncated", truncated)
-        out["episode_return"], out["episode_length"] = self._stats.update(rewards_t, terminated_t | truncated_t)
-        return to_dev("obs", obs), rewards_t, terminated_t, truncated_t, out
-
-    def training_signal(self, rewards, terminated, info):
-        if self.clip_rewards:
-            rewards = torch.sign(rewards)
-        if self.terminal_on_life_loss:
-            terminated = terminated | info["life_lost"]
-        return rewards, terminated
-
-    def close(self) -> None:
-        self._env.close()
+    fns = [lambda: make_single_atari(env_id, render_mode="rgb_array", **game) for _ in range(num_envs)]
+    try:
+        return GymVecEnv(fns, env_id, device, frame_stack=game["frame_stack"])
+    except gym.error.DependencyNotInstalled as exc:
+        raise RlbaseError(f"recording {env_id} needs the video extras (pip install 'rlbase[video]'): {exc}") from None
 
 
 class _FireOnReset(gym.Wrapper):
@@ -113,8 +90,10 @@ class _FireOnReset(gym.Wrapper):
         return obs, info
 
 
-def make_single_atari(env_id: str, *, sticky_actions: float = 0.25, frame_stack: int = 4, noop_max: int = 30,
-                      max_episode_steps: int = 27_000, render_mode: str | None = None) -> gym.Env:
+def make_single_atari(env_id: str, *, sticky_actions: float = GAME_OPTIONS["sticky_actions"],
+                      frame_stack: int = GAME_OPTIONS["frame_stack"], noop_max: int = GAME_OPTIONS["noop_max"],
+                      max_episode_steps: int = GAME_OPTIONS["atari_max_episode_steps"],
+                      render_mode: str | None = None) -> gym.Env:
     """One Atari env with the same preprocessing built from Gymnasium wrappers.
 
     Used where the C++ vector env cannot serve: recording videos (it has no RGB render). Its

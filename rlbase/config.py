@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from rlbase.envs import atari
 from rlbase.errors import UsageError
 
 
@@ -77,29 +78,32 @@ class CommonConfig:
     """Episodes per evaluation: of --eval-freq, and of `rlbase eval` when --episodes is not given."""
     eval_epsilon: float = 0.0
     """Exploration rate used by `rlbase eval` (Atari preset: 0.05)."""
-    sticky_actions: float = 0.25
+    # The Atari settings: names and defaults are rlbase.envs.atari's (GAME_OPTIONS, TRAINING_OPTIONS).
+    sticky_actions: float = atari.GAME_OPTIONS["sticky_actions"]
     """Atari only: probability of repeating the previous action (v5 default 0.25)."""
-    frame_stack: int = 4
+    frame_stack: int = atari.GAME_OPTIONS["frame_stack"]
     """Atari only: number of stacked 84x84 grey frames."""
-    noop_max: int = 30
+    noop_max: int = atari.GAME_OPTIONS["noop_max"]
     """Atari only: up to this many no-op actions at the start of each game."""
-    max_episode_steps: int = 27_000
-    """Atari only: agent steps (of 4 frames) after which a game is truncated (108,000 frames)."""
-    clip_rewards: bool = True
+    atari_max_episode_steps: int = atari.GAME_OPTIONS["atari_max_episode_steps"]
+    """Atari only: agent steps (of 4 frames) after which a game is truncated (108,000 frames). rlbase's
+    own envs take their time limit from --env-kwargs max_episode_steps=N."""
+    clip_rewards: bool = atari.TRAINING_OPTIONS["clip_rewards"]
     """Atari only: train on sign-clipped rewards (logged returns are always the real score)."""
-    terminal_on_life_loss: bool = True
+    terminal_on_life_loss: bool = atari.TRAINING_OPTIONS["terminal_on_life_loss"]
     """Atari only: treat a lost life as terminal in training targets (episodes are still full games)."""
 
 
 FLAG_NAMES = {"env_id": "--env"}
 
 
-ENV_OPTIONS = ("sticky_actions", "frame_stack", "noop_max", "max_episode_steps", "clip_rewards", "terminal_on_life_loss")
+RENAMED_FIELDS = {"max_episode_steps": "atari_max_episode_steps"}
+"""Old field name -> new one: config.json files of older runs still load."""
 
 
 def env_options(cfg: CommonConfig, training: bool = True) -> dict[str, Any]:
     """The config's environment settings, as keyword arguments of `rlbase.envs.make_vec_env`."""
-    names = ENV_OPTIONS if training else ENV_OPTIONS[:4]  # evaluation plays real, unclipped games
+    names = [*atari.GAME_OPTIONS, *(atari.TRAINING_OPTIONS if training else ())]  # evaluation: real, unclipped games
     options: dict[str, Any] = {name: getattr(cfg, name) for name in names}
     options["env_kwargs"] = dict(cfg.env_kwargs)
     options["split"] = "train" if training else "eval"  # procedural envs evaluate on unseen levels
@@ -301,6 +305,7 @@ def describe_presets(algo: str) -> str:
 def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
     """Build `cls` from a dict, rejecting unknown keys and coercing list -> tuple."""
     names = {f.name for f in dataclasses.fields(cls)}
+    values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
     unknown = sorted(set(values) - names)
     if unknown:
         raise UsageError(f"{source}: unknown option(s) {', '.join(unknown)}")
@@ -363,7 +368,8 @@ def validate_common(cfg: CommonConfig) -> None:
     check(0.0 <= cfg.sticky_actions <= 1.0, "sticky_actions", f"must be in [0, 1], got {cfg.sticky_actions}")
     check(cfg.frame_stack > 0, "frame_stack", f"must be positive, got {cfg.frame_stack}")
     check(cfg.noop_max >= 0, "noop_max", f"must be >= 0, got {cfg.noop_max}")
-    check(cfg.max_episode_steps > 0, "max_episode_steps", f"must be positive, got {cfg.max_episode_steps}")
+    check(cfg.atari_max_episode_steps > 0, "atari_max_episode_steps",
+          f"must be positive, got {cfg.atari_max_episode_steps}")
     check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes), "hidden_sizes",
           f"must be positive integers, got {cfg.hidden_sizes}")
     from rlbase.backbones import ACTIVATIONS, BACKBONES

@@ -152,7 +152,7 @@ def make_sb3_env(cfg, n_envs: int):
         cfg.env_id, n_envs=n_envs, seed=cfg.seed,
         # v5 ids skip 4 frames themselves; AtariWrapper's MaxAndSkipEnv does the skipping here.
         env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.sticky_actions,
-                    "max_num_frames_per_episode": cfg.max_episode_steps * 4},
+                    "max_num_frames_per_episode": cfg.atari_max_episode_steps * 4},
         wrapper_kwargs={"noop_max": cfg.noop_max, "frame_skip": 4, "screen_size": 84,
                         "terminal_on_life_loss": cfg.terminal_on_life_loss, "clip_reward": cfg.clip_rewards},
     )
@@ -233,7 +233,7 @@ def work_env(job: dict[str, Any]) -> dict[str, Any]:
 
             def make_one():
                 e = gym.make(cfg.env_id, frameskip=1, repeat_action_probability=cfg.sticky_actions,
-                             max_num_frames_per_episode=cfg.max_episode_steps * 4)
+                             max_num_frames_per_episode=cfg.atari_max_episode_steps * 4)
                 e = gym.wrappers.AtariPreprocessing(e, noop_max=cfg.noop_max, frame_skip=4, screen_size=84,
                                                     terminal_on_life_loss=False, grayscale_obs=True)
                 return gym.wrappers.FrameStackObservation(e, cfg.frame_stack)
@@ -254,7 +254,7 @@ def work_env(job: dict[str, Any]) -> dict[str, Any]:
         env = AtariVectorEnv(gym.spec(cfg.env_id).kwargs["game"], n, autoreset_mode="SameStep",
                              repeat_action_probability=cfg.sticky_actions, frameskip=4, stack_num=cfg.frame_stack,
                              noop_max=cfg.noop_max, use_fire_reset=True, reward_clipping=False,
-                             max_num_frames_per_episode=cfg.max_episode_steps * 4)
+                             max_num_frames_per_episode=cfg.atari_max_episode_steps * 4)
         env.reset(seed=0)
         num_actions = int(env.single_action_space.n)
 

@@ -132,7 +132,7 @@ def sb3_vec_env(cfg, n_envs: int, seed: int | None = None):
     env = make_atari_env(
         cfg.env_id, n_envs=n_envs, seed=seed,
         env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.sticky_actions,
-                    "max_num_frames_per_episode": cfg.max_episode_steps * 4},
+                    "max_num_frames_per_episode": cfg.atari_max_episode_steps * 4},
         wrapper_kwargs={"noop_max": cfg.noop_max, "frame_skip": 4, "screen_size": 84,
                         "terminal_on_life_loss": cfg.terminal_on_life_loss, "clip_reward": cfg.clip_rewards},
     )

@@ -103,7 +103,7 @@ def test_breakout_smoke():
     cfg = dqn.DQNConfig(env_id="ALE/Breakout-v5", total_timesteps=600, num_envs=2, buffer_size=2_000,
                         learning_starts=200, batch_size=32, train_freq=4, target_update_interval=200,
                         seed=0, device="cpu")
-    result = run_train(cfg, max_episode_steps=100)
+    result = run_train(cfg, atari_max_episode_steps=100)
     check_result(cfg, result)
     assert isinstance(result["q_network"].backbone, NatureCNN)
 

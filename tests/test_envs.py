@@ -91,7 +91,7 @@ def _zero(frames: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def breakout_50():
-    env = make_vec_env("ALE/Breakout-v5", 2, CPU, max_episode_steps=50)
+    env = make_vec_env("ALE/Breakout-v5", 2, CPU, atari_max_episode_steps=50)
     yield env
     env.close()
 
@@ -179,7 +179,7 @@ def test_atari_life_loss_is_terminal_for_training_only():
 
 def test_atari_episode_return_is_unclipped():
     # Space Invaders pays 5-30 points per alien, so clipped and real returns differ quickly.
-    env = make_vec_env("ALE/SpaceInvaders-v5", 2, CPU, max_episode_steps=150)
+    env = make_vec_env("ALE/SpaceInvaders-v5", 2, CPU, atari_max_episode_steps=150)
     gen = torch.Generator().manual_seed(0)
     try:
         env.reset(seed=0)
@@ -234,8 +234,8 @@ def test_step_async_then_wait_equals_step(env_id):
     """The DQN loop overlaps env stepping with learning through step_async/step_wait; it must
     give exactly what `step` gives for the same seed and actions."""
     device = torch.device("cpu")
-    a = make_vec_env(env_id, 2, device, max_episode_steps=40)
-    b = make_vec_env(env_id, 2, device, max_episode_steps=40)
+    a = make_vec_env(env_id, 2, device, atari_max_episode_steps=40)
+    b = make_vec_env(env_id, 2, device, atari_max_episode_steps=40)
     obs_a, _ = a.reset(seed=3)
     obs_b, _ = b.reset(seed=3)
     assert torch.equal(obs_a, obs_b)

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from rlbase.envs import NATIVE_ENVS, check_env_id, import_env_modules, make_vec_env, plain_env_id
-from rlbase.envs.atari import AGENT_STEP_FPS, EMULATOR_FPS, FRAME_SKIP, AtariVecEnv
+from rlbase.envs.atari import AGENT_STEP_FPS, EMULATOR_FPS, FRAME_SKIP
+from rlbase.envs.atari_vec import AtariVecEnv
 from rlbase.envs.gym_adapter import GymVecEnv, ObservationConverter
 from rlbase.envs.native import NativeVecEnv, SingleEnv
 from rlbase.errors import UsageError
