@@ -2,7 +2,7 @@
 (MultiDiscrete) and a diagonal Gaussian (Box, clipped or tanh-squashed onto the bounds).
 
 Small and explicit: `torch.distributions` validates and allocates on every call, which costs more
-than the math for small policies; tests/test_pg.py checks these against it.
+than the math for small policies; tests/test_pg_distributions.py checks these against it.
 """
 
 from __future__ import annotations
