@@ -50,6 +50,7 @@ def validate(cfg: A2CConfig) -> None:
     validate_pg(cfg)
     check(cfg.optimizer in ("rmsprop", "adam"), "optimizer", f"use rmsprop or adam, got {cfg.optimizer!r}")
     check(0.0 < cfg.rms_alpha < 1.0, "rms_alpha", f"must be in (0, 1), got {cfg.rms_alpha}")
+    check(cfg.rmsprop_eps > 0, "rmsprop_eps", f"must be positive, got {cfg.rmsprop_eps}")
 
 
 def make_optimizer(cfg: A2CConfig, groups: list[dict]) -> Optimizer:

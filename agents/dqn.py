@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +24,7 @@ from torch import nn
 from rlbase import transfer
 from rlbase.agents import Agent, Policy
 from rlbase.buffers import ReplayBuffer, ReplaySample
+from rlbase.checkpoint import load_module
 from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
@@ -31,6 +33,7 @@ from rlbase.optim import gradient_step, make_adam
 from rlbase.run import Run
 from rlbase.stats import DeviceMean
 from rlbase.transfer import BackboneSpec
+from rlbase.utils import available_memory, format_bytes
 
 
 @dataclass
@@ -100,6 +103,8 @@ def validate(cfg: DQNConfig) -> None:
     check(cfg.n_step >= 1, "n_step", f"must be >= 1, got {cfg.n_step}")
     check(cfg.per_alpha >= 0, "per_alpha", "must be >= 0")
     check(0.0 <= cfg.per_beta <= 1.0, "per_beta", "must be in [0, 1]")
+    check(cfg.per_eps > 0, "per_eps", f"must be positive (a priority floor), got {cfg.per_eps}")
+    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
 
 
 class QNetwork(nn.Module):
@@ -130,6 +135,21 @@ def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
     if not is_supported_space(env.single_observation_space):
         raise UsageError(f"DQN's replay buffer stores Box observations or a Dict of them; {cfg.env_id} has "
                          f"{type(env.single_observation_space).__name__} observations")
+    need, free = replay_bytes(cfg, env), available_memory(env.device)
+    if free is not None and need > free:
+        raise UsageError(f"invalid --buffer-size: {cfg.buffer_size:,} transitions of {cfg.env_id} need "
+                         f"{format_bytes(need)} of replay memory; {env.device} has {format_bytes(free)} available")
+
+
+def replay_bytes(cfg: DQNConfig, env: TensorVecEnv) -> int:
+    """The replay buffer's size in bytes, before allocating it: each frame stored once, plus action,
+    reward and flags per transition (and the priority tree with --prioritized-replay)."""
+    space = env.single_observation_space
+    spaces = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    frame = sum(int(np.prod(s.shape[1:] if env.frame_stack > 1 else s.shape)) * np.dtype(s.dtype).itemsize
+                for s in spaces)
+    rows = cfg.buffer_size // env.num_envs + 1
+    return rows * env.num_envs * (frame + 12 + (16 if cfg.prioritized_replay else 0))
 
 
 def build_q_network(backbone: BackboneSpec, observation_space: gym.spaces.Space, action_space: gym.spaces.Space,
@@ -266,7 +286,7 @@ def load_policy(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_sp
     """The evaluation policy of a trained agent: epsilon-greedy (`cfg.eval_epsilon`) on the saved Q-network."""
     q = build_q_network(transfer.parse(cfg, observation_space, with_weights=False), observation_space, action_space,
                         cfg.dueling).to(device)
-    q.load_state_dict({k[len("q."):]: v for k, v in tensors.items() if k.startswith("q.")})
+    load_module(q, tensors, "q.")
     q.eval()
     num_actions, epsilon = int(action_space.n), cfg.eval_epsilon
     return lambda obs, generator: select_actions(q, obs, epsilon, num_actions, generator)

@@ -28,6 +28,7 @@ from rlbase.agents.rollout import (Normalizer, RolloutStorage, RunningMeanStd,  
                                    compute_gae, explained_variance)
 from rlbase import transfer
 from rlbase.agents import Agent, Policy
+from rlbase.checkpoint import load_module
 from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.errors import UsageError
@@ -91,6 +92,8 @@ def validate_pg(cfg: PGConfig) -> None:
     check(cfg.action_bounds in ("clip", "squash"), "action_bounds", f"use clip or squash, got {cfg.action_bounds!r}")
     check(cfg.clip_obs > 0, "clip_obs", "must be positive")
     check(cfg.clip_reward > 0, "clip_reward", "must be positive")
+    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
+    check(abs(cfg.log_std_init) <= 20, "log_std_init", f"must be in [-20, 20] (a std of e^x), got {cfg.log_std_init}")
 
 
 def check_env(cfg: PGConfig, env: TensorVecEnv) -> None:
@@ -262,7 +265,7 @@ def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_spa
     dist = make_distribution(action_space, cfg.action_bounds)
     model = ActorCritic(cfg, transfer.parse(cfg, observation_space, with_weights=False), observation_space, dist)
     model.to(device)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_module(model, tensors, "model.")
     model.eval()
     normalizer = Normalizer(cfg, getattr(observation_space, "shape", None), 1, device)
     normalizer.load(tensors)

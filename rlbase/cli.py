@@ -17,9 +17,10 @@ import gc
 import json
 import os
 import sys
+import warnings
 
 from rlbase import __version__
-from rlbase.errors import RlbaseError, UsageError
+from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
 from rlbase.utils import plural
 
 
@@ -313,7 +314,16 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """rlbase's own warnings as one `rlbase: warning:` line; others as Python shows them."""
+    if issubclass(category, RlbaseWarning):
+        print(f"rlbase: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     try:
         args = build_parser(argv).parse_args(argv)
         if args.command in ("plot", "report"):

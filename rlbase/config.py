@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import sys
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -70,6 +71,9 @@ class CommonConfig:
     torch_threads: int = 0
     """Torch intra-op threads while training (0: auto, 1 for an mlp backbone on CPU, whose small ops
     run faster on one thread than split over several; torch's default otherwise)."""
+    check_env_values: bool = False
+    """Check every observation and reward for NaN and infinity, and stop training at the first one
+    with the step it came at (costs a few small device ops per step; see BENCHMARKS.md)."""
     eval_freq: int = 0
     """Evaluate every this many environment steps during training, and at the end (0: never): the
     eval split, the evaluation policy, --eval-episodes episodes; logs eval/mean_reward and keeps the
@@ -310,12 +314,45 @@ def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
     if unknown:
         raise UsageError(f"{source}: unknown option(s) {', '.join(unknown)}")
     hints = get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if hints[key] in (tuple[int, ...], tuple[str, ...]) and isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**{key: _typed(value, hints[key], key, source) for key, value in values.items()})
+
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+          tuple[int, ...]: "a list of integers", tuple[str, ...]: "a list of strings",
+          dict[str, Any]: "an object of KEY: VALUE"}
+
+
+def _typed(value: Any, type_: Any, key: str, source: str) -> Any:
+    """`value` as field `key` of type `type_` wants it (a list becomes a tuple, an integer a float);
+    a one-line UsageError naming `source` and the field for a value of the wrong type (a config
+    file or a run's config.json is input: `hidden_sizes: "abc"` must not reach a network)."""
+    ok = False
+    if type_ is bool:
+        ok = isinstance(value, bool)
+    elif type_ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif type_ is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif type_ is str:
+        ok = isinstance(value, str)
+    elif type_ in (tuple[int, ...], tuple[str, ...]):
+        item = int if type_ == tuple[int, ...] else str
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    elif type_ == dict[str, Any]:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    else:
+        ok = True
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise UsageError(f"{source}: field {key} must be {_KINDS.get(type_, type_)}, got {shown}")
+    return value
 
 
 def resolve_config(cls: type, algo: str, values: dict[str, Any], observations: str | None = None) -> Any:
@@ -356,7 +393,11 @@ def check(condition: bool, field_name: str, message: str) -> None:
 
 
 def validate_common(cfg: CommonConfig) -> None:
+    for f in dataclasses.fields(cfg):  # no option takes NaN or infinity (--learning-rate inf, --adam-eps nan)
+        value = getattr(cfg, f.name)
+        check(not isinstance(value, float) or math.isfinite(value), f.name, f"must be a finite number, got {value}")
     check(bool(cfg.env_id), "env_id", "an environment id is required, e.g. --env CartPole-v1")
+    check(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     check(cfg.total_timesteps > 0, "total_timesteps", f"must be positive, got {cfg.total_timesteps}")
     check(cfg.num_envs > 0, "num_envs", f"must be positive, got {cfg.num_envs}")
     check(cfg.log_interval > 0, "log_interval", f"must be positive, got {cfg.log_interval}")

@@ -61,6 +61,8 @@ class Plan:
     """The run directory being resumed, if any."""
     make_eval_env: Callable[[int], TensorVecEnv] | None = None
     """`make_eval_env(num_envs)`: envs of the eval split, for evaluation during training."""
+    changes: dict[str, list] = dataclasses.field(default_factory=dict)
+    """Config fields a resume changed: field -> [old, new] (recorded in config.json)."""
 
     @property
     def start_step(self) -> int:
@@ -108,11 +110,24 @@ def plan_config(cfg: Any, *, env: TensorVecEnv | None = None, resume: Checkpoint
     return _complete(agent, cfg, env, make_eval_env, resume=resume, run_dir=run_dir)
 
 
+RESUMABLE_CHANGES = frozenset({
+    "total_timesteps", "log_interval", "checkpoint_interval", "eval_freq", "eval_episodes", "eval_epsilon",
+    "eval_deterministic", "device", "torch_threads", "compile", "save_buffer", "check_env_values", "log_dir",
+    "run_name"})
+"""Config fields `--resume` may change: the schedule (total steps, stretching the lr and exploration
+schedules with it), the log, checkpoint and evaluation cadences, and where and how it computes.
+Every other field shapes the networks, the optimiser, the replay or rollout layout, the env batch
+or the data, and is refused with one line naming it."""
+
+
 def plan_resume(run_dir: str | Path, algo: str, values: dict[str, Any]) -> Plan:
-    """Continue the run in `run_dir` from its latest checkpoint; `values` override its config."""
+    """Continue the run in `run_dir` from its newest complete checkpoint; `values` may change the
+    fields in RESUMABLE_CHANGES (the changes are recorded in config.json once the checkpoint has
+    loaded into the networks). Nothing in the run directory is written here."""
     from rlbase.agents import get_agent
     from rlbase.checkpoint import load_checkpoint
-    from rlbase.config import from_dict
+    from rlbase.config import flag_name, from_dict
+    from rlbase.errors import RlbaseError
     from rlbase.run import CONFIG_FILE, read_config
     from rlbase.utils import resolve_device
 
@@ -120,16 +135,35 @@ def plan_resume(run_dir: str | Path, algo: str, values: dict[str, Any]) -> Plan:
     saved_algo, saved = read_config(run_dir)
     if saved_algo != algo:
         raise UsageError(f"{run_dir} is a {saved_algo} run, not {algo}")
-    if values.get("env_id", saved.get("env_id")) != saved.get("env_id"):
-        raise UsageError(f"{run_dir} trained on {saved.get('env_id')}, not {values['env_id']}")
     agent = get_agent(algo)
-    cfg = from_dict(agent.Config, {**saved, **values}, str(run_dir / CONFIG_FILE))
+    source = str(run_dir / CONFIG_FILE)
+    saved_cfg = from_dict(agent.Config, saved, source)
+    try:
+        agent.validate(saved_cfg)
+    except UsageError as exc:  # a hand-edited config.json: name the file, not a flag
+        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    cfg = from_dict(agent.Config, {**saved, **values}, "--resume")
+    changed = {f: (getattr(saved_cfg, f), getattr(cfg, f)) for f in values
+               if getattr(cfg, f) != getattr(saved_cfg, f)}
+    for field, (old, new) in changed.items():
+        if field not in RESUMABLE_CHANGES:
+            raise UsageError(f"{flag_name(field)} cannot change when resuming ({_shown(old)} in {source}, "
+                             f"{_shown(new)} given): it shapes the networks, optimiser, replay or envs of the run; "
+                             "start a new run instead")
     agent.validate(cfg)
     resume = load_checkpoint(run_dir, resolve_device(cfg.device), with_buffer=True)
-    step = resume.state.get("step", 0)
+    step = resume.state["step"]
     if step >= cfg.total_timesteps:
         raise UsageError(f"{run_dir} already reached {step} steps; pass a larger --total-timesteps to continue")
-    return _complete(agent, cfg, None, None, resume=resume, run_dir=run_dir)
+    p = _complete(agent, cfg, None, None, resume=resume, run_dir=run_dir)
+    p.changes = {field: list(pair) for field, pair in changed.items()}
+    return p
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value) if value != "" else "none"
 
 
 def agent_of(cfg: Any) -> Agent:
@@ -197,7 +231,11 @@ def execute(plan: Plan, *, run_dir: Union[str, Path, None] = NEW, callbacks: Any
     from rlbase.run import NO_TIMER, Run, new_run_dir, write_config
     from rlbase.utils import intra_op_threads, seed_everything
 
+    from rlbase.guards import CheckedEnv
+
     cfg, agent, env = plan.config, plan.agent, plan.env
+    if cfg.check_env_values:
+        env = CheckedEnv(env)
     callback_list = as_callbacks(callbacks)
     evaluation = EvalCallback(cfg.eval_freq, cfg.eval_episodes) if cfg.eval_freq > 0 else None
     if evaluation is not None:
@@ -206,13 +244,20 @@ def execute(plan: Plan, *, run_dir: Union[str, Path, None] = NEW, callbacks: Any
         run_dir = plan.run_dir or new_run_dir(cfg, agent.name)
     run_dir = Path(run_dir) if run_dir is not None else None
     logger = None
+    resumed_here = plan.resume is not None and run_dir is not None and plan.run_dir is not None \
+        and run_dir.resolve() == plan.run_dir.resolve()
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, agent.name, cfg)
+        if not resumed_here:
+            write_config(run_dir, agent.name, cfg)
         logger = RunLogger(run_dir, cfg.total_timesteps, start_step=plan.start_step,
                            hparams=json.loads(to_json(cfg)), progress=progress)
+    # A resumed run's config.json is rewritten only once its checkpoint has loaded into the networks.
+    on_restored = (lambda: write_config(run_dir, agent.name, cfg, resumed=(plan.start_step, plan.changes))) \
+        if resumed_here else None
     run = Run(agent, cfg, env, plan.backbone, run_dir=run_dir, logger=logger, resume=plan.resume,
-              callbacks=callback_list, timer=timer or NO_TIMER, make_eval_env=plan.make_eval_env)
+              callbacks=callback_list, timer=timer or NO_TIMER, make_eval_env=plan.make_eval_env,
+              on_restored=on_restored)
     if announce is not None:
         announce(start_line(plan, run_dir))
     try:

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 import torch
 from torch import nn
 
-from rlbase.checkpoint import (CHECKPOINTS, Checkpoint, atomic_write_text, optimizer_from_tensors,
+from rlbase.checkpoint import (CHECKPOINTS, Checkpoint, atomic_write_text, load_module, optimizer_from_tensors,
                                optimizer_to_tensors, save_checkpoint)
 from rlbase.errors import RlbaseError
+from rlbase.guards import CheckedEnv, NonFiniteError, first_nonfinite_tensor, first_nonfinite_value
 from rlbase.stats import RecentEpisodes
 
 if TYPE_CHECKING:
@@ -61,9 +62,21 @@ def new_run_dir(config: Any, algo: str) -> Path:
     return run_dir
 
 
-def write_config(run_dir: Path, algo: str, config: Any) -> None:
-    payload = {"algo": algo, "config": dataclasses.asdict(config)}
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(payload, indent=2, sort_keys=True))
+def write_config(run_dir: Path, algo: str, config: Any, resumed: tuple[int, dict[str, list]] | None = None) -> None:
+    """Write config.json (atomically). `resumed` = (step, {field: [old, new]}): a resume at `step`,
+    appended to the file's `resumes` record (with the fields it changed)."""
+    from rlbase.safefiles import disk_error, read_json
+
+    payload: dict[str, Any] = {"algo": algo, "config": dataclasses.asdict(config)}
+    file = run_dir / CONFIG_FILE
+    if resumed is not None:
+        history = read_json(file).get("resumes", []) if file.exists() else []
+        payload["resumes"] = [*(history if isinstance(history, list) else []),
+                              {"step": resumed[0], "changed": resumed[1]}]
+    try:
+        atomic_write_text(file, json.dumps(payload, indent=2, sort_keys=True))
+    except OSError as exc:
+        raise disk_error(exc, "the run's config", file) from None
 
 
 def read_config(path: Path) -> tuple[str, dict[str, Any]]:
@@ -134,8 +147,10 @@ class Run:
     def __init__(self, agent: Agent, cfg: Any, env: TensorVecEnv, backbone: BackboneSpec, *,
                  run_dir: Path | None = None, logger: RunLogger | None = None, resume: Checkpoint | None = None,
                  callbacks: Iterable[Callback] = (), timer: Any = NO_TIMER,
-                 make_eval_env: Callable[[int], TensorVecEnv] | None = None):
+                 make_eval_env: Callable[[int], TensorVecEnv] | None = None,
+                 on_restored: Callable[[], None] | None = None):
         self.agent = agent
+        self.on_restored = on_restored
         self.config = cfg
         self.env = env
         self.device = env.device
@@ -184,8 +199,7 @@ class Run:
         tensors, saved, buffer_state = self.resume
         try:
             for name, module in self._modules.items():
-                prefix = f"{name}."
-                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+                load_module(module, tensors, f"{name}.")
             optimizer_from_tensors(optimizer, tensors, saved["optimizer"])
             for item in self._state:
                 item.load(tensors)
@@ -197,10 +211,13 @@ class Run:
             if buffer is not None and buffer_state is not None:
                 buffer.load_state_dict(buffer_state)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            lines = [f"{exc.args[0]} is missing"] if isinstance(exc, KeyError) and exc.args else \
+                str(exc).strip().splitlines() or [type(exc).__name__]
             raise RlbaseError(f"the checkpoint does not fit this run's networks ({lines[0]})") from None
         counters.update({k: v for k, v in values.items() if k in counters})
         self.last_saved_step = self.global_step  # resuming from it: already on disk
+        if self.on_restored is not None:
+            self.on_restored()
         return counters
 
     def tensors(self, weights_only: bool = False) -> dict[str, torch.Tensor]:
@@ -230,6 +247,8 @@ class Run:
         if self.run_dir is None or not self._modules:
             return None
         tensors, state, buffer = self.checkpoint()
+        bad = first_nonfinite_tensor(tensors)
+        self._check_finite(f"{bad} holds NaN or infinity" if bad else None)
         # The checkpoint carries its own config so it can be evaluated on its own.
         state = {"algo": self.agent.name, "config": dataclasses.asdict(self.config), **state, **(extra or {})}
         keep_buffer = buffer is not None and self.config.save_buffer and kind == CHECKPOINTS
@@ -246,6 +265,8 @@ class Run:
         """Reset the envs (seeded by the config's seed and the step, so a resumed run starts fresh
         episodes), begin the cadences and tell the callbacks; returns the first observations."""
         cfg = self.config
+        if isinstance(self.env, CheckedEnv):
+            self.env.step_offset = self.global_step
         obs, _ = self.env.reset(seed=cfg.seed + self.global_step)
         self._next_log = _next_multiple(self.global_step, cfg.log_interval)
         self._next_checkpoint = _next_multiple(self.global_step, cfg.checkpoint_interval) \
@@ -292,11 +313,24 @@ class Run:
         return {"rollout/ep_rew_mean": summary["ep_rew_mean"], "rollout/ep_len_mean": summary["ep_len_mean"]}
 
     def log(self, scalars: dict[str, float]) -> None:
-        """Log the agent's values and the episode statistics at the current step."""
+        """Log the agent's values and the episode statistics at the current step; stop training
+        (`NonFiniteError`) when one of them, or with --check-env-values the env's, is not finite."""
         values = {**scalars, **self.episode_scalars()}
         self.last_scalars, self.last_log_step = values, self.global_step
         if self.logger is not None:
             self.logger.log(self.global_step, values)
+        self._check_finite(first_nonfinite_value(values))
+
+    def _check_finite(self, problem: str | None) -> None:
+        """Raise NonFiniteError for `problem` (or the env's first non-finite value, which caused it)."""
+        env_problem = self.env.problem() if isinstance(self.env, CheckedEnv) else None
+        problem = env_problem or problem
+        if problem is None:
+            return
+        kept = f"the newest checkpoint, step {self.last_saved_step:,}, is kept" if self.last_saved_step is not None \
+            and self.run_dir is not None else "no checkpoint was written"
+        hint = "" if env_problem else " (lower --learning-rate, or find a NaN from the env with --check-env-values)"
+        raise NonFiniteError(f"training stopped at step {self.global_step:,}: {problem}; {kept}{hint}")
 
     def finish(self, **extra: Any) -> dict[str, Any]:
         """End of training: the final checkpoint (unless this step is already saved), the callbacks'
