@@ -62,55 +62,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 from typing import Any
 
-from benchlib import (add_common_arguments, fmt_rate, git_revision, load_average, mlp, nature_cnn, print_table,
-                      round_up, run_worker_if_asked, run_worker_subprocess)
-
-CARTPOLE = "CartPole-v1"
-BREAKOUT = "ALE/Breakout-v5"
-FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
-CEILING_WINDOWS = 5
+from benchlib import (FAMILIES, ale_vec_env, config_from_dict, fastest_rate, fmt_rate, gymnasium_vec_env, mlp,
+                      nature_cnn, parse_arguments, preset_config, print_table, register_ale, rlbase_vec_env, round_up,
+                      run_jobs, sb3_vec_env, set_threads, start_invocation, write_json)
 
 
-# --------------------------------------------------------------------------- shared helpers
-
-def set_threads(job: dict[str, Any]) -> int:
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    return torch.get_num_threads()
-
+# --------------------------------------------------------------------------- configs
 
 def resolve_rlbase_config(env_id: str, steps: int, double_q: bool, buffer_size: int | None):
     """The rlbase DQN preset for `env_id`, shortened to `steps` with learning_starts = 10%."""
-    from rlbase.agents.dqn import DQNConfig
-    from rlbase.config import resolve_config
-
-    overrides: dict[str, Any] = {"env_id": env_id, "total_timesteps": steps, "learning_starts": steps // 10,
-                                 "double_q": double_q, "device": "cpu", "seed": 0}
+    overrides: dict[str, Any] = {"total_timesteps": steps, "learning_starts": steps // 10, "double_q": double_q}
     if buffer_size is not None:
         overrides["buffer_size"] = buffer_size
-    cfg = resolve_config(DQNConfig, "dqn", overrides)
+    cfg = preset_config("dqn", env_id, overrides)
     # SB3's DQN has neither a dueling head nor prioritized replay: a preset that turns them on is
     # benchmarked with them off, so both libraries run the same algorithm (reported in the output).
     return dataclasses.replace(cfg, dueling=False, prioritized_replay=False), {
         k for k in ("dueling", "prioritized_replay") if getattr(cfg, k)}
-
-
-def config_from_dict(values: dict[str, Any]):
-    from rlbase.agents.dqn import DQNConfig
-    from rlbase.config import from_dict
-
-    return from_dict(DQNConfig, values, "benchmark config")
 
 
 def sb3_schedule(train_freq: int, gradient_steps: int, n_envs: int) -> tuple[int, int]:
@@ -125,48 +100,14 @@ def sb3_schedule(train_freq: int, gradient_steps: int, n_envs: int) -> tuple[int
     return den // d, num // d
 
 
-def make_rlbase_env(cfg, num_envs: int | None = None):
-    import torch
-    from rlbase.config import env_options
-    from rlbase.envs import make_vec_env
-
-    return make_vec_env(cfg.env_id, num_envs or cfg.num_envs, torch.device("cpu"), **env_options(cfg))
-
-
-def register_ale() -> None:
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
-
-
-def make_sb3_env(cfg, n_envs: int):
-    """SB3's own env stack for `cfg.env_id`, with the same Atari settings as rlbase's env."""
-    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
-    from stable_baselines3.common.vec_env import VecFrameStack
-
-    if not cfg.env_id.startswith("ALE/"):
-        return make_vec_env(cfg.env_id, n_envs=n_envs, seed=cfg.seed)
-    register_ale()
-    env = make_atari_env(
-        cfg.env_id, n_envs=n_envs, seed=cfg.seed,
-        # v5 ids skip 4 frames themselves; AtariWrapper's MaxAndSkipEnv does the skipping here.
-        env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.sticky_actions,
-                    "max_num_frames_per_episode": cfg.atari_max_episode_steps * 4},
-        wrapper_kwargs={"noop_max": cfg.noop_max, "frame_skip": 4, "screen_size": 84,
-                        "terminal_on_life_loss": cfg.terminal_on_life_loss, "clip_reward": cfg.clip_rewards},
-    )
-    return VecFrameStack(env, n_stack=cfg.frame_stack)
-
-
 # --------------------------------------------------------------------------- workers (one measurement each)
 
 def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
     from rlbase.lifecycle import train_config
 
     threads = set_threads(job)
-    cfg = config_from_dict(job["config"])
-    env = make_rlbase_env(cfg)
+    cfg = config_from_dict("dqn", job["config"])
+    env = rlbase_vec_env(cfg)
     start = time.perf_counter()
     out = train_config(cfg, env)
     wall = time.perf_counter() - start
@@ -178,10 +119,10 @@ def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     from stable_baselines3 import DQN
 
     threads = set_threads(job)
-    cfg = config_from_dict(job["config"])
+    cfg = config_from_dict("dqn", job["config"])
     n_envs = job["n_envs"]
     train_freq, gradient_steps = sb3_schedule(cfg.train_freq, cfg.gradient_steps, n_envs)
-    env = make_sb3_env(cfg, n_envs)
+    env = sb3_vec_env(cfg, n_envs)
     atari = cfg.env_id.startswith("ALE/")
     start = time.perf_counter()
     model = DQN(
@@ -211,64 +152,33 @@ def work_env(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     threads = set_threads(job)
-    cfg = config_from_dict(job["config"])
+    cfg = config_from_dict("dqn", job["config"])
     impl, n = job["impl"], job["num_envs"]
     rng = np.random.default_rng(0)
-    atari = cfg.env_id.startswith("ALE/")
     if impl == "rlbase":
         import torch
 
-        env = make_rlbase_env(cfg, n)
-        env.reset(seed=0)
-        num_actions = int(env.single_action_space.n)
+        env = rlbase_vec_env(cfg, num_envs=n)
         gen = torch.Generator().manual_seed(0)
 
-        def step():
-            env.step(torch.randint(num_actions, (n,), generator=gen))
-    elif impl == "gymnasium":
-        import gymnasium as gym
+        def draw(num_actions: int):
+            return torch.randint(num_actions, (n,), generator=gen)
+    elif impl in ("gymnasium", "ale_py", "sb3"):
+        env = {"gymnasium": gymnasium_vec_env, "ale_py": ale_vec_env, "sb3": sb3_vec_env}[impl](cfg, n)
 
-        if atari:
-            register_ale()
-
-            def make_one():
-                e = gym.make(cfg.env_id, frameskip=1, repeat_action_probability=cfg.sticky_actions,
-                             max_num_frames_per_episode=cfg.atari_max_episode_steps * 4)
-                e = gym.wrappers.AtariPreprocessing(e, noop_max=cfg.noop_max, frame_skip=4, screen_size=84,
-                                                    terminal_on_life_loss=False, grayscale_obs=True)
-                return gym.wrappers.FrameStackObservation(e, cfg.frame_stack)
-
-            env = gym.vector.SyncVectorEnv([make_one for _ in range(n)])
-        else:
-            env = gym.make_vec(cfg.env_id, num_envs=n, vectorization_mode="sync")
-        env.reset(seed=0)
-        num_actions = int(env.single_action_space.n)
-
-        def step():
-            env.step(rng.integers(num_actions, size=n))
-    elif impl == "ale_py":
-        import gymnasium as gym
-        from ale_py.vector_env import AtariVectorEnv
-
-        register_ale()
-        env = AtariVectorEnv(gym.spec(cfg.env_id).kwargs["game"], n, autoreset_mode="SameStep",
-                             repeat_action_probability=cfg.sticky_actions, frameskip=4, stack_num=cfg.frame_stack,
-                             noop_max=cfg.noop_max, use_fire_reset=True, reward_clipping=False,
-                             max_num_frames_per_episode=cfg.atari_max_episode_steps * 4)
-        env.reset(seed=0)
-        num_actions = int(env.single_action_space.n)
-
-        def step():
-            env.step(rng.integers(num_actions, size=n))
-    elif impl == "sb3":
-        env = make_sb3_env(cfg, n)
-        env.reset()
-        num_actions = int(env.action_space.n)
-
-        def step():
-            env.step(rng.integers(num_actions, size=n))
+        def draw(num_actions: int):
+            return rng.integers(num_actions, size=n)
     else:
         raise ValueError(f"unknown env implementation {impl!r}")
+    if impl == "sb3":  # SB3's VecEnv API: seeded at creation, `action_space` is one env's
+        env.reset()
+        num_actions = int(env.action_space.n)
+    else:
+        env.reset(seed=0)
+        num_actions = int(env.single_action_space.n)
+
+    def step():
+        env.step(draw(num_actions))
 
     for _ in range(20):  # warm-up, untimed
         step()
@@ -291,7 +201,7 @@ def work_ceiling(job: dict[str, Any]) -> dict[str, Any]:
 
     threads = set_threads(job)
     torch.manual_seed(0)
-    cfg = config_from_dict(job["config"])
+    cfg = config_from_dict("dqn", job["config"])
     batch = cfg.batch_size
     atari = cfg.env_id.startswith("ALE/")
     if atari:
@@ -332,30 +242,12 @@ def work_ceiling(job: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
 
-    for i in range(5):  # warm-up, untimed
-        update(i)
-    # A ceiling is the best the hardware does: time several windows and keep the fastest, so a burst
-    # of load from other processes during one window does not lower it.
-    windows, iters, total_wall = [], 0, 0.0
-    for _ in range(CEILING_WINDOWS):
-        n, start = 0, time.perf_counter()
-        while True:
-            update(iters + n)
-            n += 1
-            wall = time.perf_counter() - start
-            if wall >= job["seconds"] / CEILING_WINDOWS and n >= 2:
-                break
-        windows.append(n * batch / wall)
-        iters, total_wall = iters + n, total_wall + wall
-    return {"iters": iters, "batch": batch, "wall_s": total_wall, "samples_per_s": max(windows),
-            "samples_per_s_mean": iters * batch / total_wall, "threads": threads}
+    best, mean, iters, total_wall = fastest_rate(update, batch, job["seconds"])
+    return {"iters": iters, "batch": batch, "wall_s": total_wall, "samples_per_s": best,
+            "samples_per_s_mean": mean, "threads": threads}
 
 
 WORKERS = {"train_rlbase": work_train_rlbase, "train_sb3": work_train_sb3, "env": work_env, "ceiling": work_ceiling}
-
-
-def run_job(job: dict[str, Any], in_process: bool) -> dict[str, Any]:
-    return WORKERS[job["kind"]](job) if in_process else run_worker_subprocess(__file__, job)
 
 
 # --------------------------------------------------------------------------- the benchmark plan
@@ -425,10 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(FAMILIES), help="benchmark one env family only")
     parser.add_argument("--repeats", type=int, default=1, help="training runs per variant (median reported)")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="timed seconds per compute-ceiling probe")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    if run_worker_if_asked(args, WORKERS):  # a subprocess running one measurement
-        return 0
+    args = parse_arguments(parser, argv, WORKERS)  # a --worker subprocess runs its measurement and exits here
 
     if args.quick:
         args.cartpole_steps, args.atari_steps = 1_000, 200
@@ -436,48 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
 
-    import ale_py
-    import gymnasium
-    import stable_baselines3
-    import torch
-
-    command = "python " + shlex.join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
-    meta = {"command": command, "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
-            "gymnasium": gymnasium.__version__, "ale_py": ale_py.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch_threads": args.threads, "rlbase_revision": git_revision(),
-            "platform": platform.platform(), "load_average_start": load_average(), "quick": args.quick}
-    print(f"command: {command}")
-    print(f"torch {meta['torch']}, stable-baselines3 {meta['stable_baselines3']}, gymnasium {meta['gymnasium']}, "
-          f"ale-py {meta['ale_py']}, python {meta['python']}, rlbase {meta['rlbase_revision']}")
-    print(f"CPUs: {meta['cpu_count']} (torch.set_num_threads({args.threads}) in every run); "
-          f"load average at start: {meta['load_average_start']}")
-    if args.quick:
-        print("QUICK MODE: tiny runs for a smoke test; the numbers below are not a benchmark.")
-    print()
-
+    meta = start_invocation(__file__, argv, args)
     jobs, notes = plan(args)
     for note in notes:
         print("NOTE: " + note)
-    results: list[dict[str, Any]] = []
-    for i, job in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {job['env_id']}: {job['label']} ...", end=" ", flush=True)
-        res = run_job(job, args.in_process)
-        print(f"{res['wall_s']:.1f} s", flush=True)
-        results.append({**job, **res})
-    meta["load_average_end"] = load_average()
-    print(f"load average at end: {meta['load_average_end']}\n")
-
+    results = run_jobs(jobs, lambda job: f"{job['env_id']}: {job['label']}", __file__, WORKERS, args.in_process, meta)
     summary = report(args, jobs, results)
     for note in notes:
         print("NOTE: " + note)
     if args.json:
         configs = {j["env_id"] + (" double_q" if j["config"]["double_q"] else ""): j["config"]
                    for j in jobs if j["kind"] == "train_rlbase"}
-        with open(args.json, "w") as fh:
-            runs = [{k: v for k, v in r.items() if k != "config"} for r in results]  # configs are listed once
-            json.dump({"meta": meta, "notes": notes, "configs": configs, "results": runs, "summary": summary}, fh,
-                      indent=2)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, meta, notes, configs, results, summary)
     return 0
 
 

@@ -45,34 +45,13 @@ OpenCV (`pip install opencv-python-headless`); without it the SB3 Breakout runs 
    (writing the rollout, bookkeeping), env (waiting for env.step_wait), learn (returns + update).
    rlbase picks its own intra-op threads (1 for an MLP on CPU); on CartPole SB3 is also run with
    1 thread when --threads > 1, so the ratio can be read against SB3's faster setting.
-2. Compute ceiling (`--sections ceiling`), Breakout only: a plain NatureCNN written here with
-   shared policy/value heads, forward + PPO loss + backward + Adam step on random uint8 minibatches
-   of the PPO minibatch size (256), samples/s from the fastest of 5 timing windows, same thread
-   count. Two variants: "plain" (default memory format, default Adam, as a user would write it;
-   the issue's reference) and "rlbase-style" (channels_last, fused Adam, as rlbase runs); the
-   ceiling is the faster of the two, so rlbase is not flattered by a slow reference.
-   Ceiling definitions (both printed):
-     learner ceiling (the issue's):  steps/s = samples/s / update_epochs
-                                     (every transition is learned from update_epochs times);
-     learner + acting ceiling:       1 / (update_epochs / samples/s + 1 / acting samples/s),
-                                     acting = one no-grad forward per transition at batch num_envs.
-   Env stepping, gradient clipping and the minibatch gather are in neither ceiling.
+2. Compute ceiling (`--sections ceiling`), Breakout only: samples/s of a plain NatureCNN
+   actor-critic written here (forward + PPO loss + backward + Adam) on random minibatches, in two
+   variants (plain, and rlbase-style); written out in scripts/pg_ceiling.py, with the code.
 3. CartPole solve time (`--sections solve`): wall-clock of training until the first evaluation
-   whose mean return is >= 475. rlbase PPO with its preset; SB3 PPO with RL-Zoo's CartPole-v1
-   hyperparameters (written in this script, rl_zoo3 is not needed: n_envs 8, n_steps 32, batch
-   256, gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, lr linear from 1e-3, clip_range
-   linear from 0.2, 1e5 steps). Both are evaluated the same way, after the update that crosses
-   every --eval-every steps and at the end of training: --eval-episodes deterministic episodes
-   (mode action) played by `rlbase.evaluate.play_episodes` on the same rlbase eval env with the
-   same seeds, evaluation time excluded from the clock (the clock is paused), training stopped
-   once solved. rlbase is evaluated from a callback of its run lifecycle (the policy is built from
-   `run.tensors()`, the current weights; torch's RNG is forked so training is unchanged), SB3 from
-   a callback. The clock includes model setup, not env creation. Median over --seeds
-   (an unsolved seed counts as infinitely slow). A third run per seed, "rlbase native", trains the
-   PPO preset of rlbase/CartPole-v1 (the same dynamics batched on the device; its preset is tuned
-   for wall-clock) for its whole budget, evaluated the same way on the way but not stopped when
-   solved: its "train s" is the whole training run, checked against the issue's 3 s goal with the
-   last evaluation, which must be solved on every seed.
+   whose mean return is >= 475, rlbase PPO (its preset, on CartPole-v1 and, for its whole budget,
+   on rlbase/CartPole-v1) against SB3 PPO with RL-Zoo's hyperparameters, evaluated alike; the
+   method is written out in scripts/pg_solve.py, with the code.
 
 Timings on a shared machine are noisy: the load average is printed at start and end; use
 --repeats for medians, and compare ratios from the same run.
@@ -82,64 +61,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 from typing import Any
 
-from benchlib import (add_common_arguments, fmt_rate, git_revision, load_average, nature_cnn_actor_critic,
-                      print_table, register_ale, run_worker_if_asked, run_worker_subprocess, sb3_vec_env)
+from benchlib import (BREAKOUT, CARTPOLE, FAMILIES, config_from_dict, fmt_rate, linear_schedule, parse_arguments,
+                      preset_config, print_table, rlbase_training_threads, rlbase_vec_env, run_jobs, sb3_vec_env,
+                      set_threads, start_invocation, write_json)
+from pg_ceiling import ceiling_jobs, ceiling_table, work_ceiling
+from pg_solve import solve_jobs, solve_summary, solve_table, work_solve
 
-CARTPOLE = "CartPole-v1"
-NATIVE_CARTPOLE = "rlbase/CartPole-v1"  # the same dynamics, batched on the device
-BREAKOUT = "ALE/Breakout-v5"
-FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
 SECTIONS = ("throughput", "ceiling", "solve")
-CEILING_WINDOWS = 5
-SOLVE_THRESHOLD = 475.0
 STAGES = ("env", "act", "store", "learn")
 
 # Targets from the issue.
 TARGET_CARTPOLE_RATIO = 2.0       # rlbase / SB3 steps/s on CartPole-v1
 TARGET_BREAKOUT_CEILING = 0.85    # rlbase steps/s / learner ceiling on Breakout
-TARGET_NATIVE_CARTPOLE_S = 3.0    # PPO trains rlbase/CartPole-v1 to a solved policy within this (issue 4)
 ISSUE_REFERENCE = ("for reference, the issue's earlier measurements: SB3 PPO solved CartPole "
                    "in 60.6 s (RL-Zoo, 1e5 steps); SB3 PPO Breakout 187 steps/s over 30 min; ceiling ~385 steps/s "
                    "(~1,670 samples/s at batch 256)")
 
-# RL-Zoo's PPO hyperparameters for CartPole-v1 (rl-baselines3-zoo hyperparams/ppo.yml), written here.
-RL_ZOO_CARTPOLE = {"n_envs": 8, "n_timesteps": 100_000, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8,
-                   "gamma": 0.98, "n_epochs": 20, "ent_coef": 0.0, "learning_rate": "lin_1e-3",
-                   "clip_range": "lin_0.2"}
 
-
-# --------------------------------------------------------------------------- shared helpers
-
-def set_threads(job: dict[str, Any]) -> int:
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    return torch.get_num_threads()
-
-
-def resolve_rlbase_config(env_id: str, overrides: dict[str, Any]):
-    from rlbase.agents.ppo import PPOConfig
-    from rlbase.config import resolve_config
-
-    return resolve_config(PPOConfig, "ppo", {"env_id": env_id, "device": "cpu", "seed": 0, **overrides})
-
-
-def config_from_dict(values: dict[str, Any]):
-    from rlbase.agents.ppo import PPOConfig
-    from rlbase.config import from_dict
-
-    return from_dict(PPOConfig, values, "benchmark config")
-
+# --------------------------------------------------------------------------- PPO in SB3's terms
 
 def rollout_size(cfg) -> int:
     return cfg.num_steps * cfg.num_envs
@@ -147,29 +93,6 @@ def rollout_size(cfg) -> int:
 
 def minibatch_size(cfg) -> int:
     return rollout_size(cfg) // cfg.num_minibatches
-
-
-def make_rlbase_env(cfg, training: bool = True, num_envs: int | None = None):
-    import torch
-    from rlbase.config import env_options
-    from rlbase.envs import make_vec_env
-
-    return make_vec_env(cfg.env_id, num_envs or cfg.num_envs, torch.device("cpu"), **env_options(cfg, training))
-
-
-def rlbase_training_threads(cfg, env) -> int:
-    """The intra-op thread count rlbase's training loop will use (its auto rule, or --torch-threads)."""
-    from rlbase.backbones import check_backbone
-    from rlbase.config import training_threads
-
-    return training_threads(cfg, check_backbone(cfg.backbone, env.single_observation_space), "cpu")
-
-
-def linear_schedule(initial: float):
-    """SB3 schedule: progress_remaining goes from 1 to 0 over training."""
-    def schedule(progress_remaining: float) -> float:
-        return progress_remaining * initial
-    return schedule
 
 
 def sb3_ppo_kwargs(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -208,31 +131,6 @@ def sb3_ppo_kwargs(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
     return kwargs, described
 
 
-def sb3_rl_zoo_cartpole_kwargs() -> dict[str, Any]:
-    z = RL_ZOO_CARTPOLE
-    return {"policy": "MlpPolicy", "n_steps": z["n_steps"], "batch_size": z["batch_size"], "gae_lambda": z["gae_lambda"],
-            "gamma": z["gamma"], "n_epochs": z["n_epochs"], "ent_coef": z["ent_coef"],
-            "learning_rate": linear_schedule(1e-3), "clip_range": linear_schedule(0.2)}
-
-
-class PausableClock:
-    """Wall clock that can be paused (evaluation time is not training time)."""
-
-    def __init__(self):
-        self.elapsed, self.started = 0.0, None
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def pause(self) -> float:
-        self.elapsed += time.perf_counter() - self.started
-        self.started = None
-        return self.elapsed
-
-    def read(self) -> float:
-        return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
-
-
 # --------------------------------------------------------------------------- workers (one measurement each)
 
 def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
@@ -241,8 +139,8 @@ def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
     from rlbase.run import StageTimer
 
     threads = set_threads(job)
-    cfg = config_from_dict(job["config"])
-    env = make_rlbase_env(cfg)
+    cfg = config_from_dict("ppo", job["config"])
+    env = rlbase_vec_env(cfg)
     train_threads = rlbase_training_threads(cfg, env)
     timer = StageTimer(torch.device("cpu"))  # CPU: marks only read the clock, no syncs
     marks: list[tuple[int, float, dict[str, float]]] = []  # (global_step, time, stage seconds) after each update
@@ -268,7 +166,7 @@ def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     from stable_baselines3.common.callbacks import BaseCallback
 
     threads = set_threads(job)
-    cfg = config_from_dict(job["config"])
+    cfg = config_from_dict("ppo", job["config"])
     kwargs, _ = sb3_ppo_kwargs(cfg)
     env = sb3_vec_env(cfg, cfg.num_envs)
     grad_steps = [0]
@@ -304,197 +202,8 @@ def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
             "sb3_epoch_count": int(model._n_updates), "threads": threads, "train_threads": threads}
 
 
-def work_ceiling(job: dict[str, Any]) -> dict[str, Any]:
-    """Samples/s of NatureCNN actor-critic forward + PPO loss + backward + Adam at the minibatch size,
-    and of the acting forward (no grad) at batch num_envs."""
-    import gymnasium as gym
-    import torch
-
-    began = time.perf_counter()
-    threads = set_threads(job)
-    torch.manual_seed(0)
-    cfg = config_from_dict(job["config"])
-    rlbase_style = job["variant"] == "rlbase-style"
-    register_ale()
-    probe = gym.make(cfg.env_id)
-    num_actions = int(probe.action_space.n)
-    probe.close()
-    batch, n_act = minibatch_size(cfg), cfg.num_envs
-    net = nature_cnn_actor_critic(cfg.frame_stack, num_actions)
-    if rlbase_style:
-        net = net.to(memory_format=torch.channels_last)
-        net.channels_last = True
-    optimizer = None
-    if rlbase_style:
-        try:
-            optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
-        except (RuntimeError, TypeError):
-            optimizer = None
-    fused = optimizer is not None
-    if optimizer is None:
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
-    frames = (cfg.frame_stack, 84, 84)
-    pool = [torch.randint(0, 256, (batch, *frames), dtype=torch.uint8) for _ in range(4)]
-    act_pool = [torch.randint(0, 256, (n_act, *frames), dtype=torch.uint8) for _ in range(4)]
-    actions = torch.randint(num_actions, (batch,))
-    old_logprobs = torch.full((batch,), -math.log(num_actions)) + 0.01 * torch.randn(batch)
-    advantages, returns, old_values = torch.randn(batch), torch.randn(batch), torch.randn(batch)
-    clip = cfg.clip_coef
-
-    def update(i: int) -> None:
-        logits, values = net(pool[i % len(pool)])
-        logp_all = logits.log_softmax(-1)
-        logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)
-        ratio = (logp - old_logprobs).exp()
-        adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-        clipped = old_values + (values - old_values).clamp(-clip, clip)
-        v_loss = 0.5 * torch.max((values - returns).pow(2), (clipped - returns).pow(2)).mean()
-        entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @torch.no_grad()
-    def act(i: int) -> None:
-        logits, _ = net(act_pool[i % len(act_pool)])
-        logits.argmax(-1)
-
-    def best_rate(fn, samples_per_call: int, seconds: float) -> tuple[float, float, int]:
-        for i in range(5):  # warm-up, untimed
-            fn(i)
-        # Fastest of several windows, so a burst of load from other processes does not lower the ceiling.
-        rates, calls, total = [], 0, 0.0
-        for _ in range(CEILING_WINDOWS):
-            n, start = 0, time.perf_counter()
-            while True:
-                fn(calls + n)
-                n += 1
-                wall = time.perf_counter() - start
-                if wall >= seconds / CEILING_WINDOWS and n >= 2:
-                    break
-            rates.append(n * samples_per_call / wall)
-            calls, total = calls + n, total + wall
-        return max(rates), calls * samples_per_call / total, calls
-
-    learn_rate, learn_mean, iters = best_rate(update, batch, job["seconds"])
-    act_rate, act_mean, _ = best_rate(act, n_act, job["seconds"] / 2)
-    return {"batch": batch, "act_batch": n_act, "iters": iters, "samples_per_s": learn_rate,
-            "samples_per_s_mean": learn_mean, "act_samples_per_s": act_rate, "act_samples_per_s_mean": act_mean,
-            "fused_adam": fused, "channels_last": rlbase_style, "wall_s": time.perf_counter() - began,
-            "threads": threads}
-
-
-def work_solve(job: dict[str, Any]) -> dict[str, Any]:
-    """Train until the first evaluation with mean return >= the threshold (or the budget ends)."""
-    import torch
-    from rlbase.evaluate import play_episodes
-
-    threads = set_threads(job)
-    cfg = dataclasses.replace(config_from_dict(job["config"]), eval_deterministic=True)
-    eval_env = make_rlbase_env(cfg, training=False, num_envs=job["eval_episodes"])
-    every, episodes, eval_seed = job["eval_every"], job["eval_episodes"], job["eval_seed"]
-    clock = PausableClock()
-    evals: list[dict[str, Any]] = []
-    state = {"next_eval": every, "solved": False}
-
-    full_budget = job.get("full_budget", False)  # train the whole budget, evaluating on the way
-
-    def evaluate_now(step: int, policy_fn) -> bool:
-        """Pause the clock, evaluate, record; True when training should stop because it is solved
-        (the clock stays paused then)."""
-        train_s = clock.pause()
-        start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            returns, _ = play_episodes(eval_env, policy_fn(), episodes, eval_seed)
-        mean = sum(returns) / len(returns)
-        evals.append({"step": step, "train_s": train_s, "mean_return": mean, "min_return": min(returns),
-                      "eval_s": time.perf_counter() - start})
-        while state["next_eval"] <= step:
-            state["next_eval"] += every
-        if mean >= job["threshold"]:
-            state["solved"] = True
-            if not full_budget:
-                return True
-        clock.start()
-        return False
-
-    if job["library"] in ("rlbase", "rlbase native"):
-        from rlbase.lifecycle import train_config
-
-        env = make_rlbase_env(cfg)
-        train_threads = rlbase_training_threads(cfg, env)
-
-        def after_update(run) -> bool | None:
-            """Evaluate the current policy at the cadence and at the last step; False (solved) stops training."""
-            if run.global_step >= state["next_eval"] or run.done:
-                policy_fn = lambda: run.agent.load_policy(  # noqa: E731
-                    cfg, run.tensors(weights_only=True), eval_env.single_observation_space,
-                    eval_env.single_action_space, eval_env.device)
-                if evaluate_now(run.global_step, policy_fn):
-                    return False
-            return None
-
-        clock.start()
-        out = train_config(cfg, env, callbacks=after_update)
-        steps = out["global_step"]
-        if clock.started is not None:
-            clock.pause()
-        env.close()
-    else:
-        from stable_baselines3 import PPO
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        train_threads = threads
-        env = sb3_vec_env(cfg, job["sb3_kwargs_n_envs"])
-
-        class EvalCallback(BaseCallback):
-            def _policy(self):
-                model = self.model
-
-                def policy(obs, generator):
-                    actions, _ = model.predict(obs.cpu().numpy(), deterministic=True)
-                    return torch.as_tensor(actions)
-                return policy
-
-            def _on_rollout_start(self) -> None:  # after the previous rollout's update
-                step = self.model.num_timesteps
-                if step >= state["next_eval"]:
-                    evaluate_now(step, self._policy)
-
-            def _on_step(self) -> bool:
-                return not state["solved"]  # False stops learn()
-
-            def _on_training_end(self) -> None:
-                step = self.model.num_timesteps
-                if not state["solved"] and (not evals or evals[-1]["step"] < step):
-                    evaluate_now(step, self._policy)
-
-        clock.start()
-        model = PPO(env=env, device="cpu", seed=cfg.seed, verbose=0, **sb3_rl_zoo_cartpole_kwargs())
-        model.learn(total_timesteps=job["sb3_total_timesteps"], callback=EvalCallback())
-        if not state["solved"]:
-            clock.pause()
-        steps = evals[-1]["step"] if state["solved"] else int(model.num_timesteps)
-        env.close()
-    eval_env.close()
-    solved = next((e for e in evals if e["mean_return"] >= job["threshold"]), None)
-    return {"solved": solved is not None, "solve_step": solved["step"] if solved else None,
-            "solve_s": solved["train_s"] if solved else None, "train_s": clock.elapsed, "steps": steps,
-            "final_mean_return": evals[-1]["mean_return"] if evals else None,
-            "evals": evals, "wall_s": clock.elapsed + sum(e["eval_s"] for e in evals), "threads": threads,
-            "train_threads": train_threads}
-
-
 WORKERS = {"train_rlbase": work_train_rlbase, "train_sb3": work_train_sb3, "ceiling": work_ceiling,
            "solve": work_solve}
-
-
-def run_job(job: dict[str, Any], in_process: bool) -> dict[str, Any]:
-    if in_process:
-        return WORKERS[job["kind"]](job)
-    return run_worker_subprocess(__file__, job)
 
 
 # --------------------------------------------------------------------------- the benchmark plan
@@ -514,14 +223,14 @@ def plan(args) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
         for family in families:
             env_id = FAMILIES[family]
             atari = family == "atari"
-            base = resolve_rlbase_config(env_id, {})
+            base = preset_config("ppo", env_id, {})
             batch = rollout_size(base)
             timed = args.atari_steps if atari else args.cartpole_steps
             # One warm-up rollout, then whole rollouts covering at least the timed steps.
             total = batch * (1 + max(1, math.ceil(timed / batch)))
-            cfg = dataclasses.asdict(resolve_rlbase_config(env_id, {"total_timesteps": total}))
+            cfg = dataclasses.asdict(preset_config("ppo", env_id, {"total_timesteps": total}))
             configs[f"throughput {env_id} rlbase"] = cfg
-            configs[f"throughput {env_id} sb3"] = sb3_ppo_kwargs(config_from_dict(cfg))[1]
+            configs[f"throughput {env_id} sb3"] = sb3_ppo_kwargs(config_from_dict("ppo", cfg))[1]
             train_jobs = [{**common, "kind": "train_rlbase", "env_id": env_id, "library": "rlbase", "key": "rlbase",
                            "variant": "PPO (preset)", "config": cfg}]
             if atari and not have_cv2:
@@ -540,46 +249,16 @@ def plan(args) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
                                  "label": f"{job['library']} {job['variant']}"})
 
     if "ceiling" in args.sections:
-        cfg = dataclasses.asdict(resolve_rlbase_config(BREAKOUT, {}))
-        for variant in ("plain", "rlbase-style"):
-            jobs.append({**common, "kind": "ceiling", "section": "ceiling", "env_id": BREAKOUT, "variant": variant,
-                         "seconds": args.ceiling_seconds, "config": cfg, "label": f"compute ceiling ({variant})"})
+        jobs += ceiling_jobs(args, common)
 
     if "solve" in args.sections:
-        budget = args.solve_steps
-        for seed in args.seeds:
-            cfg = resolve_rlbase_config(CARTPOLE, {"seed": seed, **({"total_timesteps": budget} if budget else {})})
-            cfg_d = dataclasses.asdict(cfg)
-            configs.setdefault(f"solve {CARTPOLE} rlbase", {**cfg_d, "seed": list(args.seeds)})
-            solve = {**common, "kind": "solve", "section": "solve", "env_id": CARTPOLE, "seed": seed,
-                     "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "eval_seed": 1000 + seed,
-                     "threshold": SOLVE_THRESHOLD}
-            jobs.append({**solve, "library": "rlbase", "config": cfg_d, "label": f"rlbase PPO preset, seed {seed}"})
-            native = dataclasses.asdict(resolve_rlbase_config(
-                NATIVE_CARTPOLE, {"seed": seed, **({"total_timesteps": budget} if budget else {})}))
-            configs.setdefault(f"solve {NATIVE_CARTPOLE} rlbase", {**native, "seed": list(args.seeds)})
-            jobs.append({**solve, "library": "rlbase native", "env_id": NATIVE_CARTPOLE, "config": native,
-                         "full_budget": True, "label": f"rlbase PPO preset, whole budget, seed {seed}"})
-            sb3_cfg = {**cfg_d, "num_envs": RL_ZOO_CARTPOLE["n_envs"]}  # env settings and seed for the SB3 env
-            jobs.append({**solve, "library": "SB3", "config": sb3_cfg, "sb3_kwargs_n_envs": RL_ZOO_CARTPOLE["n_envs"],
-                         "sb3_total_timesteps": budget or RL_ZOO_CARTPOLE["n_timesteps"],
-                         "label": f"SB3 PPO RL-Zoo, seed {seed}"})
-        configs[f"solve {CARTPOLE} sb3"] = {**RL_ZOO_CARTPOLE, "policy": "MlpPolicy (SB3 defaults: pi/vf 64x64 tanh, "
-                                                                         "ortho_init)",
-                                            **({"n_timesteps": budget} if budget else {})}
+        solve, solve_configs = solve_jobs(args, common)
+        jobs += solve
+        configs.update(solve_configs)
     return jobs, notes, configs
 
 
 # --------------------------------------------------------------------------- report
-
-def median_or_none(values: list[float | None]) -> float | None:
-    """Median where None (unsolved) counts as +infinity; None when the median itself is unsolved."""
-    ranked = sorted(math.inf if v is None else v for v in values)
-    if not ranked:
-        return None
-    m = statistics.median(ranked)
-    return None if math.isinf(m) or math.isnan(m) else m
-
 
 def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
@@ -625,43 +304,10 @@ def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> d
             print_table(["env"] + list(STAGES) + ["other", "window s"], rows)
 
     # ---- compute ceiling
-    ceiling: dict[str, Any] = {}
-    rows = []
-    for r in results:
-        if r["section"] == "ceiling":
-            epochs = r["config"]["update_epochs"]
-            r["ceiling_steps_per_s"] = r["samples_per_s"] / epochs
-            r["ceiling_acting_steps_per_s"] = 1.0 / (epochs / r["samples_per_s"] + 1.0 / r["act_samples_per_s"])
-            ceiling[r["variant"]] = r
-            how = ("channels_last, fused Adam" if r["channels_last"] and r["fused_adam"] else
-                   "channels_last, default Adam" if r["channels_last"] else "default format, default Adam")
-            rows.append([r["variant"], how, str(r["batch"]), fmt_rate(r["samples_per_s"]), str(epochs),
-                         fmt_rate(r["ceiling_steps_per_s"]), f"{fmt_rate(r['act_samples_per_s'])} @{r['act_batch']}",
-                         fmt_rate(r["ceiling_acting_steps_per_s"])])
-    if rows:
-        print(f"Learner compute ceiling, {BREAKOUT}: NatureCNN actor-critic fwd + PPO loss + bwd + Adam on random "
-              f"minibatches (fastest of {CEILING_WINDOWS} windows)")
-        print_table(["variant", "implementation", "batch", "samples/s", "epochs", "ceiling steps/s",
-                     "acting fwd samples/s", "ceiling incl. acting"], rows)
+    ceiling = ceiling_table(results)
 
     # ---- solve time
-    solve: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        if r["section"] == "solve":
-            solve.setdefault(r["library"], []).append(r)
-    if solve:
-        rows = []
-        for lib, runs in solve.items():
-            for r in runs:
-                last = r["evals"][-1] if r["evals"] else None
-                rows.append([lib, r["env_id"], str(r["seed"]), f"{r['solve_step']:,}" if r["solved"] else "not solved",
-                             f"{r['solve_s']:.1f}" if r["solved"] else "-", f"{r['steps']:,}", f"{r['train_s']:.1f}",
-                             str(len(r["evals"])), f"{last['mean_return']:.1f}" if last else "-"])
-        print(f"CartPole time to solve (first evaluation mean >= {SOLVE_THRESHOLD:g}; "
-              f"{args.eval_episodes} deterministic episodes every {args.eval_every:,} steps; evaluation time excluded; "
-              f"'rlbase native' trains its whole preset budget on {NATIVE_CARTPOLE}, the others stop once solved)")
-        print_table(["library", "env", "seed", "solved at step", "train s to solve", "steps trained", "train s",
-                     "evals", "last eval mean"], rows)
+    solve = solve_table(args, results)
 
     # ---- summary
     print("Summary")
@@ -721,39 +367,7 @@ def report(args, jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> d
         print(f"{BREAKOUT}: learner ceiling {fmt_rate(best['ceiling_steps_per_s'])} steps/s ({best['variant']}); "
               "no rlbase throughput run to compare (--sections throughput)")
     if solve:
-        med = {lib: median_or_none([r["solve_s"] for r in runs]) for lib, runs in solve.items()}
-        solved = {lib: sum(r["solved"] for r in runs) for lib, runs in solve.items()}
-        s = summary.setdefault(CARTPOLE, {})
-        for lib, runs in solve.items():
-            m = med[lib]
-            key = lib.lower().replace(" ", "_")
-            s[f"{key}_median_solve_s"] = m
-            s[f"{key}_seeds_solved"] = f"{solved[lib]}/{len(runs)}"
-            print(f"{runs[0]['env_id']}: {lib} median time to solve {'%.1f s' % m if m is not None else 'n/a (not solved)'} "
-                  f"({solved[lib]}/{len(runs)} seeds solved)")
-        if med.get("rlbase") and med.get("SB3"):
-            s["solve_speedup_vs_sb3"] = med["SB3"] / med["rlbase"]
-            print(f"{CARTPOLE}: SB3 / rlbase median time to solve = {med['SB3'] / med['rlbase']:.2f}x")
-        native = solve.get("rlbase native")
-        if native:
-            full = statistics.median(r["train_s"] for r in native)
-            finals = [r["final_mean_return"] for r in native]
-            all_solved = all(f is not None and f >= SOLVE_THRESHOLD for f in finals)
-            n = summary.setdefault(NATIVE_CARTPOLE, {})
-            n.update(median_train_s=full, final_mean_returns=finals)
-            print(f"{NATIVE_CARTPOLE}: PPO preset, whole budget: median {full:.1f} s of training; final evaluation "
-                  + ", ".join(f"{f:.1f}" if f is not None else "n/a" for f in finals))
-            if med.get("SB3") and med.get("rlbase native"):
-                n["solve_speedup_vs_sb3"] = med["SB3"] / med["rlbase native"]
-                print(f"{NATIVE_CARTPOLE}: SB3 (RL-Zoo, CartPole-v1) / rlbase native median time to solve = "
-                      f"{n['solve_speedup_vs_sb3']:.2f}x; SB3 time to solve / rlbase whole training = "
-                      f"{med['SB3'] / full:.2f}x")
-            met = all_solved and full <= TARGET_NATIVE_CARTPOLE_S
-            targets.append((f"{NATIVE_CARTPOLE} PPO trains to a solved policy (final eval >= {SOLVE_THRESHOLD:g} on "
-                            f"every seed) in <= {TARGET_NATIVE_CARTPOLE_S:g} s",
-                            f"{'MET' if met else 'NOT MET'} (median {full:.1f} s, "
-                            f"{sum(f is not None and f >= SOLVE_THRESHOLD for f in finals)}/{len(finals)} solved)"))
-        targets.append(("CartPole-v1 wall-clock to solve vs SB3", "reported (no numeric target in the issue)"))
+        solve_summary(solve, summary, targets)
     if targets:
         print("\nTargets (from the issue)")
         print_table(["target", "this run"], [[t, v] for t, v in targets])
@@ -783,10 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="solve: training budget for both (default 0: rlbase preset / RL-Zoo, both 1e5)")
     parser.add_argument("--eval-every", type=int, default=10_000, help="solve: env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10, help="solve: deterministic episodes per evaluation")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    if run_worker_if_asked(args, WORKERS):  # a subprocess running one measurement
-        return 0
+    args = parse_arguments(parser, argv, WORKERS)  # a --worker subprocess runs its measurement and exits here
 
     if args.quick:
         args.cartpole_steps, args.atari_steps, args.ceiling_seconds, args.repeats = 512, 1_024, 0.5, 1
@@ -797,47 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats, --threads, --eval-every and --eval-episodes must be >= 1")
     args.sections = [s for s in SECTIONS if s in args.sections]
 
-    import ale_py
-    import gymnasium
-    import stable_baselines3
-    import torch
-
-    command = "python " + shlex.join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
-    meta = {"command": command, "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
-            "gymnasium": gymnasium.__version__, "ale_py": ale_py.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch_threads": args.threads, "rlbase_revision": git_revision(),
-            "platform": platform.platform(), "load_average_start": load_average(), "quick": args.quick,
-            "sections": args.sections}
-    print(f"command: {command}")
-    print(f"torch {meta['torch']}, stable-baselines3 {meta['stable_baselines3']}, gymnasium {meta['gymnasium']}, "
-          f"ale-py {meta['ale_py']}, python {meta['python']}, rlbase {meta['rlbase_revision']}")
-    print(f"CPUs: {meta['cpu_count']} (torch.set_num_threads({args.threads}) in every run); "
-          f"load average at start: {meta['load_average_start']}")
-    if args.quick:
-        print("QUICK MODE: tiny runs for a smoke test; the numbers below are not a benchmark.")
-    print()
-
+    meta = start_invocation(__file__, argv, args, sections=args.sections)
     jobs, notes, configs = plan(args)
     for note in notes:
         print("NOTE: " + note)
-    results: list[dict[str, Any]] = []
-    for i, job in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {job['section']} {job['env_id']}: {job['label']} ...", end=" ", flush=True)
-        res = run_job(job, args.in_process)
-        print(f"{res['wall_s']:.1f} s", flush=True)
-        results.append({**job, **res})
-    meta["load_average_end"] = load_average()
-    print(f"load average at end: {meta['load_average_end']}\n")
-
+    results = run_jobs(jobs, lambda job: f"{job['section']} {job['env_id']}: {job['label']}", __file__, WORKERS,
+                       args.in_process, meta)
     summary = report(args, jobs, results)
     for note in notes:
         print("NOTE: " + note)
     if args.json:
-        with open(args.json, "w") as fh:
-            runs = [{k: v for k, v in r.items() if k != "config"} for r in results]  # configs are listed once
-            json.dump({"meta": meta, "notes": notes, "configs": configs, "results": runs, "summary": summary}, fh,
-                      indent=2, default=str)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, meta, notes, configs, results, summary)
     return 0
 
 

@@ -1,4 +1,6 @@
-"""Helpers shared by the benchmark scripts: plain reference networks, run metadata, tables.
+"""Helpers shared by the benchmark scripts: the env and config set-up of both libraries (rlbase,
+Stable-Baselines3, Gymnasium, ale-py), plain reference networks, timing, one measurement per worker
+subprocess, run metadata, tables.
 
 Not part of the library: scripts import it by path (`python scripts/bench_*.py` puts scripts/ first
 on sys.path).
@@ -8,24 +10,37 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from typing import Any, Callable
+
+CARTPOLE = "CartPole-v1"
+BREAKOUT = "ALE/Breakout-v5"
+FAMILIES = {"cartpole": CARTPOLE, "atari": BREAKOUT}
+CEILING_WINDOWS = 5  # a compute ceiling is the fastest of this many timing windows
 
 
 def round_up(steps: int, multiple: int) -> int:
     return -(-steps // multiple) * multiple
 
 
-def nature_cnn(in_channels: int, num_actions: int):
-    """The Nature DQN network, written plainly (default memory format)."""
+def nature_trunk(in_channels: int) -> list:
+    """The Nature DQN network's layers up to its 512 features, written plainly (84x84 frames)."""
     from torch import nn
 
-    return nn.Sequential(
+    return [
         nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
         nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
         nn.Flatten(),
         nn.Linear(3136, 512), nn.ReLU(),
-        nn.Linear(512, num_actions),
-    )
+    ]
+
+
+def nature_cnn(in_channels: int, num_actions: int):
+    """The Nature DQN network, written plainly (default memory format)."""
+    from torch import nn
+
+    return nn.Sequential(*nature_trunk(in_channels), nn.Linear(512, num_actions))
 
 
 def mlp(in_dim: int, hidden_sizes: tuple[int, ...], num_actions: int):
@@ -71,9 +86,6 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print()
 
 
-# --------------------------------------------------------------------------- additions for bench_pg.py
-# (bench_dqn.py keeps its own copies of the env and worker helpers; these are the same logic, shared.)
-
 WORKER_RESULT_MARKER = "BENCH_RESULT "
 
 
@@ -86,13 +98,7 @@ def nature_cnn_actor_critic(in_channels: int, num_actions: int):
     class ActorCriticCNN(nn.Module):
         def __init__(self):
             super().__init__()
-            self.trunk = nn.Sequential(
-                nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
-                nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-                nn.Flatten(),
-                nn.Linear(3136, 512), nn.ReLU(),
-            )
+            self.trunk = nn.Sequential(*nature_trunk(in_channels))
             self.policy = nn.Linear(512, num_actions)
             self.value = nn.Linear(512, 1)
             self.channels_last = False
@@ -139,6 +145,107 @@ def sb3_vec_env(cfg, n_envs: int, seed: int | None = None):
     return VecFrameStack(env, n_stack=cfg.frame_stack)
 
 
+def gymnasium_vec_env(cfg, n_envs: int):
+    """Gymnasium's own SyncVectorEnv for `cfg.env_id`. Atari: its AtariPreprocessing +
+    FrameStackObservation with rlbase's settings from `cfg` (frameskip=1 for the v5 id:
+    AtariPreprocessing skips the 4 frames)."""
+    import gymnasium as gym
+
+    if not cfg.env_id.startswith("ALE/"):
+        return gym.make_vec(cfg.env_id, num_envs=n_envs, vectorization_mode="sync")
+    register_ale()
+
+    def make_one():
+        env = gym.make(cfg.env_id, frameskip=1, repeat_action_probability=cfg.sticky_actions,
+                       max_num_frames_per_episode=cfg.atari_max_episode_steps * 4)
+        env = gym.wrappers.AtariPreprocessing(env, noop_max=cfg.noop_max, frame_skip=4, screen_size=84,
+                                              terminal_on_life_loss=False, grayscale_obs=True)
+        return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
+
+    return gym.vector.SyncVectorEnv([make_one for _ in range(n_envs)])
+
+
+def ale_vec_env(cfg, n_envs: int):
+    """ale-py's C++ vector env, the one rlbase wraps, with rlbase's Atari settings from `cfg`."""
+    import gymnasium as gym
+    from ale_py.vector_env import AtariVectorEnv
+
+    register_ale()
+    return AtariVectorEnv(gym.spec(cfg.env_id).kwargs["game"], n_envs, autoreset_mode="SameStep",
+                          repeat_action_probability=cfg.sticky_actions, frameskip=4, stack_num=cfg.frame_stack,
+                          noop_max=cfg.noop_max, use_fire_reset=True, reward_clipping=False,
+                          max_num_frames_per_episode=cfg.atari_max_episode_steps * 4)
+
+
+def rlbase_vec_env(cfg, training: bool = True, num_envs: int | None = None):
+    """rlbase's env for `cfg` on the CPU (`cfg.num_envs` copies unless `num_envs` says otherwise)."""
+    import torch
+    from rlbase.config import env_options
+    from rlbase.envs import make_vec_env
+
+    return make_vec_env(cfg.env_id, num_envs or cfg.num_envs, torch.device("cpu"), **env_options(cfg, training))
+
+
+def rlbase_training_threads(cfg, env) -> int:
+    """The intra-op thread count rlbase's training loop will use (its auto rule, or --torch-threads)."""
+    from rlbase.backbones import check_backbone
+    from rlbase.config import training_threads
+
+    return training_threads(cfg, check_backbone(cfg.backbone, env.single_observation_space), "cpu")
+
+
+def linear_schedule(initial: float):
+    """SB3 schedule: progress_remaining goes from 1 to 0 over training."""
+    def schedule(progress_remaining: float) -> float:
+        return progress_remaining * initial
+    return schedule
+
+
+def preset_config(algo: str, env_id: str, overrides: dict[str, Any]):
+    """rlbase's preset config of `algo` for `env_id` on the CPU with seed 0, then `overrides`."""
+    from rlbase.agents import get_agent
+    from rlbase.config import resolve_config
+
+    return resolve_config(get_agent(algo).Config, algo, {"env_id": env_id, "device": "cpu", "seed": 0, **overrides})
+
+
+def config_from_dict(algo: str, values: dict[str, Any]):
+    """The config of `algo` a job carries as a dict (jobs are JSON, for the worker subprocesses)."""
+    from rlbase.agents import get_agent
+    from rlbase.config import from_dict
+
+    return from_dict(get_agent(algo).Config, values, "benchmark config")
+
+
+def set_threads(job: dict[str, Any]) -> int:
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    return torch.get_num_threads()
+
+
+def fastest_rate(fn: Callable[[int], None], samples_per_call: int, seconds: float) -> tuple[float, float, int, float]:
+    """(best samples/s, mean samples/s, calls, timed seconds) of `fn(i)` over CEILING_WINDOWS windows.
+
+    A ceiling is the best the hardware does: the fastest window is kept, so a burst of load from
+    other processes during one window does not lower it. Five untimed calls warm up first.
+    """
+    for i in range(5):
+        fn(i)
+    rates, calls, total = [], 0, 0.0
+    for _ in range(CEILING_WINDOWS):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn(calls + n)
+            n += 1
+            wall = time.perf_counter() - start
+            if wall >= seconds / CEILING_WINDOWS and n >= 2:
+                break
+        rates.append(n * samples_per_call / wall)
+        calls, total = calls + n, total + wall
+    return max(rates), calls * samples_per_call / total, calls, total
+
+
 def run_worker_subprocess(script: str, job: dict) -> dict:
     """Run `python script --worker JOB_JSON` and return the dict it printed after WORKER_RESULT_MARKER."""
     import json
@@ -180,6 +287,18 @@ def keep_sb3_logs_out_of_tmp() -> None:
     atexit.register(shutil.rmtree, path, True)
 
 
+def parse_arguments(parser, argv: list[str] | None, workers: dict):
+    """Add the common flags and parse `argv`. In a `--worker JOB` subprocess: run that one
+    measurement, print its result and exit."""
+    import sys
+
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    if run_worker_if_asked(args, workers):
+        sys.exit(0)
+    return args
+
+
 def run_worker_if_asked(args, workers: dict) -> bool:
     """In a `--worker JOB` subprocess: run that one measurement, print its result, return True."""
     import json
@@ -190,6 +309,59 @@ def run_worker_if_asked(args, workers: dict) -> bool:
     job = json.loads(args.worker)
     print(WORKER_RESULT_MARKER + json.dumps(workers[job["kind"]](job)), flush=True)
     return True
+
+
+def start_invocation(script: str, argv: list[str] | None, args, **extra: Any) -> dict[str, Any]:
+    """Print the command, versions, CPUs and load; return them as the JSON file's `meta` (plus `extra`)."""
+    import platform
+    import shlex
+    import sys
+
+    import ale_py
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    command = "python " + shlex.join([os.path.relpath(script)] + (sys.argv[1:] if argv is None else argv))
+    meta = {"command": command, "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
+            "gymnasium": gymnasium.__version__, "ale_py": ale_py.__version__, "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch_threads": args.threads, "rlbase_revision": git_revision(),
+            "platform": platform.platform(), "load_average_start": load_average(), "quick": args.quick, **extra}
+    print(f"command: {command}")
+    print(f"torch {meta['torch']}, stable-baselines3 {meta['stable_baselines3']}, gymnasium {meta['gymnasium']}, "
+          f"ale-py {meta['ale_py']}, python {meta['python']}, rlbase {meta['rlbase_revision']}")
+    print(f"CPUs: {meta['cpu_count']} (torch.set_num_threads({args.threads}) in every run); "
+          f"load average at start: {meta['load_average_start']}")
+    if args.quick:
+        print("QUICK MODE: tiny runs for a smoke test; the numbers below are not a benchmark.")
+    print()
+    return meta
+
+
+def run_jobs(jobs: list[dict[str, Any]], title: Callable[[dict[str, Any]], str], script: str, workers: dict,
+             in_process: bool, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run every job, one after the other (each in a fresh `script --worker` subprocess unless
+    `in_process`), printing `title(job)` and its wall time; each result is the job plus what it measured."""
+    results: list[dict[str, Any]] = []
+    for i, job in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {title(job)} ...", end=" ", flush=True)
+        res = workers[job["kind"]](job) if in_process else run_worker_subprocess(script, job)
+        print(f"{res['wall_s']:.1f} s", flush=True)
+        results.append({**job, **res})
+    meta["load_average_end"] = load_average()
+    print(f"load average at end: {meta['load_average_end']}\n")
+    return results
+
+
+def write_json(path: str, meta: dict[str, Any], notes: list[str], configs: dict[str, Any],
+               results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    import json
+
+    with open(path, "w") as fh:
+        runs = [{k: v for k, v in r.items() if k != "config"} for r in results]  # configs are listed once
+        json.dump({"meta": meta, "notes": notes, "configs": configs, "results": runs, "summary": summary}, fh,
+                  indent=2, default=str)
+    print(f"\nwrote {path}")
 
 
 def timed_command(command: list[str], cwd) -> tuple[float, str]:
