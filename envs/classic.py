@@ -3,7 +3,8 @@
 Same constants, Euler integration, termination thresholds, rewards, time limits (as truncation)
 and spaces as Gymnasium's `classic_control` envs, with two differences that do not change the
 task: the state is float32 (Gymnasium keeps a float64 state and returns float32 observations), and
-the start states come from rlbase's counter-based randomness rather than NumPy's generator.
+the start states come from rlbase's counter-based randomness rather than NumPy's generator. They
+have no levels: both splits play the same start-state distribution, and `num_levels` is refused.
 
 CartPole is written for speed at large batch sizes on the CPU, where every elementwise op costs a
 few microseconds of dispatch no matter how small: one (B, 4) state updated in place, constants
@@ -93,9 +94,9 @@ class CartPoleVecEnv(NativeVecEnv):
     x_threshold = 2.4
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
-                 num_levels: int = 0, autoreset: bool = True, max_episode_steps: int = 500):
+                 autoreset: bool = True, max_episode_steps: int = 500):
         super().__init__("rlbase/CartPole-v1", num_envs, device, max_episode_steps=max_episode_steps,
-                         split=split, num_levels=num_levels, autoreset=autoreset)
+                         split=split, autoreset=autoreset)
         high = np.array([self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf], dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
         self.single_action_space = gym.spaces.Discrete(2)
@@ -196,9 +197,9 @@ class PendulumVecEnv(NativeVecEnv):
     l = 1.0  # noqa: E741
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
-                 num_levels: int = 0, autoreset: bool = True, max_episode_steps: int = 200, g: float = 10.0):
+                 autoreset: bool = True, max_episode_steps: int = 200, g: float = 10.0):
         super().__init__("rlbase/Pendulum-v1", num_envs, device, max_episode_steps=max_episode_steps,
-                         split=split, num_levels=num_levels, autoreset=autoreset)
+                         split=split, autoreset=autoreset)
         self.g = float(g)
         high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)

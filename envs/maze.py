@@ -21,14 +21,12 @@ Observations (`obs_mode`):
 Maze generation is randomized Kruskal (the edges of the cell grid in a uniformly random order;
 the same mazes as the minimum spanning tree of i.i.d. random edge weights), batched over all envs
 with a fixed sequence of tensor ops (`generate`; no host sync, no data-dependent shapes). It is
-too costly to run on every step, so each env keeps two level slots: the level it plays and the
-pre-generated level of its next episode. An env that ends flips to its other slot (no copy), and
-every `refresh_every` steps the spare slots of all envs are regenerated in bulk, for episode
-number + 1. `refresh_every` is the shortest possible episode (the start-exit distance bound, or the
-time limit if smaller), so no env can end twice between two refreshes: every episode plays exactly
-the level of its seed. Resets from outside `step` (`reset`, `start_next_episode`) generate their
-levels on the spot. `layout()` gives the walls and positions, of the current state or of any
-level seeds (tests, analysis).
+too costly to run on every step, so the maze prepares its next episodes (`NativeVecEnv`): each env
+keeps two level slots, the level it plays and the one of its next episode, and an env that ends
+flips to its other slot (no copy). `refresh_every` is the shortest possible episode (the
+start-exit distance bound, or the time limit if smaller). `layout()` gives the walls and
+positions, of the current state or of any level seeds (tests, analysis); `set_agent` moves the
+agents (datasets).
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_int, level_seeds, random_bits
+from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_choice, check_int, random_bits
 
 MIN_SIZE, MAX_SIZE = 7, 31
 OBS_MODES = ("grid", "pixels", "ego")
@@ -62,20 +60,16 @@ class MazeVecEnv(NativeVecEnv):
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", *, split: str = "train",
                  num_levels: int = 0, autoreset: bool = True, size: int = 11, obs_mode: str = "grid",
                  view_radius: int = 3, max_episode_steps: int | None = None):
-        num_envs = check_int("num_envs", num_envs, 1)
         size = check_int("size", size, MIN_SIZE, MAX_SIZE)
         if size % 2 == 0:
             raise ValueError(f"size must be odd (walls on even coordinates, cells on odd ones), got {size}")
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
+        obs_mode = check_choice("obs_mode", obs_mode, OBS_MODES)
         view_radius = check_int("view_radius", view_radius, 1, size - 1)
-        if max_episode_steps is None:
-            max_episode_steps = 4 * size * size
-        max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
-        num_levels = check_int("num_levels", num_levels, 0)
-        super().__init__("rlbase/Maze-v0", num_envs, device, max_episode_steps=max_episode_steps,
-                         split=split, num_levels=num_levels, autoreset=autoreset)
+        super().__init__("rlbase/Maze-v0", num_envs, device, split=split, num_levels=num_levels,
+                         autoreset=autoreset,
+                         max_episode_steps=4 * size * size if max_episode_steps is None else max_episode_steps)
         self.size, self.obs_mode, self.view_radius = size, obs_mode, view_radius
+        max_episode_steps = self.max_episode_steps
         dev = self.device
         k = (size - 1) // 2  # cells per side
         self._k, self._cells = k, k * k
@@ -139,7 +133,7 @@ class MazeVecEnv(NativeVecEnv):
         self._reward_per_step = 0.9 / max_episode_steps
 
         # Two level slots per env: row `slot * B + i` of these holds a level of env i.
-        b = num_envs
+        b = self.num_envs
         self._arange = torch.arange(b, dtype=torch.int64, device=dev)
         self._levels = torch.zeros(2 * b, self._row_stride, dtype=torch.uint8, device=dev)
         self._workspaces: dict[int, dict[str, torch.Tensor]] = {}
@@ -152,8 +146,6 @@ class MazeVecEnv(NativeVecEnv):
         self.pos = self._cell_pos[:1].repeat(b)  # agent, padded flat position
         self.exit = self._cell_pos[:1].repeat(b)
         self.success = torch.zeros(b, dtype=torch.bool, device=dev)
-        self._spare_stale = True  # spare slots must be regenerated before the next autoreset
-        self._since_refresh = 0
 
         if obs_mode == "grid":
             self.single_observation_space = gym.spaces.Box(0, 1, (3, size, size), np.uint8)
@@ -299,37 +291,35 @@ class MazeVecEnv(NativeVecEnv):
             exits.scatter_(1, self._cell_grid[exit_cell][:, None], 1)
         return rows, self._cell_pos[start_cell], self._cell_pos[exit_cell]
 
-    def _write_spare(self, episodes: torch.Tensor) -> None:
-        """Generate the levels of episode numbers `episodes` (B,) into each env's spare slot."""
-        rows, starts, exits = self.generate(self.level_seeds_of(episodes))
+    # -- hooks -------------------------------------------------------------------------------
+    def _write_spare(self, episodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generate the levels of episode numbers `episodes` (B,) into each env's spare slot; return
+        (the rows of the spare slots, start positions, exit positions)."""
+        rows, starts, exits = self.generate(self.level_seeds(episodes))
         spare = (1 - self._slot) * self.num_envs + self._arange
         self._levels.view(torch.int64).index_copy_(0, spare, rows.view(torch.int64))
         self._starts.index_copy_(0, spare, starts)
         self._exits.index_copy_(0, spare, exits)
+        return spare, starts, exits
 
-    def level_seeds_of(self, episodes: torch.Tensor) -> torch.Tensor:
-        """(B,) level seeds of the given episode numbers (`level_seeds()` is that of the current ones)."""
-        return level_seeds(self.keys, episodes, self.split, self.num_levels)
+    def _prepare_next(self, episodes: torch.Tensor) -> torch.Tensor:
+        spare, starts, exits = self._write_spare(episodes)
+        return self._observation(spare, spare * self._row_stride, starts, exits)
 
-    # -- hooks -------------------------------------------------------------------------------
-    def _reset_envs(self, mask: torch.Tensor) -> None:
-        if not self.in_step:
-            # Outside `step`: build the current episodes' levels now. Spare slots of envs outside
-            # `mask` are overwritten too, so all are regenerated before the next step.
-            self._write_spare(self.episodes)
-            self._spare_stale = True
-        self._slot ^= mask.to(torch.int64)
+    def _take_next(self, mask: torch.Tensor) -> None:
+        self._slot ^= mask.to(torch.int64)  # an ended env plays its spare slot, with no copy
         self._row = self._slot * self.num_envs + self._arange
         self._row_start = self._row * self._row_stride
         self.pos = torch.where(mask, self._starts.take(self._row), self.pos)
         self.exit = self._exits.take(self._row)
 
+    def _reset_envs(self, mask: torch.Tensor) -> None:
+        # From outside `step`: the current episodes' levels, built now (into every env's spare
+        # slot: the base class rebuilds the next episodes before the next step).
+        self._write_spare(self.episodes)
+        self._take_next(mask)
+
     def _advance(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.autoreset:
-            if self._spare_stale or self._since_refresh >= self.refresh_every:
-                self._write_spare(self.episodes + 1)
-                self._spare_stale, self._since_refresh = False, 0
-            self._since_refresh += 1
         move = self._moves.take(actions.reshape(-1).long())
         target = self.pos + move
         blocked = self._levels.view(-1).take(self._row_start + target)
@@ -342,26 +332,32 @@ class MazeVecEnv(NativeVecEnv):
         return {"success": self.success}
 
     def _observe(self) -> torch.Tensor:
+        return self._observation(self._row, self._row_start, self.pos, self.exit)
+
+    def _observation(self, row: torch.Tensor, row_start: torch.Tensor, pos: torch.Tensor,
+                     exit_: torch.Tensor) -> torch.Tensor:
+        """Observations of level rows `row` (B,) (starting at `row_start` in the flat storage) with
+        the agent at `pos` and the exit at `exit_` (padded flat positions)."""
         b, s = self.num_envs, self.size
         if self.obs_mode == "grid":
-            obs = self._levels[:, :self._row_len].index_select(0, self._row)
-            obs.view(-1).index_fill_(0, self._agent_at + self.pos, 1)
+            obs = self._levels[:, :self._row_len].index_select(0, row)
+            obs.view(-1).index_fill_(0, self._agent_at + pos, 1)
             return obs.view(b, 3, s, s)
         if self.obs_mode == "ego":
             w2 = self._window.shape[0]
-            cells = self.pos[:, None] + self._window  # (B, w2) padded positions around the agent
+            cells = pos[:, None] + self._window  # (B, w2) padded positions around the agent
             obs = torch.empty(b, 3, w2, dtype=torch.uint8, device=self.device)
-            obs[:, 0] = self._levels.view(-1).take(self._row_start[:, None] + cells)
+            obs[:, 0] = self._levels.view(-1).take(row_start[:, None] + cells)
             obs[:, 1] = self._centre
-            obs[:, 2] = cells == self.exit[:, None]
+            obs[:, 2] = cells == exit_[:, None]
             w = 2 * self.view_radius + 1
             return obs.view(b, 3, w, w)
         # pixels: colour the grid (floor + wall * (wall colour - floor colour), in wrapping uint8
         # arithmetic), paint the exit and the agent, then upscale.
-        walls = self._levels[:, :self._row_len].index_select(0, self._row)  # pad 0: the unpadded grid
+        walls = self._levels[:, :self._row_len].index_select(0, row)  # pad 0: the unpadded grid
         pal = self._palette[:, :, None]  # (4, 3, 1)
         small = pal[0] + walls[:, None, :] * (pal[1] - pal[0])  # (B, 3, size * size)
-        for at, colour in ((self.exit, pal[2]), (self.pos, pal[3])):
+        for at, colour in ((exit_, pal[2]), (pos, pal[3])):
             small.scatter_(2, at[:, None, None].expand(b, 3, 1), colour.expand(b, 3, 1).contiguous())
         # Nearest-neighbour upscale, columns first: the row pass then moves whole 64-byte rows.
         small = small.view(b, 3, s, s)
@@ -384,6 +380,12 @@ class MazeVecEnv(NativeVecEnv):
             return torch.stack((torch.div(flat, self._side, rounding_mode="floor"), flat % self._side), 1) - p
 
         return walls, coords(pos), coords(exit_)
+
+    def set_agent(self, squares: torch.Tensor) -> None:
+        """Move each env's agent to grid square (row, col) `squares` (B, 2), as `layout` gives them
+        (datasets, tests); the square should be open. The episode goes on from there."""
+        squares = torch.as_tensor(squares, dtype=torch.int64, device=self.device) + self._pad
+        self.pos = squares[:, 0] * self._side + squares[:, 1]
 
     def render_env(self, index: int) -> np.ndarray:
         """(256, 256, 3) uint8 RGB top-down view of env `index` (walls, floor, exit, agent)."""

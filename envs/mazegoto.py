@@ -62,7 +62,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_int, level_seeds, random_bits
+from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_bool, check_choice, check_int, random_bits
 from rlbase.tokenizer import Tokenizer
 
 # -- the language (module-level API: pretraining on the text task imports these) --------------------
@@ -183,7 +183,6 @@ class MazeGoToVecEnv(NativeVecEnv):
                  num_levels: int = 0, size: int = 8, num_objects: int = 3, obs_mode: str = "grid",
                  eval_targets: str = "all", blank_mission: bool = False, max_episode_steps: int | None = None,
                  autoreset: bool = True):
-        num_envs = check_int("num_envs", num_envs, 1)
         size = check_int("size", size, MIN_SIZE, MAX_SIZE)
         num_objects = check_int("num_objects", num_objects, MIN_OBJECTS, MAX_OBJECTS)
         n = size - 2  # interior side
@@ -191,18 +190,14 @@ class MazeGoToVecEnv(NativeVecEnv):
             need = 2 * int(np.ceil(np.sqrt(num_objects))) + 2
             raise ValueError(f"num_objects={num_objects} needs size >= {need} (objects stand on every other "
                              f"row and column), got size {size}")
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
-        if eval_targets not in EVAL_TARGETS:
-            raise ValueError(f"eval_targets must be one of {', '.join(EVAL_TARGETS)}, got {eval_targets!r}")
-        if max_episode_steps is None:
-            max_episode_steps = 2 * size * size
-        max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
-        num_levels = check_int("num_levels", num_levels, 0)
-        super().__init__("rlbase/MazeGoTo-v0", num_envs, device, max_episode_steps=max_episode_steps,
-                         split=split, num_levels=num_levels, autoreset=autoreset)
+        obs_mode = check_choice("obs_mode", obs_mode, OBS_MODES)
+        eval_targets = check_choice("eval_targets", eval_targets, EVAL_TARGETS)
+        self.blank_mission = check_bool("blank_mission", blank_mission)
+        super().__init__("rlbase/MazeGoTo-v0", num_envs, device, split=split, num_levels=num_levels,
+                         autoreset=autoreset,
+                         max_episode_steps=2 * size * size if max_episode_steps is None else max_episode_steps)
         self.size, self.num_objects, self.obs_mode, self.eval_targets = size, num_objects, obs_mode, eval_targets
-        dev, b, k, ss = self.device, num_envs, num_objects, size * size
+        dev, b, k, ss = self.device, self.num_envs, num_objects, size * size
         self._interior = n
 
         # Language: the targets this env draws, and the token ids of every (template, combination).
@@ -217,10 +212,7 @@ class MazeGoToVecEnv(NativeVecEnv):
         texts = [t.format(colour=COLOURS[c // len(OBJECTS)], object=OBJECTS[c % len(OBJECTS)])
                  for t in TRAIN_TEMPLATES + EVAL_TEMPLATES for c in range(NUM_COMBOS)]
         self._missions = TOKENIZER.encode_batch(texts, MAX_WORDS).to(dev)  # (templates * 18, MAX_WORDS)
-        if not isinstance(blank_mission, bool):
-            raise ValueError(f"blank_mission must be true or false, got {blank_mission!r}")
-        self.blank_mission = blank_mission
-        if blank_mission:  # the language-free baseline: every instruction reads as padding
+        if self.blank_mission:  # the language-free baseline: every instruction reads as padding
             self._missions.zero_()
 
         # Geometry: interior squares (row-major) as flat grid positions; the walls; the lattices.
@@ -254,7 +246,7 @@ class MazeGoToVecEnv(NativeVecEnv):
         self._num_values = slot + 1
 
         self._moves = torch.tensor([-size, size, -1, 1], dtype=torch.int64, device=dev)
-        self._reward_per_step = 0.9 / max_episode_steps
+        self._reward_per_step = 0.9 / self.max_episode_steps
         # Layout rows (the batch is the contiguous axis): agent start, mission row (of `_missions`),
         # object positions (k), combinations (k), then the flat image indices of the objects' colour
         # channels (k) and type channels (k). Object 0 is the target.
@@ -304,10 +296,6 @@ class MazeGoToVecEnv(NativeVecEnv):
         self._sprites = torch.from_numpy(rgb.copy()).to(self.device)
 
     # -- episodes --------------------------------------------------------------------------------
-    def level_seeds_of(self, episodes: torch.Tensor) -> torch.Tensor:
-        """(B,) level seeds of the given episode numbers (`level_seeds()` is that of the current ones)."""
-        return level_seeds(self.keys, episodes, self.split, self.num_levels)
-
     def generate(self, seeds: torch.Tensor) -> torch.Tensor:
         """(2 + 4 * num_objects, B) int64 layouts of level `seeds` (B,): a pure function of each seed,
         batched with a fixed sequence of elementwise ops (rows: see `_rows`).

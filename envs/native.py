@@ -11,9 +11,17 @@ env `i` is a hash of (its seed, its episode number, a stream id, an index). So
   (env `i` of a batch reset with seed `s` is seeded `s + i`, as Gymnasium's vector envs do);
 - resetting a subset of envs draws nothing for the others, with no host round trip.
 
-Procedural envs (maze, driving) draw a *level seed* per episode. The train and eval splits use
-disjoint halves of the level-seed space (even and odd), so evaluation always plays levels the
-agent never saw in training; `num_levels > 0` restricts training to a finite set, as Procgen does.
+Procedural envs (maze, driving, MazeGoTo: `procedural = True`) draw a *level seed* per episode. The
+train and eval splits use disjoint halves of the level-seed space (even and odd), so evaluation
+always plays levels the agent never saw in training; `num_levels > 0` restricts training to a
+finite set, as Procgen does. Envs without levels (classic control) do not take `num_levels`.
+
+Prepared episodes. Where building an episode is too costly to do for every env on every step (a
+maze, a track), the env keeps a prepared *next* episode per env, with its first observation: an
+ended env takes it (a masked select), and every `refresh_every` steps the next episodes of all envs
+are rebuilt in bulk. `refresh_every` must be a lower bound on the length of any episode, so no env
+ends twice between two refreshes and every episode plays exactly the level of its seed. Resets from
+outside `step` (`reset`, `start_next_episode`) build their episodes on the spot.
 
 Each native env is also a single-instance `gymnasium.Env` through `SingleEnv` (a batch of one on
 the CPU), registered under an `rlbase/...` id.
@@ -21,6 +29,7 @@ the CPU), registered under an `rlbase/...` id.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -28,10 +37,10 @@ import numpy as np
 import torch
 
 from rlbase.envs.core import EpisodeStats, TensorVecEnv
+from rlbase.obs import Obs
 
 MASK32 = 0xFFFFFFFF
 SPLITS = ("train", "eval")
-Obs = torch.Tensor | dict[str, torch.Tensor]  # a Box observation, or a Dict one key by key
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
@@ -94,14 +103,44 @@ def level_seeds(keys: torch.Tensor, episodes: torch.Tensor, split: str, num_leve
     return 2 * level + (1 if split == "eval" else 0)
 
 
+# -- constructor checks: a ValueError naming the keyword (`make_vec_env` turns it into a usage error) --
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """`value` as an int in [low, high]; a ValueError naming the keyword otherwise (constructor checks)."""
+    """`value` as an int in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bounds}, got {value}")
     return int(value)
+
+
+def check_number(name: str, value: Any, *, positive: bool = False) -> float:
+    """`value` as a finite float, > 0 when `positive`, else >= 0."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`value`, one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """`value`, True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def where_rows(mask: torch.Tensor, a: Obs, b: Obs) -> Obs:
+    """Row i of `a` where `mask[i]`, else of `b` (key by key for a Dict observation)."""
+    if isinstance(a, dict):
+        return {key: where_rows(mask, a[key], b[key]) for key in a}
+    return torch.where(mask.view((-1,) + (1,) * (a.dim() - 1)), a, b)
 
 
 class NativeVecEnv(TensorVecEnv):
@@ -113,25 +152,32 @@ class NativeVecEnv(TensorVecEnv):
     - `_observe() -> obs`: the observation of every env from the current state: a tensor, or for a
       Dict observation space a dict of tensors (then `info["final_obs"]` is such a dict too).
 
-    The base class does the time limit, episode statistics, same-step autoreset and seeding.
-    `render_env(i)` (optional) draws env `i` as an (H, W, 3) uint8 array; `render_fps` comes from
-    the single-instance class's metadata (see `SingleEnv`).
+    Envs with prepared episodes (see the module docstring) set `refresh_every` and write two more:
+    - `_prepare_next(episodes) -> obs`: build episode `episodes[i]` (B,) of every env `i` as its
+      next one, and return the first observations of those episodes;
+    - `_take_next(mask)`: the envs in `mask` begin their prepared episode (autoreset in `step`;
+      `_reset_envs` stays the reset from outside).
+
+    The base class does the argument checks it shares, the time limit, episode statistics,
+    same-step autoreset and seeding. `render_env(i)` (optional) draws env `i` as an (H, W, 3) uint8
+    array; `render_fps` comes from the single-instance class's metadata (see `SingleEnv`).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
+    procedural: bool = False
+    """Whether episodes are levels built from per-episode level seeds (`level_seeds`)."""
+    refresh_every: int = 0
+    """Steps between bulk rebuilds of the prepared next episodes; 0: the env prepares none."""
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device | str = "cpu", *,
                  max_episode_steps: int, split: str = "train", num_levels: int = 0, autoreset: bool = True):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if num_levels < 0:
-            raise ValueError(f"num_levels must be >= 0, got {num_levels}")
+        check_choice("split", split, SPLITS)
         self.env_id = env_id
-        self.num_envs = num_envs
+        self.num_envs = check_int("num_envs", num_envs, 1)
         self.device = torch.device(device)
         self.split = split
-        self.num_levels = num_levels
-        self.max_episode_steps = max_episode_steps
+        self.num_levels = check_int("num_levels", num_levels, 0)
+        self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
         self.autoreset = autoreset  # False only for `SingleEnv`, which Gymnasium resets explicitly
         self.keys = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.episodes = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
@@ -139,9 +185,11 @@ class NativeVecEnv(TensorVecEnv):
         self._episode_keys = torch.zeros(num_envs, dtype=torch.int64, device=self.device)  # set by `seed`
         self._stats = EpisodeStats(num_envs, self.device)
         self._all = torch.ones(num_envs, dtype=torch.bool, device=self.device)
-        # True while `step` runs: `_reset_envs` is then an autoreset of ended envs (procedural envs
-        # swap in a pre-built next level) rather than a reset from outside (`reset`, `start_next_episode`).
-        self.in_step = False
+        # Prepared episodes: their first observations, and whether they must be rebuilt before the
+        # next step (a reset from outside changed the episode numbers they were built for).
+        self._next_obs: Obs | None = None
+        self._next_stale = True
+        self._since_refresh = 0
 
     # -- hooks -------------------------------------------------------------------------------
     def _reset_envs(self, mask: torch.Tensor) -> None:
@@ -158,10 +206,17 @@ class NativeVecEnv(TensorVecEnv):
         describe how an episode ended are listed in the class's `outcome_keys`."""
         return {}
 
+    def _prepare_next(self, episodes: torch.Tensor) -> Obs:
+        raise NotImplementedError
+
+    def _take_next(self, mask: torch.Tensor) -> None:
+        raise NotImplementedError
+
     # -- interface ---------------------------------------------------------------------------
-    def level_seeds(self) -> torch.Tensor:
-        """(B,) level seed of each env's current episode (procedural envs build their level from it)."""
-        return level_seeds(self.keys, self.episodes, self.split, self.num_levels)
+    def level_seeds(self, episodes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) level seed of each env's current episode, or of episode numbers `episodes` (B,)
+        (procedural envs build their level from it)."""
+        return level_seeds(self.keys, self.episodes if episodes is None else episodes, self.split, self.num_levels)
 
     def seed(self, seed: int | None) -> None:
         if seed is None:  # fresh entropy; host-side, and only at reset
@@ -180,32 +235,43 @@ class NativeVecEnv(TensorVecEnv):
         """
         return mix64(torch.add(self._episode_keys, self.episodes, alpha=GOLDEN64))
 
-    def reset(self, seed: int | None = None) -> tuple[Obs, dict[str, Any]]:
+    def start(self, seed: int | None = None) -> None:
+        """Seed the envs and begin episode 0 of each, without observing it (`reset` observes too)."""
         self.seed(seed)
         self.episodes.zero_()
         self.elapsed.zero_()
         self._stats.reset()
         self._reset_envs(self._all)
+        self._next_stale = True
+
+    def reset(self, seed: int | None = None) -> tuple[Obs, dict[str, Any]]:
+        self.start(seed)
         return self._observe(), {}
 
-    def step(self, actions: torch.Tensor):
-        self.in_step = True
-        try:
-            return self._step(actions)
-        finally:
-            self.in_step = False
+    def observe(self) -> Obs:
+        """The observation of every env in its current state (a fresh tensor, or dict of tensors)."""
+        return self._observe()
 
-    def _step(self, actions: torch.Tensor):
+    def step(self, actions: torch.Tensor):
+        if self.autoreset and self.refresh_every:
+            if self._next_stale or self._since_refresh >= self.refresh_every:
+                self._next_obs = self._prepare_next(self.episodes + 1)
+                self._next_stale, self._since_refresh = False, 0
+            self._since_refresh += 1
         rewards, terminated = self._advance(actions)
         self.elapsed += 1
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
         dones = terminated | truncated
-        info: dict[str, Any] = {"final_obs": self._observe(), **self._info()}
+        final_obs = self._observe()
+        info: dict[str, Any] = {"final_obs": final_obs, **self._info()}
         info["episode_return"], info["episode_length"] = self._stats.update(rewards, dones)
         if not self.autoreset:
-            return info["final_obs"], rewards, terminated, truncated, info
+            return final_obs, rewards, terminated, truncated, info
         self.episodes += dones
         self.elapsed.masked_fill_(dones, 0)
+        if self.refresh_every:  # one observation per step: ended envs show their prepared first one
+            self._take_next(dones)
+            return where_rows(dones, self._next_obs, final_obs), rewards, terminated, truncated, info
         self._reset_envs(dones)
         return self._observe(), rewards, terminated, truncated, info
 
@@ -214,6 +280,7 @@ class NativeVecEnv(TensorVecEnv):
         self.episodes += mask
         self.elapsed.masked_fill_(mask, 0)
         self._reset_envs(mask)
+        self._next_stale = True
 
     def render(self) -> list[np.ndarray]:
         return [self.render_env(i) for i in range(self.num_envs)]
@@ -272,8 +339,8 @@ class SingleEnv(gym.Env):
             obs, _ = self.vec.reset(seed=seed)
             self._seeded = True
         else:  # the next episode of this seed's sequence
-            self.vec.start_next_episode(self.vec._all)
-            obs = self.vec._observe()
+            self.vec.start_next_episode(torch.ones(1, dtype=torch.bool))
+            obs = self.vec.observe()
         return self._to_numpy(obs), self._host_info()
 
     def step(self, action: Any):

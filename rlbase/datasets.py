@@ -36,7 +36,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlbase.envs.native import SPLITS, random_bits, random_uniform
+from rlbase.envs.driving import DrivingVecEnv
+from rlbase.envs.maze import MazeVecEnv
+from rlbase.envs.native import SPLITS, check_int, random_bits, random_uniform
 from rlbase.errors import UsageError
 from rlbase.tokenizer import PAD_ID, UNK_ID
 
@@ -138,9 +140,9 @@ def make_dataset(task: str, split: str, num_samples: int | None, seed: int,
         raise DatasetError(f"env_kwargs may not set {', '.join(reserved)} (the dataset sets them)")
     if task.startswith("maze-"):
         return _generate(task, split, count, seed, {**MAZE_DEFAULTS, **env_kwargs}, device, batch_size,
-                         "rlbase.envs.maze", "MazeVecEnv", _maze_batch)
+                         MazeVecEnv, _maze_batch)
     return _generate(task, split, count, seed, {**DRIVING_DEFAULTS, **env_kwargs}, device, batch_size,
-                     "rlbase.envs.driving", "DrivingVecEnv", _driving_batch)
+                     DrivingVecEnv, _driving_batch)
 
 
 WORD_DROPOUT = 0.2
@@ -179,9 +181,11 @@ def make_goto_text(split: str, count: int, seed: int, device: torch.device) -> D
 
 
 def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DatasetError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+    """`value` as an int >= `low` (the envs' constructor check), or a DatasetError."""
+    try:
+        return check_int(name, value, low)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def key_base(seed: int) -> int:
@@ -191,11 +195,9 @@ def key_base(seed: int) -> int:
 
 
 def _generate(task: str, split: str, count: int, seed: int, kwargs: dict[str, Any], device: torch.device,
-              batch_size: int, module: str, cls_name: str, batch_fn) -> Dataset:
-    """Run `batch_fn(task, env, key)` over batches of envs, keyed `base + sample index`, into one Dataset."""
-    import importlib
-
-    cls = getattr(importlib.import_module(module), cls_name)
+              batch_size: int, cls: type, batch_fn) -> Dataset:
+    """Run `batch_fn(task, env, key)` over batches of envs of class `cls`, keyed `base + sample index`,
+    into one Dataset."""
     envs: dict[int, Any] = {}  # by batch size (the last batch may be smaller)
     base = key_base(seed)
     inputs = targets = levels = None
@@ -221,14 +223,13 @@ def _generate(task: str, split: str, count: int, seed: int, kwargs: dict[str, An
 
 
 # -- maze --------------------------------------------------------------------------------------
-def _maze_batch(task: str, env, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+def _maze_batch(task: str, env: MazeVecEnv, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
     """Observations and labels of one batch of mazes: each env's level, the agent on a random open square."""
-    env.reset(seed=key)  # builds the levels of episode 0 of keys key + arange(B)
+    env.start(seed=key)  # builds the levels of episode 0 of keys key + arange(B)
     walls, _, exits = env.layout()  # (B, S, S) bool, (B, 2) exit (row, col)
     agent = random_free_squares(walls, exits, random_bits(env.keys, env.episodes, STREAM_PLACE, 1)[:, 0])
-    pad, side, size = env._pad, env._side, env.size
-    env.pos = (agent[:, 0] + pad) * side + agent[:, 1] + pad  # the env keeps padded flat positions
-    obs = env._observe()
+    env.set_agent(agent)
+    obs, size = env.observe(), env.size
     if task == "maze-action":
         dist = maze_distances(walls, exits, agent)
         meta = ("classification", 4, ACTION_NAMES)
@@ -300,19 +301,16 @@ def exit_sectors(agent: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
 
 
 # -- driving -----------------------------------------------------------------------------------
-def _driving_batch(task: str, env, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+def _driving_batch(task: str, env: DrivingVecEnv, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
     """Observations and geometry targets of one batch of tracks, the cars placed at random."""
-    env.seed(key)  # keys key + arange(B); episode numbers stay 0
-    levels = env.level_seeds()
-    env.coef = env.track_coefficients(levels)  # the tracks of episode 0 (no reset: no wasted first frame)
+    env.start(seed=key)  # the tracks of episode 0 of keys key + arange(B) (not observed: no wasted frame)
     u = random_uniform(env.keys, env.episodes, STREAM_PLACE, 4).t()
     place_cars(env, theta=u[0] * (2.0 * math.pi), lateral=(2.0 * u[1] - 1.0) * MAX_LATERAL,
                heading_error=(2.0 * u[2] - 1.0) * MAX_HEADING_ERROR, speed=u[3] * env.max_speed)
-    obs = env._observe()
-    return obs, driving_targets(env), levels, ("regression", None, DRIVING_TARGETS)
+    return env.observe(), driving_targets(env), env.level_seeds(), ("regression", None, DRIVING_TARGETS)
 
 
-def place_cars(env, theta: torch.Tensor, lateral: torch.Tensor, heading_error: torch.Tensor,
+def place_cars(env: DrivingVecEnv, theta: torch.Tensor, lateral: torch.Tensor, heading_error: torch.Tensor,
                speed: torch.Tensor) -> None:
     """Put each car of `env` (a `DrivingVecEnv`) at polar angle `theta` (B,), `lateral` half-widths
     left of the centre line (radially, as the env measures the road: left of a counter-clockwise
@@ -324,7 +322,7 @@ def place_cars(env, theta: torch.Tensor, lateral: torch.Tensor, heading_error: t
     env.set_car(rho * torch.cos(theta), rho * torch.sin(theta), heading, speed)
 
 
-def driving_targets(env) -> torch.Tensor:
+def driving_targets(env: DrivingVecEnv) -> torch.Tensor:
     """(B, 3) float32 targets of the current cars: heading error (rad, + = pointing left of the
     track direction), lateral offset (half-widths, + = left of the centre line, |x| < 1 on the
     road) and the mean signed curvature of the next `CURVE_LOOKAHEAD` units of centre line
@@ -335,7 +333,7 @@ def driving_targets(env) -> torch.Tensor:
     return torch.stack((state["heading_error"], lateral, curvature_ahead(env, state["theta"])), 1)
 
 
-def curvature_ahead(env, theta: torch.Tensor, lookahead: float = CURVE_LOOKAHEAD) -> torch.Tensor:
+def curvature_ahead(env: DrivingVecEnv, theta: torch.Tensor, lookahead: float = CURVE_LOOKAHEAD) -> torch.Tensor:
     """(B,) mean signed curvature times `CURVE_SCALE * track_radius` of the centre line over about `lookahead`
     units ahead of polar angle `theta` (B,): the tangent's total turn over the arc length.
 

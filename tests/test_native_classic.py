@@ -14,6 +14,7 @@ import torch
 import rlbase  # noqa: F401  (registers the rlbase/ ids)
 from rlbase.envs import make_vec_env
 from rlbase.envs.classic import CartPoleEnv, CartPoleVecEnv, PendulumEnv, PendulumVecEnv
+from rlbase.errors import UsageError
 
 CPU = torch.device("cpu")
 THETA_LIMIT = 12 * 2 * math.pi / 360
@@ -298,6 +299,16 @@ def test_make_vec_env_builds_the_native_classes():
     assert type(env) is PendulumVecEnv and env.g == 9.81 and env.split == "eval"
     obs, *_ = env.step(torch.zeros(3, 1))
     assert obs.shape == (3, 3)
+
+
+@pytest.mark.parametrize("env_id", ["rlbase/CartPole-v1", "rlbase/Pendulum-v1"])
+def test_classic_envs_have_no_levels(env_id):
+    """num_levels would be accepted and ignored by envs without levels: it is refused, naming it."""
+    assert not make_vec_env(env_id, 2, CPU).procedural
+    with pytest.raises(UsageError, match="num_levels"):
+        make_vec_env(env_id, 2, CPU, env_kwargs={"num_levels": 5})
+    with pytest.raises(UsageError, match="num_envs"):
+        make_vec_env(env_id, 0, CPU)
 
 
 # ------------------------------------------------------------------ (f) no host sync
