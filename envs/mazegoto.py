@@ -28,18 +28,15 @@ Observations: a Dict
   view: ball = disc, box = square outline, key = head, shaft and bit, in the object's colour; the
   agent a black diamond (drawn over the object it stepped on, in final observations). At 64 pixels
   the shapes read well up to size ~10 (6+ pixels a square); larger rooms blur them.
-- `mission`: (MAX_WORDS,) int64 token ids of the instruction under TOKENIZER (a
-  `rlbase.tokenizer.Tokenizer` over VOCABULARY), padded with 0.
+- `mission`: (MAX_WORDS,) int64 token ids of the instruction, padded with 0 (the language and its
+  tokenizer: rlbase.envs.instructions).
 The instruction as text: `MazeGoToVecEnv.instruction(i)`; the single-instance env puts it in
 `info["mission"]` of `reset` and `step`.
 
 Train / eval split. Like the maze, each episode is a pure function of its level seed
 (`level_seeds`: even seeds train, odd seeds eval; `num_levels` restricts training to a finite set).
-The eval split additionally holds out language: it phrases missions only with EVAL_TEMPLATES,
-never used in training (the train split uses TRAIN_TEMPLATES), and the combinations in
-HELDOUT_TARGETS are never the *target* in the train split (they do appear there as distractors).
-In the eval split targets are drawn among all 18 combinations (`eval_targets="all"`, the default)
-or among HELDOUT_TARGETS only (`eval_targets="heldout"`: systematic generalisation); the train
+The eval split additionally holds out language (rlbase.envs.instructions: paraphrases never used
+in training, and targets never the target in training with `eval_targets="heldout"`); the train
 split ignores `eval_targets`. `blank_mission=True` replaces every instruction by padding: the
 baseline of a policy that cannot read (it succeeds about 1 / num_objects of the time).
 
@@ -49,9 +46,9 @@ without replacement (distractor combinations, lattice squares, the agent's squar
 value not yet taken by stepping over the taken ones in ascending order: a fixed sequence of
 O(num_objects**2) elementwise ops on (B,) tensors, no rejection loop, no host sync. That is cheap
 enough to run for every env on every step, so autoreset just builds the next episode of all envs
-and keeps it where one ended (no spare slots as in the maze). A grid observation is then a copy
-of the static wall template plus two scatters (objects, agent). `layout()` gives the positions and combinations of the
-current episodes or of any level seeds (tests, analysis).
+and keeps it where one ended (no prepared episodes as in the maze). A grid observation is then a
+copy of the static wall template plus two scatters (objects, agent). `layout()` gives the
+positions and combinations of the current episodes or of any level seeds (tests, analysis).
 """
 
 from __future__ import annotations
@@ -62,57 +59,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rlbase.envs.instructions import (COLOURS, EVAL_TARGETS, MAX_WORDS, NUM_COMBOS, OBJECTS, SPLIT_TEMPLATES,
+                                      TOKENIZER, TRAIN_TEMPLATES, instruction_text, mission_table, target_combinations)
 from rlbase.envs.native import MASK32, NativeVecEnv, SingleEnv, check_bool, check_choice, check_int, random_bits
-from rlbase.tokenizer import Tokenizer
 
-# -- the language (module-level API: pretraining on the text task imports these) --------------------
-COLOURS: tuple[str, ...] = ("red", "green", "blue", "purple", "yellow", "grey")
-OBJECTS: tuple[str, ...] = ("ball", "box", "key")
-TRAIN_TEMPLATES: tuple[str, ...] = (
-    "go to the {colour} {object}",
-    "get to the {colour} {object}",
-    "find the {colour} {object}",
-    "walk to the {colour} {object}",
-    "move to the {colour} {object}",
-    "please go to the {colour} {object}",
-    "please find the {colour} {object}",
-)
-EVAL_TEMPLATES: tuple[str, ...] = (
-    "navigate to the {colour} {object}",
-    "reach the {colour} {object}",
-    "head over to the {colour} {object}",
-)
-# (colour, object) index pairs never the target in training: every colour and every type still
-# is a training target with other partners (red box, blue key, purple ball, grey box held out).
-HELDOUT_TARGETS: tuple[tuple[int, int], ...] = ((0, 1), (2, 2), (3, 0), (5, 1))
-# Fixed word order (token ids must not move when templates are added: append new words at the end).
-# The vocabulary is what training shows: the words of TRAIN_TEMPLATES, colours and objects. Words
-# only the held-out paraphrases use ("navigate", "reach", "head", "over") read as <unk>, as unseen
-# words do for any tokenizer built from its training data.
-VOCABULARY: tuple[str, ...] = (
-    "go", "to", "the", "get", "find", "walk", "move", "please",
-    *COLOURS, *OBJECTS,
-)
-MAX_WORDS: int = 8
-TOKENIZER = Tokenizer(VOCABULARY)
-
-SPLIT_TEMPLATES = {"train": TRAIN_TEMPLATES, "eval": EVAL_TEMPLATES}
-NUM_COMBOS = len(COLOURS) * len(OBJECTS)  # combination c is (colour c // 3, object c % 3)
-
-
-def instruction_text(colour: int, obj: int, template: int, split: str) -> str:
-    """The instruction naming (COLOURS[colour], OBJECTS[obj]) in template `template` of `split`'s
-    templates (TRAIN_TEMPLATES or EVAL_TEMPLATES)."""
-    if split not in SPLIT_TEMPLATES:
-        raise ValueError(f"split must be one of {tuple(SPLIT_TEMPLATES)}, got {split!r}")
-    return SPLIT_TEMPLATES[split][template].format(colour=COLOURS[colour], object=OBJECTS[obj])
-
-
-# -- the env ---------------------------------------------------------------------------------------
 MIN_SIZE, MAX_SIZE = 6, 16
 MIN_OBJECTS, MAX_OBJECTS = 2, 6
 OBS_MODES = ("grid", "pixels")
-EVAL_TARGETS = ("all", "heldout")
 PIXELS = 64  # side of the `pixels` observation
 RENDER = 256  # side of `render_env` images
 STREAM_LAYOUT = 0x6070  # counter-based stream (keyed by level seed) of everything in an episode
@@ -200,18 +153,13 @@ class MazeGoToVecEnv(NativeVecEnv):
         dev, b, k, ss = self.device, self.num_envs, num_objects, size * size
         self._interior = n
 
-        # Language: the targets this env draws, and the token ids of every (template, combination).
-        heldout = [c * len(OBJECTS) + o for c, o in HELDOUT_TARGETS]
-        if split == "train":
-            targets = [c for c in range(NUM_COMBOS) if c not in heldout]
-        else:
-            targets = heldout if eval_targets == "heldout" else list(range(NUM_COMBOS))
+        # Language (rlbase.envs.instructions): the targets this env draws, and the token ids of every
+        # (template, combination).
+        targets = target_combinations(split, eval_targets)
         self._targets = torch.tensor(targets, dtype=torch.int64, device=dev)
         self._templates = SPLIT_TEMPLATES[split]
         self._template_offset = 0 if split == "train" else len(TRAIN_TEMPLATES)  # rows of the table below
-        texts = [t.format(colour=COLOURS[c // len(OBJECTS)], object=OBJECTS[c % len(OBJECTS)])
-                 for t in TRAIN_TEMPLATES + EVAL_TEMPLATES for c in range(NUM_COMBOS)]
-        self._missions = TOKENIZER.encode_batch(texts, MAX_WORDS).to(dev)  # (templates * 18, MAX_WORDS)
+        self._missions = mission_table().to(dev)  # (templates * 18, MAX_WORDS)
         if self.blank_mission:  # the language-free baseline: every instruction reads as padding
             self._missions.zero_()
 
@@ -441,6 +389,4 @@ class MazeGoToEnv(SingleEnv):
         return {"mission": self.vec.instruction(0)}
 
 
-__all__ = ["MazeGoToVecEnv", "MazeGoToEnv", "COLOURS", "OBJECTS", "TRAIN_TEMPLATES", "EVAL_TEMPLATES",
-           "HELDOUT_TARGETS", "VOCABULARY", "MAX_WORDS", "TOKENIZER", "instruction_text", "MIN_SIZE",
-           "MAX_SIZE", "OBS_MODES"]
+__all__ = ["MazeGoToVecEnv", "MazeGoToEnv", "MIN_SIZE", "MAX_SIZE", "OBS_MODES"]

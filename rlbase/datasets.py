@@ -36,6 +36,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rlbase.envs import instructions as language
 from rlbase.envs.driving import DrivingVecEnv
 from rlbase.envs.maze import MazeVecEnv
 from rlbase.envs.native import SPLITS, check_int, random_bits, random_uniform
@@ -159,25 +160,23 @@ def make_goto_text(split: str, count: int, seed: int, device: torch.device) -> D
     trained on 14 of the 18 pairs reads the other 4 as the nearest seen pair: 0% on them.)
     Token ids are exactly the env's `mission` observations.
     """
-    from rlbase.envs import mazegoto as goto
-
     generator = torch.Generator().manual_seed(key_base(seed) * 2 + (split == "eval"))
-    templates = goto.TRAIN_TEMPLATES if split == "train" else goto.EVAL_TEMPLATES
-    pairs = [(c, o) for c in range(len(goto.COLOURS)) for o in range(len(goto.OBJECTS))]
+    templates = language.TRAIN_TEMPLATES if split == "train" else language.EVAL_TEMPLATES
+    pairs = [(c, o) for c in range(len(language.COLOURS)) for o in range(len(language.OBJECTS))]
     pick = torch.randint(len(pairs), (count,), generator=generator).tolist()
     template = torch.randint(len(templates), (count,), generator=generator).tolist()
-    texts = [goto.instruction_text(*pairs[p], t, split) for p, t in zip(pick, template)]
-    ids = goto.TOKENIZER.encode_batch(texts, goto.MAX_WORDS)
+    texts = [language.instruction_text(*pairs[p], t, split) for p, t in zip(pick, template)]
+    ids = language.TOKENIZER.encode_batch(texts, language.MAX_WORDS)
     if split == "train":  # word dropout: a function word reads as <unk> 20% of the time (unseen words do)
-        content = torch.tensor([goto.TOKENIZER.ids[w] for w in (*goto.COLOURS, *goto.OBJECTS)])
+        content = torch.tensor([language.TOKENIZER.ids[w] for w in (*language.COLOURS, *language.OBJECTS)])
         drop = (torch.rand(ids.shape, generator=generator) < WORD_DROPOUT) & (ids != PAD_ID) & ~torch.isin(ids, content)
         ids = ids.masked_fill(drop, UNK_ID)
     ids = ids.to(device)
     targets = torch.tensor([pairs[p] for p in pick], dtype=torch.int64, device=device).reshape(count, 2)
-    space = gym.spaces.Box(0, goto.TOKENIZER.vocab_size - 1, (goto.MAX_WORDS,), np.int64)
+    space = gym.spaces.Box(0, language.TOKENIZER.vocab_size - 1, (language.MAX_WORDS,), np.int64)
     return Dataset(inputs=ids, targets=targets, kind="classification",
-                   num_classes=[len(goto.COLOURS), len(goto.OBJECTS)], target_names=["colour", "object"],
-                   observation_space=space, tokenizer=goto.TOKENIZER)
+                   num_classes=[len(language.COLOURS), len(language.OBJECTS)], target_names=["colour", "object"],
+                   observation_space=space, tokenizer=language.TOKENIZER)
 
 
 def _int(name: str, value: Any, low: int) -> int:

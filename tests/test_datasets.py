@@ -248,7 +248,7 @@ def test_tasks_are_described():
 
 def test_goto_text_labels_name_what_the_instruction_says():
     from rlbase.tokenizer import UNK_ID
-    from rlbase.envs import mazegoto as goto
+    from rlbase.envs import instructions as goto
 
     train = make_dataset("goto-text", "train", 500, 0)
     held = make_dataset("goto-text", "eval", 200, 0)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rlbase.envs import make_vec_env  # importing rlbase.envs registers the rlbase/ ids
-from rlbase.envs.mazegoto import (AGENT_CODE, COLOURS, EVAL_TEMPLATES, HELDOUT_TARGETS, MAX_WORDS, OBJECTS,
-                                  PIXELS, TOKENIZER, TRAIN_TEMPLATES, VOCABULARY, MazeGoToEnv, MazeGoToVecEnv,
-                                  _pixel_squares, instruction_text, paint)
+from rlbase.envs.instructions import (COLOURS, EVAL_TEMPLATES, HELDOUT_TARGETS, MAX_WORDS, OBJECTS, TOKENIZER,
+                                      TRAIN_TEMPLATES, VOCABULARY, instruction_text)
+from rlbase.envs.mazegoto import AGENT_CODE, PIXELS, MazeGoToEnv, MazeGoToVecEnv, _pixel_squares, paint
 from rlbase.errors import UsageError
 from rlbase.tokenizer import words_of
 
