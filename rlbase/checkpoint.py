@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlbase.errors import RlbaseError, RlbaseWarning
+from rlbase.optim import Optimizer
 from rlbase.safefiles import (atomic_write_text, disk_error, fsync_path, is_inside, load_safetensors, read_json,
                               regular_file, safetensors_problem)
 
@@ -45,7 +46,7 @@ class Checkpoint(NamedTuple):
     buffer: dict[str, torch.Tensor] | None = None
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim/") -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_to_tensors(optimizer: Optimizer, prefix: str = "optim/") -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state dict into tensors (for safetensors) and JSON-able values."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -59,7 +60,7 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim/
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+def optimizer_from_tensors(optimizer: Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
                            prefix: str = "optim/") -> None:
     """Load an optimiser's state written by `optimizer_to_tensors`, checked first: the same groups
     and parameters, and state tensors of their parameters' shapes (torch would accept others and
