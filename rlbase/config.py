@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from rlbase.envs import atari
+from rlbase.envs import atari, is_atari, is_native
 from rlbase.errors import UsageError
 
 
@@ -257,9 +257,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple
                                 default=argparse.SUPPRESS, help=help_text)
 
 
+PRESET_FAMILIES = {"atari": "ALE/<Game>-v5 ids", "rlbase": "rlbase's own envs (rlbase/...)",
+                   "gymnasium": "every other id (Gymnasium's classic control, Box2D, your own envs, ...)"}
+"""The preset families (the `families:` blocks of rlbase/presets/<algo>.yaml) and the ids they cover."""
+
+
 def env_family(env_id: str) -> str:
-    """The preset family of an env id: `atari` for ALE ids, `classic_control` otherwise."""
-    return "atari" if _plain_id(env_id).startswith("ALE/") else "classic_control"
+    """The preset family of an env id (PRESET_FAMILIES): `atari`, `rlbase` or `gymnasium`."""
+    plain = _plain_id(env_id)
+    if is_atari(plain):
+        return "atari"
+    return "rlbase" if is_native(plain) else "gymnasium"
 
 
 def _plain_id(env_id: str) -> str:
@@ -295,9 +303,8 @@ def describe_presets(algo: str) -> str:
     data = _preset_file(algo)
     envs = data.get("envs") or {}
     width = max([len(env_id) for env_id in envs] + [16]) + 2
-    lines = [f"presets (rlbase/presets/{algo}.yaml): dataclass defaults < family < env < your flags",
-             f"  {'family atari':<{width}}ALE/<Game>-v5 ids",
-             f"  {'family classic_control':<{width}}every other id"]
+    lines = [f"presets (rlbase/presets/{algo}.yaml): dataclass defaults < family < env < your flags"]
+    lines += [f"  {'family ' + family:<{width}}{ids}" for family, ids in PRESET_FAMILIES.items()]
     for env_id, block in envs.items():
         kinds = (block or {}).get("observations") or {}
         tuned = "".join(f"; for {kind} observations only: " + ", ".join(f"{k} {v}" for k, v in values.items())

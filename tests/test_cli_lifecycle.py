@@ -307,9 +307,9 @@ def test_final_checkpoint_is_written_once(tmp_path, algo, args, total, interval)
 
 
 def ppo_preset(env_id: str) -> tuple[dict, dict]:
-    """(classic_control family block, the env's block) of ppo.yaml, read here independently."""
+    """(rlbase family block, the env's block) of ppo.yaml for one of rlbase's envs, read here independently."""
     data = yaml.safe_load((PRESETS / "ppo.yaml").read_text())
-    return dict(data["families"]["classic_control"]), dict(data["envs"][env_id])
+    return dict(data["families"]["rlbase"]), dict(data["envs"][env_id])
 
 
 def print_config(tmp_path: Path, *args) -> dict:
@@ -369,7 +369,7 @@ def test_train_help_names_the_presets(tmp_path):
         for env_id in data["envs"]:  # one line per env id with its own preset
             assert len(re.findall(rf"^\s+{re.escape(env_id)}\s", presets, re.MULTILINE)) == 1, (algo, env_id)
         if algo == "ppo":
-            assert "atari" in presets and "classic_control" in presets and "rlbase/CartPole-v1" in presets
+            assert all(f in presets for f in ("atari", "rlbase", "gymnasium")) and "rlbase/CartPole-v1" in presets
             maze = [line for line in presets.splitlines() if line.strip().startswith("rlbase/Maze-v0")]
             assert len(maze) == 1 and "mlp" in maze[0] and "grid observations" in maze[0], maze
 
