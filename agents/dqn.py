@@ -27,8 +27,9 @@ from rlbase.buffers import ReplayBuffer, ReplaySample
 from rlbase.checkpoint import load_module
 from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
+from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
-from rlbase.obs import batch_size, is_supported_space, space_dtype
+from rlbase.obs import batch_size, space_dtype
 from rlbase.optim import gradient_step, make_adam
 from rlbase.run import Run
 from rlbase.stats import DeviceMean
@@ -132,9 +133,9 @@ def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
     """A UsageError when DQN cannot act in `env` (it needs a discrete action space)."""
     if not isinstance(env.single_action_space, gym.spaces.Discrete):
         raise UsageError(f"DQN needs a discrete action space; {cfg.env_id} has {env.single_action_space}")
-    if not is_supported_space(env.single_observation_space):
-        raise UsageError(f"DQN's replay buffer stores Box observations or a Dict of them; {cfg.env_id} has "
-                         f"{type(env.single_observation_space).__name__} observations")
+    unsupported = unsupported_observations(cfg.env_id, env.single_observation_space)
+    if unsupported:
+        raise UsageError(f"DQN's replay buffer stores Box observations or a Dict of them: {unsupported}")
     need, free = replay_bytes(cfg, env), available_memory(env.device)
     if free is not None and need > free:
         raise UsageError(f"invalid --buffer-size: {cfg.buffer_size:,} transitions of {cfg.env_id} need "

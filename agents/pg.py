@@ -31,6 +31,7 @@ from rlbase.agents import Agent, Policy
 from rlbase.checkpoint import load_module
 from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
+from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
 from rlbase.obs import assign
 from rlbase.optim import Optimizer, make_adam
@@ -98,6 +99,9 @@ def validate_pg(cfg: PGConfig) -> None:
 
 def check_env(cfg: PGConfig, env: TensorVecEnv) -> None:
     """A UsageError when the agent cannot act in `env`."""
+    unsupported = unsupported_observations(cfg.env_id, env.single_observation_space)
+    if unsupported:
+        raise UsageError(f"policy-gradient agents take Box observations or a Dict of them: {unsupported}")
     space = env.single_action_space
     if isinstance(space, gym.spaces.Box):
         if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):

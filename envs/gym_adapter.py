@@ -6,7 +6,8 @@ ends an episode returns the next episode's first observation and puts the last o
 
 Observations are converted once, by `ObservationConverter`, into what rlbase's agents take (a Box,
 or a Dict of Boxes): float Boxes become float32, Discrete becomes a float32 one-hot vector,
-MultiBinary a float32 vector of 0/1. Other spaces are refused with the wrapper that fixes them.
+MultiBinary a float32 vector of 0/1. Other spaces are left as they are: whether an agent can take
+them is its `check_env` decision (`unsupported_observations` says what to wrap the env in).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from rlbase.envs.core import EpisodeStats, HostToDevice, TensorVecEnv, actions_to_numpy
 from rlbase.errors import RlbaseError, UsageError
-from rlbase.obs import assign, obs_map
+from rlbase.obs import assign, is_supported_space, obs_map
 
 RawObs = Any  # what the user's env returns: an array, an int (Discrete), a dict of them (Dict)
 NpObs = np.ndarray | dict[str, np.ndarray]
@@ -46,14 +47,23 @@ def _convert_leaf(space: gym.spaces.Space) -> tuple[gym.spaces.Box, Callable[[np
     return None
 
 
-def _refusal(env_id: str, what: str, space: gym.spaces.Space) -> UsageError:
+def unsupported_observations(env_id: str, space: gym.spaces.Space) -> str | None:
+    """None when rlbase's networks and storage take observations of `space` (a Box, or a Dict of
+    Boxes: `rlbase.obs.is_supported_space`); else one line saying what `env_id` has and the
+    Gymnasium wrapper that fixes it (the agents' `check_env` refuses with it)."""
+    if is_supported_space(space):
+        return None
+    what = f"a {type(space).__name__} observation space"
+    if isinstance(space, gym.spaces.Dict):
+        key, sub = next((k, v) for k, v in space.spaces.items() if not isinstance(v, gym.spaces.Box))
+        what = f"a Dict observation space whose key {key!r} is a {type(sub).__name__} space"
     if space.is_np_flattenable:
         fix = ("wrap it in gymnasium.wrappers.FlattenObservation "
                "(e.g. from a --env module that registers the wrapped env)")
     else:  # Graph, Sequence, ...: no fixed size, so no flat Box either
         fix = ("rlbase needs fixed-size observations: turn them into a Box with a gymnasium.ObservationWrapper "
                "(e.g. from a --env module that registers the wrapped env)")
-    return UsageError(f"{env_id} has {what}; {fix}")
+    return f"{env_id} has {what}; {fix}"
 
 
 class ObservationConverter:
@@ -64,38 +74,38 @@ class ObservationConverter:
     - MultiBinary(shape): a float32 Box(0, 1, shape);
     - Dict of the above (one level deep): each key converted by the same rules.
 
-    Anything else raises a UsageError naming the wrapper to use. `space` is the converted space,
-    `raw_space` the env's own. Call the converter on a batch (leading axis: envs), or `single` on
-    one observation as the user's env returns it (what a policy's `predict` gets).
+    Anything else stays as it is in `space` (agents refuse it in `check_env`), and converting its
+    observations raises the UsageError of `unsupported_observations`. `space` is the converted
+    space, `raw_space` the env's own. Call the converter on a batch (leading axis: envs), or
+    `single` on one observation as the user's env returns it (what a policy's `predict` gets).
     """
 
     def __init__(self, raw_space: gym.spaces.Space, env_id: str = "the environment"):
         self.raw_space = raw_space
         if isinstance(raw_space, gym.spaces.Dict):
-            spaces: dict[str, gym.spaces.Box] = {}
-            self._fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-            for key, sub in raw_space.spaces.items():
-                leaf = _convert_leaf(sub)
-                if leaf is None:
-                    raise _refusal(env_id, f"a Dict observation space whose key {key!r} is a "
-                                           f"{type(sub).__name__} space", raw_space)
-                spaces[key], self._fns[key] = leaf
-            self.space: gym.spaces.Space = gym.spaces.Dict(spaces)
+            leaves = {key: _convert_leaf(sub) for key, sub in raw_space.spaces.items()}
+            self.space: gym.spaces.Space = gym.spaces.Dict(
+                {key: leaf[0] if leaf else raw_space[key] for key, leaf in leaves.items()})
+            self._fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+                key: leaf[1] for key, leaf in leaves.items() if leaf}
             self._fn = None
         else:
             leaf = _convert_leaf(raw_space)
-            if leaf is None:
-                raise _refusal(env_id, f"a {type(raw_space).__name__} observation space", raw_space)
-            self.space, self._fn = leaf
+            self.space, self._fn = leaf if leaf else (raw_space, None)
+        self.unsupported = unsupported_observations(env_id, self.space)  # None when the agents take them
 
     def __call__(self, batch: RawObs) -> NpObs:
         """A batch of raw observations (as Gymnasium's vector envs stack them) -> converted arrays."""
+        if self.unsupported:
+            raise UsageError(self.unsupported)
         if self._fn is None:
             return {key: fn(np.asarray(batch[key])) for key, fn in self._fns.items()}
         return self._fn(np.asarray(batch))
 
     def single(self, obs: RawObs) -> NpObs:
         """One raw observation -> the converted observation, without a batch axis."""
+        if self.unsupported:
+            raise UsageError(self.unsupported)
         if self._fn is None:
             return {key: fn(np.asarray(obs[key])[None])[0] for key, fn in self._fns.items()}
         return self._fn(np.asarray(obs)[None])[0]
@@ -114,11 +124,7 @@ class GymVecEnv(TensorVecEnv):
         self.frame_stack = frame_stack
         self._env = SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
         self.raw_observation_space = self._env.single_observation_space
-        try:
-            self.convert_obs = ObservationConverter(self.raw_observation_space, env_id)
-        except UsageError:
-            self._env.close()
-            raise
+        self.convert_obs = ObservationConverter(self.raw_observation_space, env_id)
         self.single_observation_space = self.convert_obs.space
         self.single_action_space = self._env.single_action_space
         fps = self._env.envs[0].metadata.get("render_fps")

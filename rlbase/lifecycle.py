@@ -199,11 +199,11 @@ def _complete(agent: Agent, cfg: Any, env: TensorVecEnv | None, make_eval_env: C
                 agent.validate(cfg)
             if cfg.backbone_weights and "backbone" not in user_values:
                 cfg = dataclasses.replace(cfg, backbone="auto")  # the artifact's backbone, not the preset's
+        agent.check_env(cfg, env)  # before a backbone is fitted to observations the agent may not take
         if resume is None:
             cfg, backbone = transfer.resolve(cfg, space)
         else:  # weights come from the checkpoint; the artifacts are not read again
             backbone = transfer.parse(cfg, space)
-        agent.check_env(cfg, env)
     except BaseException:
         if owns_env:
             env.close()

@@ -65,9 +65,14 @@ def test_cartpole_autoreset_matches_single_envs():
             r.close()
 
 
-def test_gym_backend_refuses_tuple_observations_naming_the_wrapper():
-    with pytest.raises(UsageError, match="Tuple observation space.*FlattenObservation"):
-        make_vec_env("Blackjack-v1", 1, CPU)
+def test_gym_backend_leaves_tuple_observations_to_the_agents_naming_the_wrapper():
+    env = make_vec_env("Blackjack-v1", 1, CPU)  # whether an agent takes them is its check_env's call
+    try:
+        assert isinstance(env.single_observation_space, gym.spaces.Tuple)
+        with pytest.raises(UsageError, match="Tuple observation space.*FlattenObservation"):
+            env.reset(seed=0)  # but they cannot become tensors
+    finally:
+        env.close()
 
 
 def test_gym_backend_one_hot_encodes_discrete_observations():

@@ -22,9 +22,10 @@ import torch
 from rlbase.envs import NATIVE_ENVS, check_env_id, import_env_modules, make_vec_env, plain_env_id
 from rlbase.envs.atari import AGENT_STEP_FPS, EMULATOR_FPS, FRAME_SKIP
 from rlbase.envs.atari_vec import AtariVecEnv
-from rlbase.envs.gym_adapter import GymVecEnv, ObservationConverter
+from rlbase.envs.gym_adapter import GymVecEnv, ObservationConverter, unsupported_observations
 from rlbase.envs.native import NativeVecEnv, SingleEnv
 from rlbase.errors import UsageError
+from rlbase.lifecycle import plan
 
 CPU = torch.device("cpu")
 TOYENVS = Path(__file__).parent / "userenvs" / "toyenvs.py"
@@ -259,14 +260,23 @@ def test_converter_rules_on_spaces():
     (gym.spaces.Sequence(gym.spaces.Discrete(2)), "ObservationWrapper"),
     (gym.spaces.Graph(gym.spaces.Box(0.0, 1.0, (2,)), None), "ObservationWrapper"),
 ])
-def test_converter_refuses_other_spaces(space, fix):
-    message = _usage_error(ObservationConverter, space, "Thing-v0")
+def test_converter_leaves_other_spaces_to_the_agents(space, fix):
+    """The adapter converts what it can; any other space stays, for the agent's check_env to refuse."""
+    conv = ObservationConverter(space, "Thing-v0")
+    assert conv.space == space
+    message = unsupported_observations("Thing-v0", space)
+    assert conv.unsupported == message
     assert message.startswith("Thing-v0 has ") and type(space).__name__ in message and fix in message
+    assert _usage_error(conv, [space.sample()]) == message  # its observations cannot become tensors
 
 
-def test_tuple_observation_env_is_refused(toy):
-    message = _usage_error(make_vec_env, f"{toy}:{toy}/Pair-v0", 1, CPU)
-    assert message.startswith(f"{toy}/Pair-v0 has a Tuple observation space")
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "a2c"])
+def test_tuple_observation_env_is_refused_by_the_agent(toy, algo):
+    env = make_vec_env(f"{toy}:{toy}/Pair-v0", 1, CPU)  # the env builds: what it cannot take is the agent's call
+    assert isinstance(env.single_observation_space, gym.spaces.Tuple)
+    env.close()
+    message = _usage_error(plan, algo, {"env_id": f"{toy}:{toy}/Pair-v0", "num_envs": 1, "device": "cpu"})
+    assert f"{toy}/Pair-v0 has a Tuple observation space" in message
     assert "gymnasium.wrappers.FlattenObservation" in message
 
 
