@@ -292,19 +292,14 @@ class MazeVecEnv(NativeVecEnv):
         return rows, self._cell_pos[start_cell], self._cell_pos[exit_cell]
 
     # -- hooks -------------------------------------------------------------------------------
-    def _write_spare(self, episodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Generate the levels of episode numbers `episodes` (B,) into each env's spare slot; return
-        (the rows of the spare slots, start positions, exit positions)."""
+    def _prepare_next(self, episodes: torch.Tensor) -> None:
+        """Generate the levels of episode numbers `episodes` (B,) into each env's spare slot. (Their
+        first observations are not prepared: observing again is cheaper than selecting them.)"""
         rows, starts, exits = self.generate(self.level_seeds(episodes))
         spare = (1 - self._slot) * self.num_envs + self._arange
         self._levels.view(torch.int64).index_copy_(0, spare, rows.view(torch.int64))
         self._starts.index_copy_(0, spare, starts)
         self._exits.index_copy_(0, spare, exits)
-        return spare, starts, exits
-
-    def _prepare_next(self, episodes: torch.Tensor) -> torch.Tensor:
-        spare, starts, exits = self._write_spare(episodes)
-        return self._observation(spare, spare * self._row_stride, starts, exits)
 
     def _take_next(self, mask: torch.Tensor) -> None:
         self._slot ^= mask.to(torch.int64)  # an ended env plays its spare slot, with no copy
@@ -316,7 +311,7 @@ class MazeVecEnv(NativeVecEnv):
     def _reset_envs(self, mask: torch.Tensor) -> None:
         # From outside `step`: the current episodes' levels, built now (into every env's spare
         # slot: the base class rebuilds the next episodes before the next step).
-        self._write_spare(self.episodes)
+        self._prepare_next(self.episodes)
         self._take_next(mask)
 
     def _advance(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,32 +327,26 @@ class MazeVecEnv(NativeVecEnv):
         return {"success": self.success}
 
     def _observe(self) -> torch.Tensor:
-        return self._observation(self._row, self._row_start, self.pos, self.exit)
-
-    def _observation(self, row: torch.Tensor, row_start: torch.Tensor, pos: torch.Tensor,
-                     exit_: torch.Tensor) -> torch.Tensor:
-        """Observations of level rows `row` (B,) (starting at `row_start` in the flat storage) with
-        the agent at `pos` and the exit at `exit_` (padded flat positions)."""
         b, s = self.num_envs, self.size
         if self.obs_mode == "grid":
-            obs = self._levels[:, :self._row_len].index_select(0, row)
-            obs.view(-1).index_fill_(0, self._agent_at + pos, 1)
+            obs = self._levels[:, :self._row_len].index_select(0, self._row)
+            obs.view(-1).index_fill_(0, self._agent_at + self.pos, 1)
             return obs.view(b, 3, s, s)
         if self.obs_mode == "ego":
             w2 = self._window.shape[0]
-            cells = pos[:, None] + self._window  # (B, w2) padded positions around the agent
+            cells = self.pos[:, None] + self._window  # (B, w2) padded positions around the agent
             obs = torch.empty(b, 3, w2, dtype=torch.uint8, device=self.device)
-            obs[:, 0] = self._levels.view(-1).take(row_start[:, None] + cells)
+            obs[:, 0] = self._levels.view(-1).take(self._row_start[:, None] + cells)
             obs[:, 1] = self._centre
-            obs[:, 2] = cells == exit_[:, None]
+            obs[:, 2] = cells == self.exit[:, None]
             w = 2 * self.view_radius + 1
             return obs.view(b, 3, w, w)
         # pixels: colour the grid (floor + wall * (wall colour - floor colour), in wrapping uint8
         # arithmetic), paint the exit and the agent, then upscale.
-        walls = self._levels[:, :self._row_len].index_select(0, row)  # pad 0: the unpadded grid
+        walls = self._levels[:, :self._row_len].index_select(0, self._row)  # pad 0: the unpadded grid
         pal = self._palette[:, :, None]  # (4, 3, 1)
         small = pal[0] + walls[:, None, :] * (pal[1] - pal[0])  # (B, 3, size * size)
-        for at, colour in ((exit_, pal[2]), (pos, pal[3])):
+        for at, colour in ((self.exit, pal[2]), (self.pos, pal[3])):
             small.scatter_(2, at[:, None, None].expand(b, 3, 1), colour.expand(b, 3, 1).contiguous())
         # Nearest-neighbour upscale, columns first: the row pass then moves whole 64-byte rows.
         small = small.view(b, 3, s, s)

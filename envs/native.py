@@ -17,11 +17,14 @@ always plays levels the agent never saw in training; `num_levels > 0` restricts 
 finite set, as Procgen does. Envs without levels (classic control) do not take `num_levels`.
 
 Prepared episodes. Where building an episode is too costly to do for every env on every step (a
-maze, a track), the env keeps a prepared *next* episode per env, with its first observation: an
-ended env takes it (a masked select), and every `refresh_every` steps the next episodes of all envs
-are rebuilt in bulk. `refresh_every` must be a lower bound on the length of any episode, so no env
-ends twice between two refreshes and every episode plays exactly the level of its seed. Resets from
-outside `step` (`reset`, `start_next_episode`) build their episodes on the spot.
+maze, a track), the env keeps a prepared *next* episode per env: an ended env takes it (a masked
+select), and every `refresh_every` steps the next episodes of all envs are rebuilt in bulk.
+`refresh_every` must be a lower bound on the length of any episode, so no env ends twice between
+two refreshes and every episode plays exactly the level of its seed. Resets from outside `step`
+(`reset`, `start_next_episode`) build their episodes on the spot. Where an observation is costly too
+(driving's lidar), the prepared episodes come with their first observations, and a step observes
+once: ended envs show the prepared one. Elsewhere observing the new state again is cheaper than
+that masked select (the maze's grid: measured, BENCHMARKS.md).
 
 Each native env is also a single-instance `gymnasium.Env` through `SingleEnv` (a batch of one on
 the CPU), registered under an `rlbase/...` id.
@@ -153,8 +156,9 @@ class NativeVecEnv(TensorVecEnv):
       Dict observation space a dict of tensors (then `info["final_obs"]` is such a dict too).
 
     Envs with prepared episodes (see the module docstring) set `refresh_every` and write two more:
-    - `_prepare_next(episodes) -> obs`: build episode `episodes[i]` (B,) of every env `i` as its
-      next one, and return the first observations of those episodes;
+    - `_prepare_next(episodes) -> obs | None`: build episode `episodes[i]` (B,) of every env `i` as
+      its next one; return the first observations of those episodes, or None to be observed again
+      after an autoreset;
     - `_take_next(mask)`: the envs in `mask` begin their prepared episode (autoreset in `step`;
       `_reset_envs` stays the reset from outside).
 
@@ -206,7 +210,7 @@ class NativeVecEnv(TensorVecEnv):
         describe how an episode ended are listed in the class's `outcome_keys`."""
         return {}
 
-    def _prepare_next(self, episodes: torch.Tensor) -> Obs:
+    def _prepare_next(self, episodes: torch.Tensor) -> Obs | None:
         raise NotImplementedError
 
     def _take_next(self, mask: torch.Tensor) -> None:
@@ -269,11 +273,14 @@ class NativeVecEnv(TensorVecEnv):
             return final_obs, rewards, terminated, truncated, info
         self.episodes += dones
         self.elapsed.masked_fill_(dones, 0)
-        if self.refresh_every:  # one observation per step: ended envs show their prepared first one
+        if self.refresh_every:
             self._take_next(dones)
-            return where_rows(dones, self._next_obs, final_obs), rewards, terminated, truncated, info
-        self._reset_envs(dones)
-        return self._observe(), rewards, terminated, truncated, info
+        else:
+            self._reset_envs(dones)
+        if self._next_obs is None:
+            return self._observe(), rewards, terminated, truncated, info
+        # One observation per step: ended envs show the first observation prepared with their episode.
+        return where_rows(dones, self._next_obs, final_obs), rewards, terminated, truncated, info
 
     def start_next_episode(self, mask: torch.Tensor) -> None:
         """Begin the next episode of the envs in `mask` (what autoreset does to ended envs)."""
