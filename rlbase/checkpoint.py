@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import save_file
 
 from rlbase.errors import RlbaseError, RlbaseWarning
 from rlbase.optim import Optimizer
 from rlbase.safefiles import (atomic_write_text, disk_error, fsync_path, is_inside, load_safetensors, read_json,
-                              regular_file, safetensors_problem)
+                              regular_file, safetensors_problem, save_safetensors)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
@@ -151,8 +150,7 @@ def write_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Ten
         files = {MODEL_FILE: tensors} if buffer is None else {MODEL_FILE: tensors, BUFFER_FILE: buffer}
         sizes = {}
         for name, content in files.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name))
-            fsync_path(tmp / name)
+            save_safetensors(content, tmp / name)
             sizes[name] = (tmp / name).stat().st_size
         atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step, **state, "files": sizes}, indent=2,
                                                        allow_nan=False))
@@ -233,8 +231,10 @@ def checkpoint_problem(folder: Path) -> str | None:
         state = read_json(state_file)
     except RlbaseError as exc:
         return str(exc).replace(f"{state_file} ", f"{STATE_FILE} ")
-    if not isinstance(state, dict):
-        return f"{STATE_FILE} is not a JSON object"
+    try:
+        check_state(state, Path(STATE_FILE))
+    except RlbaseError as exc:
+        return str(exc).replace("checkpoint state ", "", 1)
     sizes = state.get("files", {MODEL_FILE: None})
     if not isinstance(sizes, dict) or MODEL_FILE not in sizes:
         return f"{STATE_FILE} field files is malformed"
@@ -361,7 +361,7 @@ def check_state(state: Any, file: Path) -> None:
                                                      for v in counters.values()):
             raise bad("counters", "an object of non-negative integers")
         if counters.get("global_step") != step:
-            raise bad("counters.global_step", f"equal step ({step})")
+            raise bad("counters.global_step", f"equal to step ({step})")
     optimizer = state.get("optimizer")
     if optimizer is not None:
         groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None

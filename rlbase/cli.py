@@ -17,11 +17,11 @@ import gc
 import json
 import os
 import sys
+import threading
 import warnings
 
 from rlbase import __version__
 from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
-from rlbase.utils import plural
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,6 +153,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def plural(count: int, noun: str) -> str:
+    from rlbase.utils import plural as _plural  # rlbase.utils imports torch: not at import time
+
+    return _plural(count, noun)
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -174,9 +180,10 @@ def _train(args: argparse.Namespace) -> int:
         try:
             metrics = execute(p, announce=_say)
         except TrainingInterrupted as stop:
-            _say(f"\nrlbase: interrupted at step {stop.step:,}; checkpoint saved. Continue with: "
+            how = "terminated (SIGTERM)" if stop.signal == 15 else "interrupted"
+            _say(f"\nrlbase: {how} at step {stop.step:,}; checkpoint saved. Continue with: "
                  f"rlbase train {args.algo} --resume {stop.run_dir}")
-            return 130
+            return 128 + stop.signal
     finally:
         p.close()
     run_dir = metrics["run_dir"]
@@ -272,6 +279,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid --epsilon: must be in [0, 1], got {args.epsilon}")
     if args.num_envs is not None and args.num_envs <= 0:
         raise UsageError(f"invalid --num-envs: must be positive, got {args.num_envs}")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"invalid --seed: must be in [0, 2**32), got {args.seed}")
     env_kwargs = None
     if args.env_kwargs:
         from rlbase.config import parse_kwargs
@@ -324,6 +333,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    threading.excepthook = _thread_exception
     try:
         args = build_parser(argv).parse_args(argv)
         if args.command in ("plot", "report"):
@@ -337,6 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nrlbase: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a disk or file fault not caught nearer to where it happened
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"rlbase: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _thread_exception(args: threading.ExceptHookArgs, _default=threading.excepthook) -> None:
+    """TensorBoard's writer thread re-raises a disk fault in the main thread, which reports it in one
+    line: do not print the thread's traceback as well."""
+    if not issubclass(args.exc_type, OSError):
+        _default(args)
 
 
 def run() -> None:

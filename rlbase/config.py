@@ -403,8 +403,15 @@ def validate_common(cfg: CommonConfig) -> None:
     for f in dataclasses.fields(cfg):  # no option takes NaN or infinity (--learning-rate inf, --adam-eps nan)
         value = getattr(cfg, f.name)
         check(not isinstance(value, float) or math.isfinite(value), f.name, f"must be a finite number, got {value}")
+    try:  # saved in config.json and every checkpoint: JSON values only, and no NaN or infinity
+        json.dumps(cfg.env_kwargs, allow_nan=False)
+    except (TypeError, ValueError):
+        check(False, "env_kwargs", f"values must be finite numbers, strings, lists or objects, got {cfg.env_kwargs}")
     check(bool(cfg.env_id), "env_id", "an environment id is required, e.g. --env CartPole-v1")
     check(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
+    check(cfg.run_name == "" or (Path(cfg.run_name).name == cfg.run_name and cfg.run_name not in (".", "..")
+                                 and "\\" not in cfg.run_name), "run_name",
+          f"must be a folder name, not a path, got {cfg.run_name!r}")
     check(cfg.total_timesteps > 0, "total_timesteps", f"must be positive, got {cfg.total_timesteps}")
     check(cfg.num_envs > 0, "num_envs", f"must be positive, got {cfg.num_envs}")
     check(cfg.log_interval > 0, "log_interval", f"must be positive, got {cfg.log_interval}")

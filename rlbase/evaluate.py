@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from rlbase.checkpoint import BEST, CHECKPOINTS, atomic_write_text, find_checkpoint, load_checkpoint
+from rlbase.checkpoint import BEST, CHECKPOINTS, check_state, find_checkpoint, load_checkpoint
 from rlbase.config import from_dict
-from rlbase.errors import RlbaseError, UsageError
+from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
+from rlbase.safefiles import atomic_write_text, disk_error, read_json
 from rlbase.run import CONFIG_FILE, read_config
 
 if TYPE_CHECKING:
@@ -133,13 +135,13 @@ def resolve_target(path: str | Path, kind: str = CHECKPOINTS) -> tuple[str, dict
         algo, values = read_config(path)
         return algo, values, checkpoint
     state_file = checkpoint / "state.json"
-    try:
-        state = json.loads(state_file.read_text())
-        return state["algo"], state["config"], checkpoint
-    except FileNotFoundError:
-        raise RlbaseError(f"{checkpoint} has no state.json: cannot tell which agent it holds") from None
-    except (ValueError, KeyError, TypeError):
-        raise RlbaseError(f"{state_file} is corrupt") from None
+    if not state_file.exists():
+        raise RlbaseError(f"{checkpoint} has no state.json: cannot tell which agent it holds")
+    state = read_json(state_file, "checkpoint state")
+    check_state(state, state_file)
+    if not isinstance(state.get("algo"), str) or not isinstance(state.get("config"), dict):
+        raise RlbaseError(f"checkpoint state {state_file}: fields algo and config are required")
+    return state["algo"], state["config"], checkpoint
 
 
 @torch.no_grad()
@@ -209,11 +211,27 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
     best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json.
     `env_kwargs` override the run's env keyword arguments for the eval envs (e.g. MazeGoTo's
     `eval_targets`, to choose which held-out split is played); the report records them."""
-    from rlbase.agents import get_agent
+    from rlbase.agents import AGENT_MODULES, get_agent
 
     algo, values, checkpoint = resolve_target(path, BEST if best else CHECKPOINTS)
+    if algo not in AGENT_MODULES:
+        raise RlbaseError(f"{checkpoint}: unknown algo {algo!r} in its config")
     agent = get_agent(algo)
-    cfg = evaluation_config(agent, from_dict(agent.Config, values, f"{checkpoint} config"), deterministic, epsilon)
+    source = f"{checkpoint} config"
+    saved = from_dict(agent.Config, values, source)
+    try:
+        agent.validate(saved)
+    except UsageError as exc:  # a hand-edited config: name the file, not a flag
+        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    cfg = evaluation_config(agent, saved, deterministic, epsilon)
+    if video_dir is not None:
+        video = Path(video_dir)
+        if video.exists() and not video.is_dir():
+            raise UsageError(f"--video expects a folder for the videos; {video} is a file")
+        try:
+            video.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, "videos into", video) from None
     if env_kwargs:
         cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
     tensors, state, _ = load_checkpoint(checkpoint, device)
@@ -229,5 +247,8 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
         name = f"eval_{checkpoint.parent.name}_{checkpoint.name}.json" if best else f"eval_{checkpoint.name}.json"
         if env_kwargs:  # another env than the run's: its own report file
             name = name.replace(".json", "_" + "_".join(f"{k}-{v}" for k, v in sorted(env_kwargs.items())) + ".json")
-        atomic_write_text(run_dir / name, json.dumps(report, indent=2))
+        try:
+            atomic_write_text(run_dir / name, json.dumps(report, indent=2))
+        except OSError as exc:  # a read-only or full disk: the result is still printed
+            warnings.warn(f"{disk_error(exc, 'the evaluation report', run_dir / name)}", RlbaseWarning, stacklevel=2)
     return report

@@ -18,8 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Union
@@ -38,11 +41,34 @@ NEW = "new"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after the run's state was checkpointed (`step`, in `run_dir`)."""
+    """Ctrl-C (or SIGTERM: `signal` 15) during training, after the run's state was checkpointed
+    (`step`, in `run_dir`)."""
 
-    def __init__(self, run_dir: Path | None, step: int):
+    def __init__(self, run_dir: Path | None, step: int, signal: int = 2):
         super().__init__(f"interrupted at step {step}")
-        self.run_dir, self.step = run_dir, step
+        self.run_dir, self.step, self.signal = run_dir, step, signal
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during training: handled like Ctrl-C (checkpoint, then stop)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """While training, SIGTERM (a job scheduler's or `kill`'s stop) interrupts like Ctrl-C does, so
+    the run is checkpointed. Only the main thread can take signals: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -264,11 +290,11 @@ def execute(plan: Plan, *, run_dir: Union[str, Path, None] = NEW, callbacks: Any
         if logger is not None:
             logger.start_progress()
         seed_everything(cfg.seed)  # before the agent builds its networks: their initial weights
-        with intra_op_threads(training_threads(cfg, plan.backbone.name, env.device.type)):
+        with _sigterm_as_interrupt(), intra_op_threads(training_threads(cfg, plan.backbone.name, env.device.type)):
             metrics = agent.train(cfg, env, run)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         run.save()
-        raise TrainingInterrupted(run_dir, run.global_step) from None
+        raise TrainingInterrupted(run_dir, run.global_step, 15 if isinstance(stop, _Terminated) else 2) from None
     finally:
         for callback in callback_list:
             callback.close()

@@ -27,6 +27,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from rlbase.safefiles import disk_error
+
 RETURN_TAG = "rollout/ep_rew_mean"  # the scalar shown as "return" next to the progress
 
 
@@ -234,7 +236,10 @@ class RunLogger:
         self.hparams = dict(hparams) if hparams else None
         self.progress_enabled = progress
         self.status_interval = status_interval
-        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered
+        try:
+            self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered
+        except OSError as exc:
+            raise disk_error(exc, "the run's logs", self.run_dir / "metrics.jsonl") from None
         self.start_time = time.perf_counter()
         self._writer = None  # torch.utils.tensorboard.SummaryWriter, created on first use
         self._display: Progress | None = None
@@ -274,12 +279,15 @@ class RunLogger:
         scalars = dict(scalars)
         if fps:
             scalars["time/fps"] = self.fps(global_step)
-        writer = self._get_writer()
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, global_step)
         record = {"global_step": global_step, "time": round(time.time(), 3),
                   **{tag: _json_number(value) for tag, value in scalars.items()}}
-        self.metrics_file.write(json.dumps(record, allow_nan=False) + "\n")
+        try:
+            writer = self._get_writer()
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step)
+            self.metrics_file.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as exc:  # a full or read-only disk; the event writer's thread reports it here
+            raise disk_error(exc, "the run's logs", self.run_dir) from None
         if self._display is not None:
             if RETURN_TAG in scalars:
                 self._display.update(0, return_=float(scalars[RETURN_TAG]))
@@ -288,20 +296,34 @@ class RunLogger:
     def flush(self) -> None:
         if self._closed:
             return
-        if self._writer is not None or self.hparams:
-            self._get_writer().flush()
-        self.metrics_file.flush()
+        try:
+            if self._writer is not None or self.hparams:
+                self._get_writer().flush()
+            self.metrics_file.flush()
+        except OSError as exc:
+            raise disk_error(exc, "the run's logs", self.run_dir) from None
 
     def close(self) -> None:
-        """Close the bar (left on its own line), the event file and `metrics.jsonl`. Idempotent."""
+        """Close the bar (left on its own line), the event file and `metrics.jsonl`. Idempotent.
+        A disk fault is raised as a DiskError after everything is closed, unless one is already
+        being handled (the run stopped for it)."""
         if self._closed:
             return
+        self._closed = True
         if self._display is not None:
             self._display.close()
+        failure = None
+        for close in (self._close_writer, self.metrics_file.close):
+            try:
+                close()
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None and sys.exc_info()[0] is None:
+            raise disk_error(failure, "the run's logs", self.run_dir) from None
+
+    def _close_writer(self) -> None:
         if self._writer is not None or self.hparams:
             self._get_writer().close()
-        self.metrics_file.close()
-        self._closed = True
 
     def _get_writer(self):
         if self._writer is None:

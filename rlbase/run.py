@@ -30,7 +30,8 @@ from torch import nn
 
 from rlbase.checkpoint import (CHECKPOINTS, Checkpoint, atomic_write_text, load_module, optimizer_from_tensors,
                                optimizer_to_tensors, save_checkpoint)
-from rlbase.errors import RlbaseError
+from rlbase.errors import RlbaseError, UsageError
+from rlbase.safefiles import disk_error
 from rlbase.guards import CheckedEnv, NonFiniteError, first_nonfinite_tensor, first_nonfinite_value
 from rlbase.stats import RecentEpisodes
 
@@ -51,14 +52,20 @@ def new_run_dir(config: Any, algo: str) -> Path:
     """Create `<log_dir>/<run_name>` (a fresh, unique name unless --run-name was given)."""
     name = config.run_name or f"{config.env_id.replace('/', '-').replace(':', '-')}__{algo}__{config.seed}__" \
                               f"{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.log_dir) / name
+    log_dir = Path(config.log_dir)
+    if log_dir.exists() and not log_dir.is_dir():
+        raise UsageError(f"invalid --log-dir: {log_dir} is a file, not a folder")
+    run_dir = log_dir / name
     suffix = 1
     while (run_dir / CONFIG_FILE).exists():
         if config.run_name:
             raise RlbaseError(f"run directory {run_dir} already exists; use --resume {run_dir} to continue it")
         suffix += 1
-        run_dir = Path(config.log_dir) / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = log_dir / f"{name}-{suffix}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, "the run directory", run_dir) from None
     return run_dir
 
 
@@ -81,16 +88,15 @@ def write_config(run_dir: Path, algo: str, config: Any, resumed: tuple[int, dict
 
 def read_config(path: Path) -> tuple[str, dict[str, Any]]:
     """(algo, config values) from a run dir's config.json."""
+    from rlbase.safefiles import read_json
+
     file = path / CONFIG_FILE
     if not file.exists():
         raise RlbaseError(f"{path} has no {CONFIG_FILE}: not an rlbase run directory")
-    try:
-        payload = json.loads(file.read_text())
-        algo, values = payload["algo"], payload["config"]
-    except (ValueError, KeyError, TypeError):
-        raise RlbaseError(f"{file} is corrupt") from None
+    payload = read_json(file)
+    algo, values = (payload.get("algo"), payload.get("config")) if isinstance(payload, dict) else (None, None)
     if not isinstance(algo, str) or not isinstance(values, dict):
-        raise RlbaseError(f"{file} is corrupt")
+        raise RlbaseError(f"{file} is corrupt (fields algo and config are required)")
     return algo, values
 
 

@@ -31,7 +31,7 @@ class DiskError(RlbaseError):
 
 def disk_error(exc: OSError, what: str, path: str | Path | None = None) -> DiskError:
     """One line for an OSError while writing `what`: the path and the cause."""
-    where = exc.filename or path
+    where = path or exc.filename
     cause = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno == errno.ENOSPC:
         cause = "no space left on the device"
@@ -128,11 +128,11 @@ def safetensors_problem(path: str | Path) -> str | None:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                return "is truncated (shorter than a safetensors header)" if not is_pickle(head) else _PICKLED
+                return "is truncated (shorter than a safetensors header)" if not is_pickle(head) else PICKLED
             length = int.from_bytes(head, "little")
             if length > 100_000_000 or 8 + length > size:
                 if is_pickle(head):
-                    return _PICKLED
+                    return PICKLED
                 return f"is truncated ({size} bytes, the header alone says {8 + length})" \
                     if length <= 100_000_000 else "is not a safetensors file (bad header length)"
             header = f.read(length)
@@ -142,13 +142,30 @@ def safetensors_problem(path: str | Path) -> str | None:
         meta = json.loads(header.decode("utf-8"))
         end = max((int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"), default=0)
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError):
-        return _PICKLED if is_pickle(head) else "is not a safetensors file (unreadable header)"
+        return PICKLED if is_pickle(head) else "is not a safetensors file (unreadable header)"
     if 8 + length + end > size:
         return f"is truncated ({size} bytes of {8 + length + end})"
     return None
 
 
-_PICKLED = "is a pickle or torch.save file; rlbase only loads safetensors (pickles can run code)"
+PICKLED = "is a pickle or torch.save file; rlbase never unpickles (a pickle can run code) and loads safetensors only"
+
+
+def save_safetensors(tensors: dict, path: str | Path) -> None:
+    """safetensors' `save_file`, then fsync; its I/O failures (full disk, ...) come out as OSError
+    with their errno, like any other write."""
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        number = int(code.group(1)) if code else errno.EIO
+        raise OSError(number, os.strerror(number), str(path)) from None
+    fsync_path(path)
 
 
 def load_safetensors(path: str | Path, device: Any = "cpu", error: type[RlbaseError] = RlbaseError) -> dict:

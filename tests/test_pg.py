@@ -195,6 +195,7 @@ def test_a2c_optimizers_take_their_own_eps():
 class _FakeEnv:
     def __init__(self, action_space):
         self.single_action_space = action_space
+        self.single_observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 
 
 @pytest.mark.parametrize("space,ok", [

@@ -22,19 +22,18 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rlbase.backbones import Backbone, build_backbone, input_scale, is_token_space, resolve_backbone_name
 from rlbase.backbones.text import TextEncoder
 from rlbase.backbones.vision import MLP
 from rlbase.errors import UsageError
+from rlbase.safefiles import PICKLED, load_safetensors, safetensors_problem
 from rlbase.tokenizer import Tokenizer
 
 FORMAT = "rlbase-backbone"
 VERSION = 1
 WEIGHTS, SPEC, VOCAB = "backbone.safetensors", "backbone.json", "vocab.json"
-# First bytes of a pickle (the PROTO opcode, protocols 2 to 5) and of torch.save's zip archive.
-_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
 def artifact_root(path: str | Path) -> Path:
@@ -181,23 +180,13 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 # --- reading ----------------------------------------------------------------------------------
 
-def _is_pickle(file: Path) -> bool:
-    """Whether `file` starts like a pickle or a torch.save archive (and not like a safetensors file,
-    whose first 8 bytes are its header length and can look like a pickle's)."""
-    with open(file, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= file.stat().st_size:
-        return False
-    return any(head.startswith(magic) for magic in _PICKLE_MAGIC)
-
-
 def load_backbone_spec(path: str | Path) -> dict[str, Any]:
     """The validated backbone.json of the artifact at `path`; a one-line UsageError when it is not one."""
     root = artifact_root(path)
     if not root.exists():
         raise UsageError(f"{root}: no such backbone directory")
     if not root.is_dir():
-        if _is_pickle(root):
+        if safetensors_problem(root) == PICKLED:
             raise UsageError(f"{root} is a pickle (torch.save) file; rlbase never unpickles: "
                              f"pass a backbone directory ({WEIGHTS} + {SPEC})")
         raise UsageError(f"{root} is a file, not a backbone directory ({WEIGHTS} + {SPEC})")
@@ -243,13 +232,7 @@ def _read_weights(root: Path) -> dict[str, torch.Tensor]:
     file = root / WEIGHTS
     if not file.is_file():
         raise UsageError(f"{root}: missing {WEIGHTS}")
-    if _is_pickle(file):
-        raise UsageError(f"{file} holds a pickle, not safetensors; rlbase never unpickles")
-    try:
-        return load_file(str(file), device="cpu")
-    except Exception as err:  # safetensors raises its own error types for a damaged file
-        lines = str(err).splitlines() or [type(err).__name__]
-        raise UsageError(f"{file}: corrupt safetensors file ({lines[0]})") from None
+    return load_safetensors(file, "cpu", error=UsageError)
 
 
 def _load_state(root: Path, backbone: Backbone, name: str) -> None:
