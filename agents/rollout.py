@@ -44,10 +44,21 @@ class RunningMeanStd:
         return {f"{prefix}.mean": self.mean, f"{prefix}.var": self.var, f"{prefix}.count": self.count}
 
     def load(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        """Restore `state(prefix)`, checked: the same shapes, finite values, var >= 0, count > 0
+        (a hand-edited statistic would scale every observation by NaN)."""
         device = self.mean.device
-        self.mean = tensors[f"{prefix}.mean"].to(device, torch.float64).clone()
-        self.var = tensors[f"{prefix}.var"].to(device, torch.float64).clone()
-        self.count = tensors[f"{prefix}.count"].to(device, torch.float64).clone()
+        values = {}
+        for name in ("mean", "var", "count"):
+            saved = tensors[f"{prefix}.{name}"]
+            own = getattr(self, name)
+            if saved.shape != own.shape:
+                raise ValueError(f"{prefix}.{name} has shape {tuple(saved.shape)}, expected {tuple(own.shape)}")
+            if not saved.is_floating_point() or not bool(torch.isfinite(saved).all()):
+                raise ValueError(f"{prefix}.{name} must hold finite floating-point values")
+            values[name] = saved.to(device, torch.float64).clone()
+        if bool((values["var"] < 0).any()) or float(values["count"]) <= 0:
+            raise ValueError(f"{prefix}.var must be >= 0 and {prefix}.count positive")
+        self.mean, self.var, self.count = values["mean"], values["var"], values["count"]
 
 
 class Normalizer:

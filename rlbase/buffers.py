@@ -345,4 +345,6 @@ class ReplayBuffer:
                 if target.shape != value.shape:
                     raise ValueError(f"replay buffer field {name} has shape {tuple(value.shape)}, "
                                      f"expected {tuple(target.shape)}")
+                if target.dtype != value.dtype:
+                    raise ValueError(f"replay buffer field {name} is {value.dtype}, expected {target.dtype}")
                 target.copy_(value)

@@ -225,3 +225,29 @@ def test_a_failed_resume_leaves_config_json_untouched(capsys, run):
     rewrite_model(newest(run), lambda t: {**t, first_weight(t): t[first_weight(t)][:-1]})
     one_error_line(*cli(capsys, "train", "dqn", "--resume", run, "--total-timesteps", "800"), "has shape")
     assert (run / "config.json").read_bytes() == before
+
+
+def test_tampered_normalisation_statistics_and_replay_are_named(capsys, tmp_path):
+    ppo = ["train", "ppo", "--env", "rlbase/CartPole-v1", "--total-timesteps", "512", "--num-envs", "4", "--num-steps",
+           "32", "--hidden-sizes", "16", "--normalize-obs", "--log-dir", tmp_path, "--run-name", "ppo"]
+    assert cli(capsys, *ppo)[0] == 0
+    run = tmp_path / "ppo"
+    folder = newest(run)
+    original = (folder / "model.safetensors").read_bytes()
+    for change, message in [(lambda t: {**t, "obs_rms.var": -t["obs_rms.var"] - 1}, "obs_rms.var must be >= 0"),
+                            (lambda t: {**t, "obs_rms.mean": t["obs_rms.mean"][:2]}, "obs_rms.mean has shape"),
+                            (lambda t: {**t, "obs_rms.count": t["obs_rms.count"] * float("nan")}, "finite")]:
+        (folder / "model.safetensors").write_bytes(original)
+        rewrite_model(folder, change)
+        for args in (["eval", run], ["train", "ppo", "--resume", run, "--total-timesteps", "1024"]):
+            one_error_line(*cli(capsys, *args), message)
+
+    dqn = [*TRAIN, "--save-buffer", "--log-dir", tmp_path, "--run-name", "dqn"]
+    assert cli(capsys, *dqn)[0] == 0
+    buffer_file = newest(tmp_path / "dqn") / "buffer.safetensors"
+    tensors = load_file(str(buffer_file))
+    save_file({**tensors, "rewards": tensors["rewards"].double()}, str(buffer_file))
+    edit_json(buffer_file.parent / "state.json", lambda s: {**s, "files": {**s["files"], "buffer.safetensors":
+                                                                          buffer_file.stat().st_size}})
+    one_error_line(*cli(capsys, "train", "dqn", "--resume", tmp_path / "dqn", "--total-timesteps", "800"),
+                   "replay buffer field rewards is torch.float64")
