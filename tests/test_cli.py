@@ -207,6 +207,26 @@ def test_train_usage_errors(tmp_path, case):
     assert not list(tmp_path.rglob("config.json"))
 
 
+def test_atari_time_limit_is_named_for_atari_and_old_configs_still_load():
+    """--max-episode-steps read like the native envs' keyword but set Atari's limit only: it is
+    --atari-max-episode-steps; config.json files of older runs (max_episode_steps) still load."""
+    from rlbase.config import from_dict
+
+    assert flag_name("atari_max_episode_steps") == "--atari-max-episode-steps"
+    assert not hasattr(DQNConfig(), "max_episode_steps")
+    old = from_dict(DQNConfig, {"env_id": "ALE/Pong-v5", "max_episode_steps": 500}, "config.json")
+    assert old.atari_max_episode_steps == 500
+
+
+def test_preset_families_are_named_for_what_they_cover():
+    from rlbase.config import PRESET_FAMILIES, env_family
+
+    assert [env_family(i) for i in ("ALE/Pong-v5", "rlbase/Driving-v0", "mymod:rlbase/MazeGoTo-v0",
+                                    "CartPole-v1", "mymod:Thing-v0")] == \
+        ["atari", "rlbase", "rlbase", "gymnasium", "gymnasium"]
+    assert set(PRESET_FAMILIES) == {"atari", "rlbase", "gymnasium"}
+
+
 def test_eval_dir_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_cli("eval", tmp_path / "empty", cwd=tmp_path), 1)
