@@ -46,6 +46,16 @@ class Agent:
                           Policy]
     """`load_policy(cfg, tensors, observation_space, action_space, device)`: the evaluation policy of a
     checkpoint's tensors, acting as the config says (`exploration` below)."""
+    acting_net: Callable[[Any, dict[str, "torch.Tensor"], "gym.spaces.Space", "gym.spaces.Space", "torch.device"],
+                         "torch.nn.Module"]
+    """`acting_net(cfg, tensors, observation_space, action_space, device)`: the checkpoint's whole
+    greedy acting path as one `nn.Module` (what compression and export work on):
+    `forward(obs) -> (outputs, actions)`. `obs` is what the env gives (uint8 frames, token ids, a
+    dict for Dict observations): the module applies the agent's preprocessing (frozen observation
+    normalisation) itself. `outputs` are the action-value or policy outputs (`ActingNet.kind`:
+    "q" values, "categorical" / "multicategorical" logits, or the "gaussian" mean), `actions`
+    what the env receives (argmax or distribution mode; Box actions clipped or squashed as in
+    training)."""
     exploration: Literal["epsilon", "sample"]
     """How the evaluation policy explores: `epsilon` (value-based: greedy except with probability
     `cfg.eval_epsilon`) or `sample` (policy-gradient: the mode/mean action when

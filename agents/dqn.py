@@ -285,14 +285,34 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 def load_policy(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
                 action_space: gym.spaces.Space, device: torch.device) -> Policy:
     """The evaluation policy of a trained agent: epsilon-greedy (`cfg.eval_epsilon`) on the saved Q-network."""
-    q = build_q_network(transfer.parse(cfg, observation_space, with_weights=False), observation_space, action_space,
-                        cfg.dueling).to(device)
-    load_module(q, tensors, "q.")
-    q.eval()
+    q = acting_net(cfg, tensors, observation_space, action_space, device).q
     num_actions, epsilon = int(action_space.n), cfg.eval_epsilon
     return lambda obs, generator: select_actions(q, obs, epsilon, num_actions, generator)
 
 
+class QActingNet(nn.Module):
+    """DQN's acting path (see `Agent.acting_net`): Q-values and their argmax."""
+
+    kind = "q"
+
+    def __init__(self, q: QNetwork):
+        super().__init__()
+        self.q = q
+
+    def forward(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        values = self.q(obs)
+        return values, values.argmax(dim=-1)
+
+
+def acting_net(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
+               action_space: gym.spaces.Space, device: torch.device) -> QActingNet:
+    q = build_q_network(transfer.parse(cfg, observation_space, with_weights=False), observation_space, action_space,
+                        cfg.dueling).to(device)
+    load_module(q, tensors, "q.")
+    return QActingNet(q).eval()
+
+
 Config = DQNConfig
 AGENT = Agent(name="dqn", summary="Deep Q-Networks (double, dueling, n-step, prioritized replay)", Config=DQNConfig,
-              validate=validate, check_env=check_env, train=train, load_policy=load_policy, exploration="epsilon")
+              validate=validate, check_env=check_env, train=train, load_policy=load_policy, acting_net=acting_net,
+              exploration="epsilon")

@@ -260,12 +260,33 @@ def log_scalars(metrics: dict[str, torch.Tensor], lr: float, num_updates: int, m
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
-def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
-                action_space: gym.spaces.Space, device: torch.device) -> Policy:
-    """The evaluation policy of a trained agent: the saved network behind the saved (frozen) normalisation.
+class PGActingNet(nn.Module):
+    """A policy-gradient agent's acting path (see `Agent.acting_net`): the frozen observation
+    normalisation, the actor's backbone and policy head, and the distribution's mode in the env's
+    action format. `log_std` (Gaussian policies) is the saved state-independent log-std."""
 
-    Plays the mode / mean action when `cfg.eval_deterministic`, else samples.
-    """
+    def __init__(self, model: ActorCritic, dist: Any, action_space: gym.spaces.Space, obs_rms: Any, clip_obs: float):
+        super().__init__()
+        self.kind = {Categorical: "categorical", MultiCategorical: "multicategorical"}.get(type(dist), "gaussian")
+        self.backbone, self.head, self.dist, self.action_space = model.actor_backbone, model.policy_head, dist, action_space
+        self.log_std = model.log_std
+        self.clip_obs = clip_obs
+        self.normalize = obs_rms is not None
+        if self.normalize:
+            self.register_buffer("obs_mean", obs_rms.mean.clone())
+            self.register_buffer("obs_std", torch.sqrt(obs_rms.var + 1e-8))
+
+    def forward(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalize:  # as Normalizer.observation, frozen
+            obs = ((obs - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs).to(torch.float32)
+        outputs = self.head(self.backbone(obs))
+        params = outputs if self.log_std is None else torch.cat([outputs, self.log_std.expand_as(outputs)], dim=-1)
+        return outputs, env_actions(self.dist, self.dist.mode(params), self.action_space)
+
+
+def _saved_model(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
+                 action_space: gym.spaces.Space, device: torch.device) -> tuple[ActorCritic, Any, Normalizer]:
+    """The checkpoint's network, distribution and frozen normalisation."""
     dist = make_distribution(action_space, cfg.action_bounds)
     model = ActorCritic(cfg, transfer.parse(cfg, observation_space, with_weights=False), observation_space, dist)
     model.to(device)
@@ -274,6 +295,22 @@ def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_spa
     normalizer = Normalizer(cfg, getattr(observation_space, "shape", None), 1, device)
     normalizer.load(tensors)
     normalizer.training = False
+    return model, dist, normalizer
+
+
+def acting_net(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
+               action_space: gym.spaces.Space, device: torch.device) -> PGActingNet:
+    model, dist, normalizer = _saved_model(cfg, tensors, observation_space, action_space, device)
+    return PGActingNet(model, dist, action_space, normalizer.obs, cfg.clip_obs).eval()
+
+
+def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
+                action_space: gym.spaces.Space, device: torch.device) -> Policy:
+    """The evaluation policy of a trained agent: the saved network behind the saved (frozen) normalisation.
+
+    Plays the mode / mean action when `cfg.eval_deterministic`, else samples.
+    """
+    model, dist, normalizer = _saved_model(cfg, tensors, observation_space, action_space, device)
 
     @torch.no_grad()
     def policy(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -288,4 +325,4 @@ def pg_agent(name: str, summary: str, config: type, validate: Callable[[Any], No
              train: Callable[[Any, TensorVecEnv, Run], dict[str, Any]]) -> Agent:
     """The `Agent` record of a policy-gradient agent (they share check_env, load_policy and sampling)."""
     return Agent(name=name, summary=summary, Config=config, validate=validate, check_env=check_env, train=train,
-                 load_policy=load_policy, exploration="sample")
+                 load_policy=load_policy, acting_net=acting_net, exploration="sample")

@@ -117,10 +117,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         pre.add_argument("task", metavar="TASK", help="one of: " + ", ".join(tasks()))
         add_config_arguments(pre, PretrainConfig, skip=("task",))
 
-    plot_parser = commands.add_parser("plot", help="learning curves of runs and sweeps, mean and 95% CI across seeds",
+    plot_parser = commands.add_parser("plot", help="learning curves of runs and sweeps, mean and 95%% CI across seeds",
                                       description="Plot logged tags of run directories, sweep directories or globs "
                                                   "against env steps or wall-clock, grouped, with bootstrap bands.")
-    report_parser = commands.add_parser("report", help="a table of runs and sweeps: final/best return, IQM, 95% CI",
+    report_parser = commands.add_parser("report", help="a table of runs and sweeps: final/best return, IQM, 95%% CI",
                                         description="Aggregate runs per group (seeds pooled): mean, IQM and bootstrap "
                                                     "confidence intervals of the final and best metric, success, steps.")
     if command == "plot":
@@ -131,6 +131,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         from rlbase import report
 
         report.add_arguments(report_parser)
+    for name, summary in COMPRESS_COMMANDS.items():
+        p = commands.add_parser(name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if command == name:
+            from importlib import import_module
+
+            import_module(f"rlbase.{name}").add_arguments(p)
 
     ev = commands.add_parser("eval", help="evaluate a trained agent",
                              description="Play full episodes with a trained agent and report the returns.")
@@ -157,6 +163,15 @@ def plural(count: int, noun: str) -> str:
     from rlbase.utils import plural as _plural  # rlbase.utils imports torch: not at import time
 
     return _plural(count, noun)
+
+
+COMPRESS_COMMANDS = {
+    "distill": "train a smaller student from a trained agent (DAgger-style, KL to the teacher's actions)",
+    "quantize": "int8 weights (and activations where the CPU backend has them) of a trained agent",
+    "prune": "global magnitude pruning of a trained agent, gradual over a short fine-tuning phase",
+    "export": "the whole acting path of a trained agent as ONNX or TorchScript, checked for parity",
+}
+"""The compress-and-deploy commands: `rlbase/<name>.py` has `add_arguments(parser)` and `run(args)`."""
 
 
 def _say(line: str) -> None:
@@ -336,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.excepthook = _thread_exception
     try:
         args = build_parser(argv).parse_args(argv)
-        if args.command in ("plot", "report"):
+        if args.command in ("plot", "report", *COMPRESS_COMMANDS):
             from importlib import import_module
 
             return import_module(f"rlbase.{args.command}").run(args)

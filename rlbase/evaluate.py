@@ -7,7 +7,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -203,6 +203,39 @@ def evaluate_checkpoint(agent: Agent, cfg: Any, tensors: dict[str, torch.Tensor]
             else None, "policy": agent.describe_policy(cfg), "seed": seed, "num_episodes": episodes, **report}
 
 
+class Trained(NamedTuple):
+    """A trained agent read back from disk, checked: what `rlbase eval` plays and what the
+    compression commands start from."""
+
+    agent: Agent
+    config: Any
+    """Its config (validated; evaluation overrides not applied)."""
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    checkpoint: Path
+    """The checkpoint folder read."""
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu", *, best: bool = False) -> Trained:
+    """The agent at `path` (a run directory: its newest complete checkpoint, or with `best` its best
+    evaluated one; a checkpoint folder; a model.safetensors file), its config checked like user
+    input (a hand-edited value is one line naming the file) and its tensors loaded on `device`."""
+    from rlbase.agents import AGENT_MODULES, get_agent
+
+    algo, values, checkpoint = resolve_target(path, BEST if best else CHECKPOINTS)
+    if algo not in AGENT_MODULES:
+        raise RlbaseError(f"{checkpoint}: unknown algo {algo!r} in its config")
+    agent = get_agent(algo)
+    source = f"{checkpoint} config"
+    cfg = from_dict(agent.Config, values, source)
+    try:
+        agent.validate(cfg)
+    except UsageError as exc:  # a hand-edited config: name the file, not a flag
+        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    tensors, state, _ = load_checkpoint(checkpoint, device)
+    return Trained(agent, cfg, tensors, state, checkpoint)
+
+
 def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = None, epsilon: float | None = None,
              deterministic: bool | None = None, seed: int = 0, device: torch.device, num_envs: int | None = None,
              video_dir: str | Path | None = None, progress: bool | None = None,
@@ -211,19 +244,9 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
     best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json.
     `env_kwargs` override the run's env keyword arguments for the eval envs (e.g. MazeGoTo's
     `eval_targets`, to choose which held-out split is played); the report records them."""
-    from rlbase.agents import AGENT_MODULES, get_agent
-
-    algo, values, checkpoint = resolve_target(path, BEST if best else CHECKPOINTS)
-    if algo not in AGENT_MODULES:
-        raise RlbaseError(f"{checkpoint}: unknown algo {algo!r} in its config")
-    agent = get_agent(algo)
-    source = f"{checkpoint} config"
-    saved = from_dict(agent.Config, values, source)
-    try:
-        agent.validate(saved)
-    except UsageError as exc:  # a hand-edited config: name the file, not a flag
-        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
-    cfg = evaluation_config(agent, saved, deterministic, epsilon)
+    trained = load_trained(path, device, best=best)
+    agent, checkpoint, tensors, state = trained.agent, trained.checkpoint, trained.tensors, trained.state
+    cfg = evaluation_config(agent, trained.config, deterministic, epsilon)
     if video_dir is not None:
         video = Path(video_dir)
         if video.exists() and not video.is_dir():
@@ -234,7 +257,6 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
             raise disk_error(exc, "videos into", video) from None
     if env_kwargs:
         cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
-    tensors, state, _ = load_checkpoint(checkpoint, device)
     try:
         report = evaluate_checkpoint(agent, cfg, tensors, episodes=episodes, seed=seed, device=device,
                                      num_envs=num_envs, video_dir=video_dir, progress=progress)
