@@ -1,0 +1,168 @@
+"""`rlbase distill`: the loss against torch's own KL, a PPO and a DQN teacher on CartPole distilled
+into a student of about a quarter of their acting parameters that plays as well, the output a run
+that `rlbase eval` plays (and `--resume` continues), a Gaussian policy, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rlbase.cli import main
+from rlbase.distill import discrete_kl, gaussian_kl
+
+
+def test_discrete_kl_matches_torch_distributions():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 7, generator=generator), torch.randn(5, 7, generator=generator) * 3
+    for temperature in (1.0, 0.3):
+        expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=teacher / temperature),
+                                                     torch.distributions.Categorical(logits=student / temperature))
+        torch.testing.assert_close(discrete_kl(student, teacher, temperature), expected)
+    # MultiDiscrete: the sum of the components' KLs
+    parts = [torch.distributions.kl_divergence(torch.distributions.Categorical(logits=t),
+                                               torch.distributions.Categorical(logits=s))
+             for s, t in zip(student.split([3, 4], -1), teacher.split([3, 4], -1))]
+    torch.testing.assert_close(discrete_kl(student, teacher, 1.0, [3, 4]), parts[0] + parts[1])
+    assert float(discrete_kl(teacher, teacher, 0.01).abs().max()) < 1e-5
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    generator = torch.Generator().manual_seed(1)
+    mean_s, mean_t = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    log_s, log_t = torch.randn(4, 3, generator=generator) * 0.5, torch.randn(4, 3, generator=generator) * 0.5
+    Normal, Independent = torch.distributions.Normal, torch.distributions.Independent
+    expected = torch.distributions.kl_divergence(Independent(Normal(mean_t, log_t.exp()), 1),
+                                                 Independent(Normal(mean_s, log_s.exp()), 1))
+    torch.testing.assert_close(gaussian_kl(mean_s, log_s, mean_t, log_t), expected)
+
+
+def _eval(path, capsys, episodes=10) -> dict:
+    capsys.readouterr()
+    assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def ppo_teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo")
+    assert main(["train", "ppo", "--env", "rlbase/CartPole-v1", "--log-dir", str(root), "--run-name", "teacher",
+                 "--seed", "1"]) == 0
+    return root / "teacher"
+
+
+def test_ppo_student_of_a_quarter_the_size_plays_as_well_as_the_teacher(ppo_teacher, tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["distill", str(ppo_teacher), "--out", str(out), "--steps", "30000", "--eval-episodes", "10"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    teacher, student = report["teacher"], report["student"]
+    assert report["algo"] == "ppo" and report["status"] == "done"
+    assert 3.5 <= teacher["acting_parameters"] / student["acting_parameters"] <= 4.5
+    assert report["bytes_ratio"] >= 3.5
+    assert teacher["eval"]["mean_return"] >= 150, "the teacher itself did not learn: nothing to compare to"
+    assert student["eval"]["mean_return"] >= 0.95 * teacher["eval"]["mean_return"], report
+
+    # an ordinary ppo run: the student's config, played by `rlbase eval`
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == "ppo" and config["config"]["hidden_sizes"] == student["hidden_sizes"]
+    assert config["config"]["env_id"] == "rlbase/CartPole-v1"
+    played = _eval(out, capsys)
+    assert played["algo"] == "ppo" and played["mean_return"] >= 0.95 * teacher["eval"]["mean_return"]
+    assert json.loads((out / "distill.json").read_text())["temperature"] == 1.0
+    tags = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("distill/policy_kl" in t and "rollout/ep_rew_mean" in t for t in tags)
+    assert tags[-1]["distill/policy_kl"] < tags[0]["distill/policy_kl"]
+    assert list(out.glob("events.out.tfevents.*"))
+
+    # ... and RL training continues from it
+    assert main(["train", "ppo", "--resume", str(out), "--total-timesteps", str(report["steps"] + 2048)]) == 0
+    assert _eval(out, capsys, episodes=2)["global_step"] > report["steps"]
+
+
+def test_explicit_sizes_and_default_output_folder(ppo_teacher, capsys):
+    assert main(["distill", str(ppo_teacher), "--hidden-sizes", "8", "--steps", "2048", "--eval-episodes", "2"]) == 0
+    out = ppo_teacher.with_name("teacher-distill")
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["hidden_sizes"] == [8]
+    assert report["student"]["acting_parameters"] == 4 * 8 + 8 + 8 * 2 + 2
+    shutil.rmtree(out)
+
+
+def test_dqn_teacher_distils(tmp_path, capsys):
+    assert main(["train", "dqn", "--env", "rlbase/CartPole-v1", "--log-dir", str(tmp_path), "--run-name", "dqn",
+                 "--total-timesteps", "8000", "--learning-starts", "500", "--seed", "0"]) == 0
+    out = tmp_path / "student"
+    assert main(["distill", str(tmp_path / "dqn"), "--out", str(out), "--steps", "12000",
+                 "--eval-episodes", "10"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["temperature"] == 0.01 and report["parameter_ratio"] >= 3.5
+    tensors_file = next((out / "checkpoints").glob("step_*/model.safetensors"))
+    from safetensors.torch import load_file
+
+    names = load_file(tensors_file)
+    assert any(name.startswith("q.") for name in names) and not any(name.startswith("model.") for name in names)
+    teacher, student = report["teacher"]["eval"]["mean_return"], report["student"]["eval"]["mean_return"]
+    # A short DQN run is a mediocre, irregular teacher; the student must play about as well.
+    assert student >= 0.8 * teacher, report
+    assert _eval(out, capsys)["algo"] == "dqn"
+
+
+def test_gaussian_policy_with_normalisation_and_squash(tmp_path, capsys):
+    assert main(["train", "ppo", "--env", "rlbase/Pendulum-v1", "--log-dir", str(tmp_path), "--run-name", "t",
+                 "--total-timesteps", "4096", "--action-bounds", "squash", "--normalize-obs"]) == 0
+    out = tmp_path / "s"
+    assert main(["distill", str(tmp_path / "t"), "--out", str(out), "--steps", "4096", "--eval-episodes", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert np.isfinite(report["student"]["eval"]["mean_return"])
+    from safetensors.torch import load_file
+
+    teacher = load_file(next((tmp_path / "t" / "checkpoints").glob("step_*/model.safetensors")))
+    student = load_file(next((out / "checkpoints").glob("step_*/model.safetensors")))
+    torch.testing.assert_close(student["obs_rms.mean"], teacher["obs_rms.mean"])  # the teacher's statistics
+    assert "model.log_std" in student
+    tags = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert tags[-1]["distill/policy_kl"] < tags[0]["distill/policy_kl"]
+    assert _eval(out, capsys, episodes=1)["policy"] == "deterministic"
+
+
+@pytest.mark.parametrize("flags, code, words", [
+    (["--width-fraction", "0"], 2, "--width-fraction"),
+    (["--width-fraction", "1.5"], 2, "--width-fraction"),
+    (["--temperature", "0"], 2, "--temperature"),
+    (["--temperature", "nan"], 2, "--temperature"),
+    (["--steps", "0"], 2, "--steps"),
+    (["--beta-decay", "2"], 2, "--beta-decay"),
+])
+def test_bad_flags_are_one_line(ppo_teacher, tmp_path, capsys, flags, code, words):
+    capsys.readouterr()
+    assert main(["distill", str(ppo_teacher), "--out", str(tmp_path / "o"), *flags]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlbase: error:") and words in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_teachers_are_one_line(ppo_teacher, tmp_path, capsys):
+    def error(args: list[str], code: int) -> str:
+        capsys.readouterr()
+        assert main(["distill", *args]) == code
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rlbase: error:"), lines
+        return lines[0]
+
+    (tmp_path / "empty").mkdir()
+    assert "not a run directory" in error([str(tmp_path / "empty")], 1)
+    assert "does not exist" in error([str(tmp_path / "missing")], 1)
+    broken = tmp_path / "broken"
+    shutil.copytree(ppo_teacher, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["config"]["env_id"] = "rlbase/NoSuchEnv-v0"
+    (broken / "config.json").write_text(json.dumps(config))
+    assert "NoSuchEnv" in error([str(broken), "--out", str(tmp_path / "o")], 2)
+    assert not (tmp_path / "o").exists()
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "file").write_text("x")
+    assert "--out" in error([str(ppo_teacher), "--out", str(occupied)], 2)
