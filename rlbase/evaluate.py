@@ -243,7 +243,14 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
     """Evaluate the checkpoint at `path` (a run directory: its newest checkpoint, or with `best` the
     best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json.
     `env_kwargs` override the run's env keyword arguments for the eval envs (e.g. MazeGoTo's
-    `eval_targets`, to choose which held-out split is played); the report records them."""
+    `eval_targets`, to choose which held-out split is played); the report records them. An ONNX
+    export (a .onnx file or its folder) plays through onnxruntime (rlbase.export.evaluate_onnx)."""
+    from rlbase.export import evaluate_onnx, onnx_model_path
+
+    if onnx_model_path(path) is not None:
+        return evaluate_onnx(path, best=best, episodes=episodes, epsilon=epsilon, deterministic=deterministic,
+                             seed=seed, device=device, num_envs=num_envs, video_dir=video_dir, progress=progress,
+                             env_kwargs=env_kwargs)
     trained = load_trained(path, device, best=best)
     agent, checkpoint, tensors, state = trained.agent, trained.checkpoint, trained.tensors, trained.state
     cfg = evaluation_config(agent, trained.config, deterministic, epsilon)

@@ -1,0 +1,572 @@
+"""`rlbase export RUN --format onnx`: a trained agent's whole greedy acting path as one ONNX file,
+checked against the torch module, and `rlbase eval model.onnx`, which plays it with onnxruntime.
+
+The graph is `Agent.acting_net`: the observation as the env gives it (uint8 frames and token ids
+included) -> the preprocessing the agent applies (uint8 scaling inside the backbone, the frozen
+observation normalisation of `--normalize-obs` runs, clipped to `clip_obs`) -> the network -> the
+action the env receives (argmax of Q-values or logits, the Gaussian mean clipped to the Box or
+squashed as in training).
+
+    inputs   `obs`, or one input per key of a Dict observation (in the space's key order), each
+             `(batch, *shape)` in the space's dtype; the batch dimension is dynamic
+    outputs  `outputs` (Q-values, logits or the Gaussian mean, float32) and `actions` (int64
+             indices, or float32 Box actions), both `(batch, ...)`
+
+The file's `metadata_props` say what it is (all values strings, JSON where structured):
+`rlbase_format`, `rlbase_version`, `algo`, `env_id`, `env_kwargs`, `observation_space`,
+`action_space`, `preprocessing`, `kind`, `inputs`, `outputs`, `global_step`, `config` (the run's
+config, from which `rlbase eval` builds the env).
+
+Parity: observations collected by playing the policy itself on the eval split go through the torch
+module and onnxruntime; the report gives the largest difference of outputs and actions and the
+share of identical greedy actions, and the export fails (no model.onnx written) when they differ
+beyond `OUTPUT_TOLERANCE` (relative to the outputs' scale) or fewer than `MIN_IDENTICAL` of the
+discrete actions agree: where the outputs agree that closely, a different argmax is a near-tie.
+
+TorchScript is refused: a TorchScript archive is a zip whose data.pkl is unpickled on load and
+whose code is compiled and run from the file. rlbase's rule is that nothing it reads back goes
+through an unpickler, and an ONNX file is a protobuf of operators that onnxruntime interprets.
+
+`rlbase eval model.onnx` (or the export folder) builds no torch model: onnxruntime runs the graph,
+the env comes from `rlbase.config.make_env` with the metadata's config; the report has the fields
+of `rlbase eval RUN`. DQN's epsilon-greedy evaluation draws from the same generator as the torch
+policy does, so both play the same episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
+from rlbase.safefiles import fsync_path
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+    from rlbase.agents import Agent, Policy
+    from rlbase.envs import TensorVecEnv
+
+MODEL_FILE = "model.onnx"
+FORMAT = "rlbase-onnx-policy/1"
+DEFAULT_OPSET = 18
+"""The opset torch's ONNX exporter writes natively (its torchlib); others go through a version converter."""
+MAX_ONNX_BYTES = 2**31 - 1
+"""A protobuf's limit: larger models would need external data files, which rlbase does not write or read."""
+OUTPUT_TOLERANCE = 1e-4
+"""Largest allowed |torch - onnxruntime| of outputs, times max(1, the largest |output|)."""
+MIN_IDENTICAL = 0.999
+"""Smallest allowed share of identical discrete actions (a mismatch with agreeing outputs is a near-tie)."""
+DEPLOY_HINT = "pip install 'rlbase[deploy]'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Export a trained agent's greedy acting path (observation preprocessing, network, "
+                          "action) as one ONNX file with a dynamic batch dimension and metadata, check it "
+                          "against the torch module with onnxruntime, and play both. "
+                          "`rlbase eval OUT/model.onnx` plays the file with onnxruntime.")
+    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors")
+    parser.add_argument("--format", default="onnx",
+                        help="onnx (default); torchscript is refused: its archives are unpickled on load")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder, new or empty (default: a new folder beside the run, RUN-export)")
+    parser.add_argument("--best", action="store_true", help="export the run's best checkpoint instead of its newest")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {DEFAULT_OPSET} or newer (default: {DEFAULT_OPSET})")
+    parser.add_argument("--parity-samples", type=int, default=1000,
+                        help="env observations checked torch vs onnxruntime; 0 skips the check (default: 1000)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes each of the torch policy and the ONNX file play for the report; 0 skips "
+                             "(default: the config's eval_episodes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the parity rollout and the episodes (default: 0)")
+
+
+def require_deploy() -> Any:
+    """onnxruntime (and onnx, onnxscript for exporting), or one line saying how to install them."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RlbaseError(f"ONNX needs onnxruntime: {DEPLOY_HINT}") from None
+    return onnxruntime
+
+
+# --- spaces and metadata ------------------------------------------------------------------------
+
+
+def space_json(space: gym.spaces.Space) -> dict[str, Any]:
+    """A JSON description of a space, exact enough to check an env against (bounds as one number
+    when they are all equal)."""
+    import gymnasium as gym
+
+    def bound(values: np.ndarray) -> Any:
+        flat = [v if math.isfinite(v) else str(v) for v in np.asarray(values, dtype=np.float64).ravel().tolist()]
+        return flat[0] if flat and all(v == flat[0] for v in flat) else flat
+
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict", "spaces": {key: space_json(sub) for key, sub in space.spaces.items()}}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype), "low": bound(space.low),
+                "high": bound(space.high)}
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist(),
+                "start": np.asarray(space.start).tolist()}
+    raise UsageError(f"rlbase export does not describe {type(space).__name__} spaces")
+
+
+def input_names(space: gym.spaces.Space) -> list[str]:
+    """The graph's inputs: `obs`, or the keys of a Dict observation in its order."""
+    spaces = getattr(space, "spaces", None)
+    return list(spaces) if isinstance(spaces, dict) else ["obs"]
+
+
+def preprocessing(cfg: Any, net: nn.Module, space: gym.spaces.Space, action_space: gym.spaces.Space) -> dict[str, Any]:
+    """What the graph does between the env's observation and the env's action, in words."""
+    import gymnasium as gym
+
+    subs = space.spaces if isinstance(space, gym.spaces.Dict) else {"obs": space}
+    inputs = {}
+    for key, sub in subs.items():
+        if sub.dtype == np.uint8 and float(np.max(sub.high)) > 1:
+            inputs[key] = "uint8 pixels, scaled to [0, 1] in the graph"
+        elif sub.dtype == np.uint8:
+            inputs[key] = "uint8 one-hot grid, cast to float in the graph"
+        elif np.issubdtype(sub.dtype, np.integer):
+            inputs[key] = f"{sub.dtype} token ids, embedded in the graph"
+        else:
+            inputs[key] = f"{sub.dtype} values"
+    if getattr(net, "normalize", False):
+        inputs["obs"] += (f"; frozen normalisation (obs - mean) / sqrt(var + 1e-8) from training, clipped to "
+                          f"+/-{cfg.clip_obs}")
+    kind = net.kind
+    if kind == "q":
+        actions = "argmax of the Q-values"
+    elif kind in ("categorical", "multicategorical"):
+        actions = "argmax of the logits (the distribution's mode)" + (" per sub-action" if kind != "categorical" else "")
+    else:
+        bounds = "squashed into the Box with tanh" if cfg.action_bounds == "squash" else "clipped to the Box"
+        actions = f"the Gaussian mean, {bounds}"
+    if isinstance(action_space, gym.spaces.Discrete) and int(action_space.start) != 0:
+        actions += f", offset by start {int(action_space.start)}"
+    return {"inputs": inputs, "actions": actions}
+
+
+# --- the graph --------------------------------------------------------------------------------
+
+
+class _Positional(nn.Module):
+    """The acting net with one positional input per observation key (ONNX graphs take named
+    tensors, not a dict)."""
+
+    def __init__(self, net: nn.Module, keys: list[str] | None):
+        super().__init__()
+        self.net, self.keys = net, keys
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(dict(zip(self.keys, inputs)) if self.keys else inputs[0])
+
+
+def as_inputs(obs: Any, names: list[str]) -> tuple[torch.Tensor, ...]:
+    return tuple(obs[name] for name in names) if isinstance(obs, dict) else (obs,)
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's ONNX exporter logs about optional packages (torchvision) and warns about its own
+    internals: neither concerns the user."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def exporter_error(exc: Exception) -> str:
+    """The line of an exporter error that says what went wrong (its message opens with generic advice
+    and names the cause under "## Exception summary")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if "## Exception summary" in lines and lines.index("## Exception summary") + 1 < len(lines):
+        return lines[lines.index("## Exception summary") + 1][:300]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def export_onnx(net: nn.Module, example: Any, names: list[str], opset: int, metadata: dict[str, str]) -> bytes:
+    """The serialized ONNX model of `net` (on the CPU, in eval mode) traced at `example` (a batch of
+    at least 2 observations), batch dimension dynamic, `metadata` in its metadata_props."""
+    try:
+        import onnx  # noqa: F401  (the exporter's own dependencies, checked here for one clear line)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise RlbaseError(f"exporting ONNX needs onnx and onnxscript: {DEPLOY_HINT}") from None
+    keys = names if isinstance(example, dict) else None
+    inputs = as_inputs(example, names)
+    batch = torch.export.Dim("batch")
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(_Positional(net, keys).eval(), inputs, None, input_names=names,
+                                        output_names=["outputs", "actions"], opset_version=opset,
+                                        dynamic_shapes=(tuple({0: batch} for _ in inputs),), dynamo=True,
+                                        verbose=False, report=False, optimize=True)
+            model = program.model_proto
+    except Exception as exc:  # the exporter raises many kinds (torch.export, onnxscript): one line
+        raise RlbaseError(f"torch.onnx.export failed: {exporter_error(exc)}") from None
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    data = model.SerializeToString()
+    if len(data) > MAX_ONNX_BYTES:
+        raise RlbaseError(f"the model is {len(data):,} bytes, over ONNX's 2 GiB protobuf limit")
+    return data
+
+
+def onnx_session(model: bytes | Path, what: str) -> Any:
+    """An onnxruntime CPU session of a serialized model. Built from bytes, never from a path: a file
+    that points at external data (other files) cannot make onnxruntime read them."""
+    ort = require_deploy()
+    if isinstance(model, Path):
+        from rlbase.safefiles import regular_file
+
+        try:
+            size = regular_file(model, what).stat().st_size
+            if size > MAX_ONNX_BYTES:
+                raise RlbaseError(f"{model}: {size:,} bytes is over ONNX's 2 GiB protobuf limit")
+            model = model.read_bytes()
+        except OSError as exc:
+            raise RlbaseError(f"cannot read {what} {model}: {exc.strerror or exc}") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RlbaseError(f"{what} is not an ONNX model onnxruntime can load ({first[:300]})") from None
+
+
+def run_session(session: Any, obs: Any, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, actions) of a batch of observations (torch tensors, any device)."""
+    feed = {name: x.detach().cpu().numpy() for name, x in zip(names, as_inputs(obs, names))}
+    outputs, actions = session.run(["outputs", "actions"], feed)
+    return outputs, actions
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` into `path` through a synced temporary file and a rename (as safefiles.atomic_write_text)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+# --- parity ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def collect_observations(net: nn.Module, env: TensorVecEnv, samples: int, seed: int) -> Any:
+    """`samples` observations met by playing `net`'s greedy actions on `env` (CPU tensors)."""
+    from rlbase.obs import batch_size, obs_map
+
+    chunks = []
+    obs, _ = env.reset(seed=seed)
+    have = 0
+    while have < samples:
+        chunks.append(obs_map(lambda x: x.cpu().clone(), obs))
+        have += batch_size(obs)
+        obs, *_ = env.step(net(obs)[1])
+    if isinstance(chunks[0], dict):
+        return {key: torch.cat([c[key] for c in chunks])[:samples] for key in chunks[0]}
+    return torch.cat(chunks)[:samples]
+
+
+@torch.no_grad()
+def check_parity(net: nn.Module, session: Any, obs: Any, names: list[str], kind: str) -> dict[str, Any]:
+    """torch vs onnxruntime on a batch of observations (and on its first one alone, a batch of 1)."""
+    from rlbase.obs import batch_size, take
+
+    outputs, actions = net(obs)
+    ort_outputs, ort_actions = run_session(session, obs, names)
+    one_outputs, _ = run_session(session, take(obs, slice(0, 1)), names)
+    outputs, actions = outputs.cpu().numpy(), actions.cpu().numpy()
+    output_diff = float(max(np.abs(outputs - ort_outputs).max(), np.abs(outputs[:1] - one_outputs).max()))
+    action_diff = float(np.abs(actions.astype(np.float64) - ort_actions.astype(np.float64)).max())
+    scale = max(1.0, float(np.abs(outputs).max()))
+    report: dict[str, Any] = {"samples": batch_size(obs), "max_abs_diff_outputs": output_diff,
+                              "max_abs_diff_actions": action_diff, "output_tolerance": OUTPUT_TOLERANCE * scale}
+    passed = output_diff <= OUTPUT_TOLERANCE * scale and ort_actions.shape == actions.shape
+    if kind == "gaussian":
+        passed = passed and action_diff <= OUTPUT_TOLERANCE * scale
+    else:
+        rows = (actions.reshape(len(actions), -1) == ort_actions.reshape(len(actions), -1)).all(axis=1)
+        report["identical_actions"] = float(rows.mean())
+        passed = passed and report["identical_actions"] >= MIN_IDENTICAL
+    report["passed"] = bool(passed)
+    return report
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlbase import __version__
+    from rlbase.compress import output_dir, parameter_count, tensor_bytes, write_report
+    from rlbase.config import make_env
+    from rlbase.evaluate import evaluate_checkpoint, load_trained
+
+    if args.format == "torchscript":
+        raise UsageError("--format torchscript is not offered: a TorchScript archive is unpickled and its code "
+                         "run on load, and rlbase never reads artifacts through an unpickler; use --format onnx")
+    if args.format != "onnx":
+        raise UsageError(f"unsupported --format {args.format!r}: use onnx")
+    require_deploy()
+    try:
+        import onnx
+    except ImportError:
+        raise RlbaseError(f"exporting ONNX needs onnx and onnxscript: {DEPLOY_HINT}") from None
+    latest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= args.opset <= latest:
+        raise UsageError(f"invalid --opset: must be in [{DEFAULT_OPSET}, {latest}] (torch's exporter writes "
+                         f"{DEFAULT_OPSET} natively), got {args.opset}")
+    if args.parity_samples < 0:
+        raise UsageError(f"invalid --parity-samples: must be 0 or more, got {args.parity_samples}")
+    if args.episodes is not None and args.episodes < 0:
+        raise UsageError(f"invalid --episodes: must be 0 or more, got {args.episodes}")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"invalid --seed: must be in [0, 2**32), got {args.seed}")
+    cpu = torch.device("cpu")  # the artifact is for CPU inference; the check compares CPU with CPU
+    trained = load_trained(args.path, cpu, best=args.best)
+    agent, cfg, checkpoint = trained.agent, trained.config, trained.checkpoint
+    samples = args.parity_samples
+    env = make_env(cfg, max(2, min(16, samples)), cpu, training=False)
+    try:
+        obs_space, action_space = env.single_observation_space, env.single_action_space
+        try:
+            net = agent.acting_net(cfg, trained.tensors, obs_space, action_space, cpu)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RlbaseError(f"{checkpoint}: the checkpoint does not match its config "
+                              f"({str(exc).splitlines()[0]})") from None
+        observations = collect_observations(net, env, max(samples, 2), args.seed)
+    finally:
+        env.close()
+    names = input_names(obs_space)
+    from rlbase.obs import take
+
+    metadata = {
+        "rlbase_format": FORMAT, "rlbase_version": __version__, "algo": agent.name, "env_id": cfg.env_id,
+        "env_kwargs": json.dumps(cfg.env_kwargs), "observation_space": json.dumps(space_json(obs_space)),
+        "action_space": json.dumps(space_json(action_space)),
+        "preprocessing": json.dumps(preprocessing(cfg, net, obs_space, action_space)), "kind": net.kind,
+        "inputs": json.dumps(names), "outputs": json.dumps(["outputs", "actions"]),
+        "global_step": json.dumps(trained.state.get("step")), "config": json.dumps(dataclasses.asdict(cfg)),
+    }
+    out_existed = args.out is not None and Path(args.out).exists()
+    out = output_dir(args.path, checkpoint, "export", args.out)
+    try:
+        data = export_onnx(net, take(observations, slice(0, 2)), names, args.opset, metadata)
+        session = onnx_session(data, "the exported model")
+        parity = check_parity(net, session, observations, names, net.kind) if samples else None
+        report: dict[str, Any] = {
+            "command": "export", "source": str(args.path), "checkpoint": str(checkpoint),
+            "global_step": trained.state.get("step"), "algo": agent.name, "env_id": cfg.env_id, "format": "onnx",
+            "opset": args.opset, "artifact": MODEL_FILE, "kind": net.kind, "inputs": names,
+            "parameters": parameter_count(net), "tensor_bytes": tensor_bytes(dict(net.state_dict())),
+            "bytes": len(data), "parity": parity,
+        }
+        if parity is not None and not parity["passed"]:
+            write_report(out, report)
+            raise RlbaseError(f"onnxruntime disagrees with torch on {samples} observations (outputs differ by up to "
+                              f"{parity['max_abs_diff_outputs']:.3g}, tolerance {parity['output_tolerance']:.3g}"
+                              + (f"; identical actions {parity['identical_actions']:.1%}" if "identical_actions"
+                                 in parity else "") + f"): {MODEL_FILE} not written; details in {out}/report.json")
+        try:
+            atomic_write_bytes(out / MODEL_FILE, data)
+        except OSError as exc:
+            from rlbase.safefiles import disk_error
+
+            raise disk_error(exc, "the ONNX model", out / MODEL_FILE) from None
+    except BaseException:
+        if not out_existed and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    print(f"rlbase: exported {agent.name} {cfg.env_id} ({net.kind}, {parameter_count(net):,} parameters) to "
+          f"{out / MODEL_FILE}: {len(data):,} bytes, opset {args.opset}, inputs {', '.join(names)}")
+    if parity is not None:
+        same = f", identical actions {parity['identical_actions']:.1%}" if "identical_actions" in parity else ""
+        print(f"rlbase: parity on {samples} env observations: max |outputs diff| {parity['max_abs_diff_outputs']:.3g}, "
+              f"max |actions diff| {parity['max_abs_diff_actions']:.3g}{same}")
+    episodes = cfg.eval_episodes if args.episodes is None else args.episodes
+    if episodes:
+        eval_cfg = dataclasses.replace(cfg, eval_deterministic=True) if agent.exploration == "sample" else cfg
+        torch_eval = evaluate_checkpoint(agent, eval_cfg, trained.tensors, episodes=episodes, seed=args.seed,
+                                         device=cpu, progress=False)
+        onnx_eval = evaluate_onnx(out / MODEL_FILE, episodes=episodes, seed=args.seed, device=cpu, progress=False,
+                                  save=False)
+        report["eval"] = {which: {k: r[k] for k in ("policy", "seed", "num_episodes", "mean_return", "std_return",
+                                                   "min_return", "max_return", "mean_length")}
+                          for which, r in (("torch", torch_eval), ("onnx", onnx_eval))}
+        print(f"rlbase: {episodes} episodes from seed {args.seed}: mean return torch {torch_eval['mean_return']:.2f}, "
+              f"onnxruntime {onnx_eval['mean_return']:.2f}")
+    write_report(out, report)
+    print(f"rlbase: report in {out}/report.json; play it with: rlbase eval {out / MODEL_FILE}")
+    return 0
+
+
+# --- rlbase eval model.onnx --------------------------------------------------------------------
+
+
+def onnx_model_path(path: str | Path) -> Path | None:
+    """The ONNX model `rlbase eval PATH` should play: PATH itself (a .onnx file) or an export folder's
+    model.onnx; None for anything else (a run directory or checkpoint)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return path
+    if path.is_dir() and (path / MODEL_FILE).is_file() and not (path / "config.json").exists():
+        return path / MODEL_FILE
+    return None
+
+
+class OnnxArtifact(NamedTuple):
+    session: Any
+    agent: Agent
+    config: Any
+    names: list[str]
+    kind: str
+    metadata: dict[str, str]
+
+
+def read_artifact(path: Path) -> OnnxArtifact:
+    """The onnxruntime session of an exported model and its metadata, checked (a hand-edited or
+    foreign file is one line naming it)."""
+    from rlbase.agents import AGENT_MODULES, get_agent
+    from rlbase.config import from_dict
+
+    if not path.exists():
+        raise RlbaseError(f"{path} does not exist")
+    session = onnx_session(path, f"{path}")
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if meta.get("rlbase_format") != FORMAT:
+        raise RlbaseError(f"{path} is not an rlbase policy export (metadata rlbase_format is "
+                          f"{meta.get('rlbase_format')!r}, expected {FORMAT!r})")
+
+    def field(key: str, kind: type) -> Any:
+        try:
+            value = json.loads(meta[key]) if kind is not str else meta[key]
+        except KeyError:
+            raise RlbaseError(f"{path}: metadata field {key!r} is missing") from None
+        except ValueError:
+            raise RlbaseError(f"{path}: metadata field {key!r} is not valid JSON") from None
+        if not isinstance(value, kind):
+            raise RlbaseError(f"{path}: metadata field {key!r} should be a {kind.__name__}")
+        return value
+
+    algo, values, names, kind = field("algo", str), field("config", dict), field("inputs", list), field("kind", str)
+    if algo not in AGENT_MODULES:
+        raise RlbaseError(f"{path}: unknown algo {algo!r} in its metadata")
+    agent = get_agent(algo)
+    cfg = from_dict(agent.Config, values, f"{path} metadata config")
+    try:
+        agent.validate(cfg)
+    except UsageError as exc:
+        raise RlbaseError(f"{path} metadata config: {str(exc).replace('invalid --', 'invalid ')}") from None
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = [o.name for o in session.get_outputs()]
+    if names != graph_inputs or graph_outputs != ["outputs", "actions"]:
+        raise RlbaseError(f"{path}: the graph's inputs {graph_inputs} and outputs {graph_outputs} are not the "
+                          f"metadata's {names} and ['outputs', 'actions']")
+    if kind not in ("q", "categorical", "multicategorical", "gaussian") or (kind == "q") != (agent.exploration == "epsilon"):
+        raise RlbaseError(f"{path}: metadata kind {kind!r} does not fit algo {algo!r}")
+    return OnnxArtifact(session, agent, cfg, names, kind, meta)
+
+
+def onnx_policy(artifact: OnnxArtifact, cfg: Any, action_space: gym.spaces.Space, device: torch.device) -> Policy:
+    """`policy(obs, generator) -> actions` through onnxruntime: the greedy actions, or for DQN
+    epsilon-greedy over the graph's Q-values exactly as the torch policy draws it."""
+    session, names = artifact.session, artifact.names
+    if artifact.kind == "q" and cfg.eval_epsilon > 0:
+        from rlbase.agents.dqn import select_actions
+
+        def q_values(obs: Any) -> torch.Tensor:
+            return torch.from_numpy(run_session(session, obs, names)[0]).to(device)
+
+        return lambda obs, generator: select_actions(q_values, obs, cfg.eval_epsilon, int(action_space.n), generator)
+    return lambda obs, generator: torch.from_numpy(run_session(session, obs, names)[1]).to(device)
+
+
+def evaluate_onnx(path: str | Path, *, episodes: int | None = None, epsilon: float | None = None,
+                  deterministic: bool | None = None, seed: int = 0, device: torch.device, num_envs: int | None = None,
+                  video_dir: str | Path | None = None, progress: bool | None = None,
+                  env_kwargs: dict[str, Any] | None = None, best: bool = False, save: bool = True) -> dict[str, Any]:
+    """`rlbase eval model.onnx`: play an exported model with onnxruntime on the eval split of the env
+    its metadata names; the report of `rlbase eval RUN` (saved beside the file as eval_<name>.json)."""
+    from rlbase.config import make_env
+    from rlbase.evaluate import evaluate_policy, evaluation_config
+    from rlbase.logger import Progress
+    from rlbase.safefiles import atomic_write_text, disk_error
+
+    path = onnx_model_path(path) or Path(path)
+    if best:
+        raise UsageError("--best needs a run directory; an ONNX export holds one policy")
+    artifact = read_artifact(path)
+    agent = artifact.agent
+    if deterministic is False:
+        raise UsageError("an exported policy plays its mode (the graph has no sampling); drop --no-deterministic")
+    cfg = evaluation_config(agent, artifact.config, True if agent.exploration == "sample" else None, epsilon)
+    if env_kwargs:
+        cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
+    episodes = episodes or cfg.eval_episodes
+    video = Path(video_dir) if video_dir is not None else None
+    if video is not None:
+        if video.exists() and not video.is_dir():
+            raise UsageError(f"--video expects a folder for the videos; {video} is a file")
+        video.mkdir(parents=True, exist_ok=True)
+    env = make_env(cfg, 1 if video is not None else (num_envs or min(episodes, 8)), device, training=False,
+                   render=video is not None)
+    try:
+        for what, space in (("observation_space", env.single_observation_space),
+                            ("action_space", env.single_action_space)):
+            if json.loads(artifact.metadata.get(what, "null")) != space_json(space):
+                raise RlbaseError(f"{path}: the env's {what.replace('_', ' ')} is not the one the model was "
+                                  f"exported for ({space})")
+        policy = onnx_policy(artifact, cfg, env.single_action_space, env.device)
+        with Progress(episodes, unit="episode", desc="eval", enabled=progress) as bar:
+            report = evaluate_policy(env, policy, episodes, seed, video, bar)
+    finally:
+        env.close()
+    try:
+        step = json.loads(artifact.metadata.get("global_step", "null"))
+    except ValueError:
+        step = None
+    report = {"env_id": cfg.env_id, "algo": agent.name, "epsilon": cfg.eval_epsilon if agent.exploration == "epsilon"
+              else None, "policy": agent.describe_policy(cfg), "seed": seed, "num_episodes": episodes, **report,
+              "checkpoint": str(path), "global_step": step if isinstance(step, int) else None, "runtime": "onnxruntime",
+              **({"env_kwargs": cfg.env_kwargs} if env_kwargs else {})}
+    if save:
+        file = path.with_name(f"eval_{path.stem}.json")
+        try:
+            atomic_write_text(file, json.dumps(report, indent=2))
+        except OSError as exc:
+            warnings.warn(f"{disk_error(exc, 'the evaluation report', file)}", RlbaseWarning, stacklevel=2)
+    return report
