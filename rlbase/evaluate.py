@@ -251,6 +251,12 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
         return evaluate_onnx(path, best=best, episodes=episodes, epsilon=epsilon, deterministic=deterministic,
                              seed=seed, device=device, num_envs=num_envs, video_dir=video_dir, progress=progress,
                              env_kwargs=env_kwargs)
+    if (Path(path) / "quantization.json").is_file():  # an int8 artifact of `rlbase quantize`: played on the CPU
+        from rlbase.quantize import evaluate_quantized
+
+        return evaluate_quantized(path, best=best, episodes=episodes, epsilon=epsilon, deterministic=deterministic,
+                                  seed=seed, num_envs=num_envs, video_dir=video_dir, progress=progress,
+                                  env_kwargs=env_kwargs)
     trained = load_trained(path, device, best=best)
     agent, checkpoint, tensors, state = trained.agent, trained.checkpoint, trained.tensors, trained.state
     cfg = evaluation_config(agent, trained.config, deterministic, epsilon)

@@ -329,6 +329,8 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
     from rlbase.safefiles import atomic_write_text, disk_error, save_safetensors
 
     cpu = torch.device("cpu")
+    if (Path(path) / SCHEME_FILE).is_file():
+        raise UsageError(f"{path} is already an int8 artifact; rlbase quantize reads a run directory or checkpoint")
     trained = load_trained(path, cpu, best=best)
     agent, cfg = trained.agent, trained.config
     episodes = episodes or cfg.eval_episodes
