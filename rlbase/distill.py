@@ -236,37 +236,53 @@ def student_config(algo: str, teacher_cfg: Any, args: argparse.Namespace, observ
         return cfg, size(cfg), teacher_size
     fraction = args.width_fraction if args.width_fraction is not None else 0.25
     target = fraction * teacher_size
-    widths = tuple(teacher_cfg.hidden_sizes) or (64,)
+    fitted = _fit_widths(algo, base, tuple(teacher_cfg.hidden_sizes) or (64,), target, observation_space,
+                         action_space)
+    if fitted is not None:  # the backbone has mlp layers
+        return (*fitted, teacher_size)
+    if args.backbone is not None or isinstance(observation_space, gym.spaces.Dict):
+        if args.backbone is None:
+            raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale; choose the "
+                             "student's with --backbone KEY=NAME,...")
+        return base, acting_parameters(algo, base, observation_space, action_space), teacher_size
+    return (*_smaller_backbone(algo, base, teacher_cfg, target, teacher_size, observation_space, action_space),
+            teacher_size)
+
+
+def _fit_widths(algo: str, base: Any, widths: tuple[int, ...], target: float, observation_space: gym.spaces.Space,
+                action_space: gym.spaces.Space) -> tuple[Any, int] | None:
+    """(`base` with `widths` scaled so the acting parameters come closest to `target`, that count),
+    or None when the hidden sizes do not change the network (a backbone without mlp layers)."""
     first = widths[0]
 
     def scaled(width: int) -> Any:
         return dataclasses.replace(base, hidden_sizes=tuple(max(1, round(w * width / first)) for w in widths))
 
-    if size(scaled(1)) != size(scaled(first)):  # the backbone has mlp layers: bisect the widths
-        low, high = 1, first
-        while low < high:  # the smallest width whose size reaches the target
-            mid = (low + high) // 2
-            low, high = (mid + 1, high) if size(scaled(mid)) < target else (low, mid)
-        best = min({max(1, low - 1), low}, key=lambda w: abs(math.log(size(scaled(w)) / target)))
-        cfg = scaled(best)
-        return cfg, size(cfg), teacher_size
-    if args.backbone is not None or isinstance(observation_space, gym.spaces.Dict):
-        if args.backbone is None:
-            raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale; choose the "
-                             "student's with --backbone KEY=NAME,...")
-        return base, size(base), teacher_size
-    return _smaller_backbone(algo, base, teacher_cfg, target, teacher_size, observation_space, action_space)
+    def size(width: int) -> int:
+        return acting_parameters(algo, scaled(width), observation_space, action_space)
+
+    if size(1) == size(first):
+        return None
+    low, high = 1, max(first, 1)
+    while size(high) < target and high < 1 << 16:  # a target above the widths given (a CNN teacher's size)
+        high *= 2
+    while low < high:  # the smallest width whose size reaches the target
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if size(mid) < target else (low, mid)
+    best = min({max(1, low - 1), low}, key=lambda w: abs(math.log(size(w) / target)))
+    return scaled(best), size(best)
 
 
 def _smaller_backbone(algo: str, base: Any, teacher_cfg: Any, target: float, teacher_size: int,
-                      observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> tuple[Any, int, int]:
-    """A fixed-size backbone (a CNN): the registered backbone for the space whose student is
-    closest to `target` parameters among those smaller than the teacher."""
+                      observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> tuple[Any, int]:
+    """A fixed-size backbone (a CNN) has no width to scale: the registered convolutional backbone for
+    the space whose student is closest to `target` parameters among those smaller than the teacher,
+    else an mlp with widths fitted to `target`."""
     from rlbase.backbones import BACKBONES
 
     candidates = []
     for name, (_, accepts, _) in BACKBONES.items():
-        if name == teacher_cfg.backbone or not accepts(observation_space):
+        if name in (teacher_cfg.backbone, "mlp") or not accepts(observation_space):
             continue
         cfg = dataclasses.replace(base, backbone=name)
         try:
@@ -275,11 +291,16 @@ def _smaller_backbone(algo: str, base: Any, teacher_cfg: Any, target: float, tea
             continue
         if count < teacher_size:
             candidates.append((abs(math.log(count / target)), name, cfg, count))
-    if not candidates:
-        raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale and no smaller "
-                         "registered backbone takes its observations; choose one with --backbone")
-    _, _, cfg, count = min(candidates, key=lambda c: c[:2])
-    return cfg, count, teacher_size
+    if candidates:
+        _, _, cfg, count = min(candidates, key=lambda c: c[:2])
+        return cfg, count
+    if BACKBONES["mlp"][1](observation_space):
+        fitted = _fit_widths(algo, dataclasses.replace(base, backbone="mlp"), tuple(base.hidden_sizes) or (64, 64),
+                             target, observation_space, action_space)
+        if fitted is not None and fitted[1] < teacher_size:
+            return fitted
+    raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale and no smaller "
+                     "registered backbone takes its observations; choose one with --backbone")
 
 
 def settings_from(args: argparse.Namespace, algo: str, teacher_cfg: Any, observation_space: gym.spaces.Space,

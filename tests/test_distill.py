@@ -40,6 +40,26 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(gaussian_kl(mean_s, log_s, mean_t, log_t), expected)
 
 
+@pytest.mark.parametrize("backbone, fraction", [("mlp", 0.25), ("mlp", 0.0625), ("impala_cnn", 0.25)])
+def test_student_size_is_about_the_fraction_asked(backbone, fraction):
+    """An mlp teacher's widths are scaled; a fixed-size CNN teacher (no width to scale, no smaller
+    registered CNN for a small grid) gets an mlp student of about the size asked."""
+    import argparse
+
+    import gymnasium as gym
+
+    from rlbase.agents import get_agent
+    from rlbase.distill import student_config
+
+    grid, actions = gym.spaces.Box(0, 255, (3, 11, 11), np.uint8), gym.spaces.Discrete(4)
+    teacher = get_agent("ppo").Config(env_id="rlbase/Maze-v0", backbone=backbone, hidden_sizes=(256, 256))
+    args = argparse.Namespace(backbone=None, hidden_sizes=None, width_fraction=fraction, seed=3)
+    student, student_size, teacher_size = student_config("ppo", teacher, args, grid, actions)
+    assert student.backbone == "mlp" and student.seed == 3 and student.backbone_weights == ""
+    assert 0.8 * fraction <= student_size / teacher_size <= 1.2 * fraction
+    assert student.hidden_sizes[0] == student.hidden_sizes[1] < 256
+
+
 def _eval(path, capsys, episodes=10) -> dict:
     capsys.readouterr()
     assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
