@@ -42,9 +42,10 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -225,7 +226,7 @@ def export_onnx(net: nn.Module, example: Any, names: list[str], opset: int, meta
                                         dynamic_shapes=(tuple({0: batch} for _ in inputs),), dynamo=True,
                                         verbose=False, report=False, optimize=True)
             model = program.model_proto
-    except Exception as exc:  # the exporter raises many kinds (torch.export, onnxscript): one line
+    except Exception as exc:  # noqa: BLE001  (the exporter raises many kinds: torch.export, onnxscript)
         raise RlbaseError(f"torch.onnx.export failed: {exporter_error(exc)}") from None
     del model.metadata_props[:]
     for key, value in metadata.items():
@@ -253,9 +254,12 @@ def onnx_session(model: bytes | Path, what: str) -> Any:
             raise RlbaseError(f"cannot read {what} {model}: {exc.strerror or exc}") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+    # torch's thread count (rlbase and OMP_NUM_THREADS set it): onnxruntime's default of every core,
+    # spinning, is slower for small policies on a busy machine and unfair to compare with torch
+    options.intra_op_num_threads = torch.get_num_threads()
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+    except Exception as exc:  # noqa: BLE001  (onnxruntime has its own kinds: InvalidProtobuf, Fail, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RlbaseError(f"{what} is not an ONNX model onnxruntime can load ({first[:300]})") from None
 
