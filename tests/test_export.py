@@ -20,13 +20,13 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
-from rlbase import export  # noqa: E402
-from rlbase.cli import main  # noqa: E402
-from rlbase.config import make_env  # noqa: E402
-from rlbase.evaluate import load_trained  # noqa: E402
-from rlbase.safefiles import is_pickle  # noqa: E402
+from rlbase import export
+from rlbase.cli import main
+from rlbase.config import make_env
+from rlbase.evaluate import load_trained
+from rlbase.safefiles import is_pickle
 
 CPU = torch.device("cpu")
 SMALL = ["--num-envs", "8", "--num-steps", "32", "--hidden-sizes", "32,32", "--device", "cpu"]
