@@ -88,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
     fp32, int8 = report["fp32"], report["int8"]
     print(f"rlbase: int8 artifact in {report['out']}: {len(report['quantized_layers'])} Linear layers int8, "
           f"{fp32['model_bytes']:,} -> {int8['model_bytes']:,} bytes ({report['bytes_ratio']:.2f}x smaller)")
-    print(f"  return fp32 {fp32['mean_return']:.2f}, int8 {int8['mean_return']:.2f}; greedy actions agree on "
-          f"{report['parity']['action_agreement']:.1%} of {report['parity']['states']:,} env states")
+    parity = report["parity"]
+    agreement = (f"greedy actions agree on {parity['action_agreement']:.1%}" if "action_agreement" in parity else
+                 f"actions differ by at most {parity['max_action_diff']:.3g}")
+    print(f"  return fp32 {fp32['mean_return']:.2f}, int8 {int8['mean_return']:.2f}; {agreement} of "
+          f"{parity['states']:,} env states")
     for batch in LATENCY_BATCHES:
         print(f"  CPU latency batch {batch}: fp32 {fp32['latency_us'][str(batch)]:.1f} us, "
               f"int8 {int8['latency_us'][str(batch)]:.1f} us")
@@ -110,12 +113,29 @@ def _dynamic_linear_types() -> tuple[Callable[..., nn.Module], type]:
     return quantize_dynamic, DynamicLinear
 
 
+FP32_CONTAINERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+"""Modules whose Linear layers stay fp32: their fused fast path reads `linear.weight` as a tensor,
+which a dynamic int8 Linear has as a method (torch's Transformer layers then fail on the first call)."""
+
+
+def quantizable_linears(net: nn.Module) -> list[str]:
+    """Names of the Linear layers of `net` that dynamic int8 quantization takes."""
+    inside = {f"{name}.{sub}" if name else sub for name, module in net.named_modules()
+              if isinstance(module, FP32_CONTAINERS) for sub, _ in module.named_modules() if sub}
+    return [name for name, module in net.named_modules() if type(module) is nn.Linear and name not in inside]
+
+
 def quantize_net(net: nn.Module) -> tuple[nn.Module, list[str]]:
-    """A copy of `net` with every Linear dynamically quantized to int8, and their module names."""
+    """A copy of `net` with its Linear layers (`quantizable_linears`) dynamically quantized to int8,
+    and their module names."""
     quantize_dynamic, DynamicLinear = _dynamic_linear_types()
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    names = quantizable_linears(net)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices of torch.ao and quantized tensor creation
-        qnet = quantize_dynamic(copy.deepcopy(net), {nn.Linear}, dtype=torch.qint8)
+        qnet = quantize_dynamic(copy.deepcopy(net), {name: default_dynamic_qconfig for name in names},
+                                dtype=torch.qint8)
     layers = [name for name, module in qnet.named_modules() if isinstance(module, DynamicLinear)]
     return qnet.eval(), layers
 
@@ -356,10 +376,12 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
         int8_out, int8_actions = qnet(states)
         if not torch.equal(rebuilt(states)[0], int8_out):
             raise RlbaseError("the int8 network rebuilt from its tensors differs from the one quantized (a bug)")
-    parity = {"states": batch_size(states), "max_abs_diff": float((fp32_out - int8_out).abs().max()),
-              "action_agreement": float((fp32_actions == int8_actions).all(dim=tuple(range(1, fp32_actions.dim())))
-                                        .float().mean()) if fp32_actions.dim() > 1 else
-              float((fp32_actions == int8_actions).float().mean())}
+    parity = {"states": batch_size(states), "max_abs_diff": float((fp32_out - int8_out).abs().max())}
+    if fp32_actions.is_floating_point():  # Box actions: how far apart, not whether equal
+        parity["max_action_diff"] = float((fp32_actions - int8_actions).abs().max())
+    else:  # discrete: the share of states whose greedy action (every component) is the same
+        same = (fp32_actions == int8_actions).reshape(len(fp32_actions), -1).all(dim=1)
+        parity["action_agreement"] = float(same.float().mean())
     latency = {name: {str(b): latency_us(model, batch_of(states, b)) for b in LATENCY_BATCHES}
                for name, model in (("fp32", net), ("int8", qnet))}
     epsilon = cfg.eval_epsilon if agent.exploration == "epsilon" else 0.0
