@@ -20,7 +20,8 @@ own config), so the output folder is an ordinary run of that algo: `config.json`
 config, the checkpoint holds the agent's tensor names (`model.*` or `q.*`, the teacher's frozen
 observation normalisation copied), and `rlbase eval OUT` plays it. The checkpoint also holds a
 fresh optimiser state and counters, so `rlbase train ALGO --resume OUT` continues it with RL.
-Losses, the teacher-student action agreement and the rollout returns are logged to TensorBoard and
+Losses, the teacher-student action agreement (discrete: the share of the same greedy actions;
+Box: the mean absolute gap between the two actions) and the rollout returns are logged to TensorBoard and
 metrics.jsonl; `distill.json` holds the settings and `report.json` the sizes and the evaluation
 of teacher and student on the eval split (same seed, same episodes).
 
@@ -439,8 +440,11 @@ def distill(algo: str, teacher: PolicyView, student: PolicyView, preprocess: Any
                 teacher_out = teacher.outputs(x)
                 teacher_actions = teacher.mode(teacher_out)
                 student_actions = student.mode(student.outputs(x))
-                agreement.add((student_actions == teacher_actions).float().reshape(num_envs, -1).all(-1).sum(),
-                              num_envs)
+                if student.gaussian:  # how far apart the two agents' actions are, in the env's units
+                    gap = student.env_actions(student_actions) - student.env_actions(teacher_actions)
+                    agreement.add(gap.abs().mean() * num_envs, num_envs)
+                else:  # the share of states where both pick the same action
+                    agreement.add((student_actions == teacher_actions).reshape(num_envs, -1).all(-1).sum(), num_envs)
                 actions = student_actions
                 if beta > 0:
                     teacher_acts = torch.rand(num_envs, device=device, generator=generator) < beta
@@ -484,7 +488,7 @@ def distill(algo: str, teacher: PolicyView, student: PolicyView, preprocess: Any
         if global_step >= next_log or global_step >= rounds * per_round:
             next_log = (global_step // settings.log_interval + 1) * settings.log_interval
             scalars = {name: mean.read() for name, mean in losses.items()}
-            scalars["distill/action_agreement"] = agreement.read()
+            scalars["distill/action_gap" if student.gaussian else "distill/action_agreement"] = agreement.read()
             scalars["distill/beta"] = beta
             summary = episodes.summary()
             if summary["episodes"]:

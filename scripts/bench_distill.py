@@ -67,7 +67,7 @@ def bench() -> None:
     print(f"\nteacher {teacher}: {first['algo']} on {first['env_id']}, {first['teacher']['acting_parameters']:,} "
           f"acting parameters ({first['teacher']['acting_bytes']:,} bytes), mean return "
           f"{first['teacher']['eval']['mean_return']:.2f} over {args.eval_episodes} eval episodes (seed 0)\n")
-    print("| size | hidden | acting params | bytes | student return per seed | mean | % of teacher | train s |")
+    print("| size | hidden | acting params | bytes | student return per seed | mean | % of teacher (or difference) | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for fraction in dict.fromkeys(r["fraction"] for r in reports):
         rows = [r for r in reports if r["fraction"] == fraction]
@@ -78,7 +78,7 @@ def bench() -> None:
         print(f"| 1/{1 / fraction:g} | {','.join(map(str, student['hidden_sizes']))} | "
               f"{student['acting_parameters']:,} ({rows[0]['parameter_ratio']:.1f}x fewer) | "
               f"{student['acting_bytes']:,} | {', '.join(f'{r:.1f}' for r in returns)} | {mean:.1f} | "
-              f"{100 * mean / teacher_return:.0f}% | "
+              f"{f'{100 * mean / teacher_return:.0f}%' if teacher_return > 0 else f'{mean - teacher_return:+.1f}'} | "
               f"{statistics.fmean(r['train_seconds'] for r in rows):.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2))
