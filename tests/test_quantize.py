@@ -1,0 +1,152 @@
+"""`rlbase quantize`: int8 artifacts of a PPO and a DQN CartPole teacher and a normalised Gaussian
+Pendulum policy, rebuilt bit for bit from plain tensors, played by `rlbase eval`; Linear weights at
+a quarter of their fp32 bytes; nothing in the folder is a pickle; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlbase.cli import main
+from rlbase.safefiles import is_pickle
+
+
+def _eval(path, capsys, episodes=4) -> dict:
+    capsys.readouterr()
+    assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlbase: error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def ppo_teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo")
+    assert main(["train", "ppo", "--env", "rlbase/CartPole-v1", "--log-dir", str(root), "--run-name", "teacher",
+                 "--seed", "1"]) == 0
+    return root / "teacher"
+
+
+@pytest.fixture(scope="module")
+def ppo_int8(ppo_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "int8"
+    assert main(["quantize", str(ppo_teacher), "--out", str(out), "--episodes", "5", "--calibration-steps", "4"]) == 0
+    return out
+
+
+def test_ppo_int8_artifact_plays_as_well_as_fp32(ppo_int8, capsys):
+    report = json.loads((ppo_int8 / "report.json").read_text())
+    assert report["quantized_layers"] == ["backbone.net.0", "backbone.net.2", "head"] and report["fp32_layers"] == []
+    # int8 Linear weights: exactly a quarter of their fp32 bytes; the whole model (biases fp32) >= 3.5x smaller
+    assert report["int8"]["linear_weight_bytes"] * 4 == report["fp32"]["linear_weight_bytes"]
+    assert report["bytes_ratio"] >= 3.5
+    assert set(report["fp32"]["latency_us"]) == set(report["int8"]["latency_us"]) == {"1", "256"}
+    assert report["parity"]["states"] == 4 * 16 and report["parity"]["action_agreement"] >= 0.9
+    assert report["fp32"]["mean_return"] >= 475  # the teacher solves CartPole
+    assert report["int8"]["mean_return"] >= 0.95 * report["fp32"]["mean_return"]
+    played = _eval(ppo_int8, capsys, episodes=3)
+    assert played["policy"] == "int8 deterministic" and played["num_episodes"] == 3
+    assert played["mean_return"] >= 0.95 * report["fp32"]["mean_return"]
+
+
+def test_artifact_holds_int8_tensors_and_no_pickle(ppo_int8):
+    from rlbase.safefiles import load_safetensors
+
+    names = sorted(p.name for p in ppo_int8.iterdir())
+    assert names == ["config.json", "model.safetensors", "quantization.json", "report.json"]
+    for file in ppo_int8.iterdir():
+        assert not is_pickle(file.read_bytes()[:16]), file
+    tensors = load_safetensors(ppo_int8 / "model.safetensors")
+    assert tensors["head.weight.int8"].dtype == torch.int8 and "head.weight" not in tensors
+    assert tensors["head.bias"].dtype == torch.float32
+
+
+def test_rebuilt_int8_network_equals_a_fresh_quantization(ppo_teacher, ppo_int8):
+    """What load_quantized rebuilds from plain tensors computes exactly what quantize_dynamic makes of
+    the teacher's acting path, on any batch."""
+    from rlbase.evaluate import load_trained
+    from rlbase.quantize import load_quantized, quantize_net
+
+    loaded = load_quantized(ppo_int8)
+    trained = load_trained(ppo_teacher)
+    import gymnasium as gym
+
+    obs_space = gym.spaces.Box(-5, 5, (4,))
+    net = trained.agent.acting_net(trained.config, trained.tensors, obs_space, gym.spaces.Discrete(2), "cpu")
+    fresh, layers = quantize_net(net)
+    obs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.net(obs)[0], fresh(obs)[0])
+        assert (loaded.net(obs)[0] - net(obs)[0]).abs().max() < 0.5  # int8, not another network
+
+
+def test_dqn_teacher_quantizes_and_plays(tmp_path, capsys):
+    assert main(["train", "dqn", "--env", "rlbase/CartPole-v1", "--total-timesteps", "2000", "--learning-starts",
+                 "500", "--log-dir", str(tmp_path), "--run-name", "dqn"]) == 0
+    assert main(["quantize", str(tmp_path / "dqn"), "--episodes", "2", "--calibration-steps", "2"]) == 0
+    out = tmp_path / "dqn-quantize"  # the default: beside the run
+    report = json.loads((out / "report.json").read_text())
+    assert report["algo"] == "dqn" and report["int8"]["linear_weight_bytes"] * 4 == report["fp32"]["linear_weight_bytes"]
+    played = _eval(out, capsys, episodes=2)
+    assert played["algo"] == "dqn" and played["policy"] == "int8 greedy" and played["mean_return"] > 0
+
+
+def test_normalised_gaussian_policy_quantizes(tmp_path, capsys):
+    """Box actions (clipped), frozen observation normalisation inside the acting path."""
+    assert main(["train", "ppo", "--env", "rlbase/Pendulum-v1", "--total-timesteps", "1024", "--num-envs", "8",
+                 "--normalize-obs", "--log-dir", str(tmp_path), "--run-name", "pend"]) == 0
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tmp_path / "pend"), "--out", str(out), "--episodes", "2",
+                 "--calibration-steps", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["max_action_diff"] < 0.5 and "action_agreement" not in report["parity"]
+    played = _eval(out, capsys, episodes=2)
+    assert played["mean_length"] == 200 and played["mean_return"] < 0
+
+
+def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
+    assert main(["quantize", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in _one_error_line(capsys)
+    assert main(["quantize", str(ppo_teacher), "--calibration-steps", "0"]) == 2
+    assert "--calibration-steps" in _one_error_line(capsys)
+    assert main(["quantize", str(ppo_int8)]) == 2
+    assert "already an int8 artifact" in _one_error_line(capsys)
+    assert main(["eval", str(ppo_int8), "--best"]) == 2
+    _one_error_line(capsys)
+    # a teacher whose env cannot be built
+    broken = tmp_path / "broken"
+    shutil.copytree(ppo_teacher, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["config"]["env_id"] = "rlbase/NoSuchEnv-v0"
+    (broken / "config.json").write_text(json.dumps(config))
+    assert main(["quantize", str(broken), "--out", str(tmp_path / "nothing")]) != 0
+    _one_error_line(capsys)
+    assert not (tmp_path / "nothing").exists()
+    # a tampered artifact: a layer that is not there, an int8 weight of the wrong shape
+    tampered = tmp_path / "tampered"
+    shutil.copytree(ppo_int8, tampered)
+    scheme = json.loads((tampered / "quantization.json").read_text())
+    (tampered / "quantization.json").write_text(json.dumps({**scheme, "layers": ["head", "nowhere"]}))
+    assert main(["eval", str(tampered)]) == 1
+    assert "tensor nowhere.weight.int8 is missing" in _one_error_line(capsys)
+    (tampered / "quantization.json").write_text(json.dumps({**scheme, "layers": ["head"]}))
+    assert main(["eval", str(tampered)]) == 1
+    assert "does not fit its config" in _one_error_line(capsys)
+    (tampered / "quantization.json").write_text(json.dumps({**scheme, "checkpoint_tensors": {"x": {"shape": "big"}}}))
+    assert main(["eval", str(tampered)]) == 1
+    assert "checkpoint_tensors" in _one_error_line(capsys)
+    from rlbase.safefiles import load_safetensors, save_safetensors
+
+    (tampered / "quantization.json").write_text(json.dumps(scheme))
+    tensors = load_safetensors(tampered / "model.safetensors")
+    tensors["head.weight.int8"] = tensors["head.weight.int8"][:, :3].contiguous()
+    save_safetensors(tensors, tampered / "model.safetensors")
+    assert main(["eval", str(tampered)]) == 1
+    assert "does not fit its config" in _one_error_line(capsys)
