@@ -1,0 +1,138 @@
+"""`rlbase prune`: the schedule and the global masks against a naive reference, a PPO CartPole
+teacher pruned to 90% while fine-tuning that keeps its return, a DQN one that plays, the output an
+ordinary run (JSON, safetensors, TensorBoard; no pickle) that `rlbase eval` plays, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlbase.cli import main
+from rlbase.prune import global_masks, target_sparsity
+from rlbase.safefiles import is_pickle
+
+
+def _eval(path, capsys, episodes=5) -> dict:
+    capsys.readouterr()
+    assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlbase: error: "), err
+    return err[0]
+
+
+def test_cubic_schedule():
+    assert target_sparsity("cubic", 0.9, 0.0) == 0.0 and target_sparsity("cubic", 0.9, 1.0) == pytest.approx(0.9)
+    assert target_sparsity("cubic", 0.9, 2.0) == pytest.approx(0.9)  # held after the pruning phase
+    assert target_sparsity("cubic", 0.8, 0.5) == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    values = [target_sparsity("cubic", 0.9, p / 20) for p in range(21)]
+    assert values == sorted(values)
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert steps == sorted(steps, reverse=True)  # fast first, slow at the end
+    assert target_sparsity("linear", 0.6, 0.5) == pytest.approx(0.3) and target_sparsity("oneshot", 0.6, 0.0) == 0.6
+
+
+def test_raw_global_masks_keep_the_largest_weights_over_all_layers():
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(8, 5, generator=generator), torch.randn(3, 8, generator=generator) * 3]
+    masks = global_masks(weights, 0.7, "raw")
+    everything = torch.cat([w.abs().flatten() for w in weights])
+    zeros = round(0.7 * everything.numel())
+    threshold = everything.sort().values[zeros - 1]  # naive reference: the zeros-th smallest magnitude
+    for w, m in zip(weights, masks):
+        assert m.shape == w.shape and set(m.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(m.bool(), w.abs() > threshold)
+    assert sum(int((m == 0).sum()) for m in masks) == zeros
+
+
+def test_normalized_masks_keep_a_small_scale_layer_alive():
+    """A policy head initialised at 0.01 scale: raw global magnitude prunes it away whole; normalised
+    scores keep part of every layer and still prune exactly the share asked overall."""
+    generator = torch.Generator().manual_seed(1)
+    weights = [torch.randn(64, 64, generator=generator), torch.randn(2, 64, generator=generator) * 0.01]
+    raw = global_masks(weights, 0.9, "raw")
+    assert int(raw[1].sum()) == 0
+    normalized = global_masks(weights, 0.9, "normalized")
+    assert 0 < int(normalized[1].sum()) and 0 < int(normalized[0].sum())
+    total = sum(w.numel() for w in weights)
+    assert sum(int((m == 0).sum()) for m in normalized) == round(0.9 * total)
+
+
+@pytest.fixture(scope="module")
+def ppo_teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo")
+    assert main(["train", "ppo", "--env", "rlbase/CartPole-v1", "--log-dir", str(root), "--run-name", "teacher",
+                 "--seed", "1"]) == 0
+    return root / "teacher"
+
+
+def test_ppo_pruned_to_90_percent_keeps_its_return(ppo_teacher, tmp_path, capsys):
+    from rlbase.checkpoint import load_checkpoint
+
+    out = tmp_path / "pruned"
+    assert main(["prune", str(ppo_teacher), "--sparsity", "0.9", "--steps", "15000", "--out", str(out),
+                 "--episodes", "5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert abs(report["sparsity_reached"] - 0.9) <= 0.01
+    assert report["dense"]["mean_return"] >= 475
+    assert report["pruned"]["mean_return"] >= 0.95 * report["dense"]["mean_return"]
+    assert report["pruned"]["nonzero_parameters"] < 0.15 * report["pruned"]["parameters"]
+    assert report["dense"]["nonzero_parameters"] == report["dense"]["parameters"]
+    # the zeros are in the checkpoint, as dense tensors; the critic is not pruned
+    tensors, state, _ = load_checkpoint(out)
+    assert state["step"] >= 45_000 + 15_000 - 1024
+    policy = [v for k, v in tensors.items() if k.startswith(("model.actor_backbone.", "model.policy_head."))
+              and k.endswith("weight")]
+    zeros = sum(int((w == 0).sum()) for w in policy)
+    assert zeros == report["policy_weights_zero"] and abs(zeros / sum(w.numel() for w in policy) - 0.9) <= 0.01
+    assert all(int((w == 0).sum()) < w.numel() for w in policy)  # no layer pruned away whole
+    assert int((tensors["model.value_head.weight"] == 0).sum()) == 0
+    # an ordinary run: JSON, safetensors and TensorBoard event files only, nothing pickled
+    for file in out.rglob("*"):
+        if file.is_file():
+            assert file.suffix in (".json", ".jsonl", ".safetensors") or file.name.startswith("events.out.tfevents")
+            assert not is_pickle(file.read_bytes()[:16]), file
+    assert any(out.glob("events.out.tfevents*"))
+    played = _eval(out, capsys)
+    assert played["mean_return"] >= 0.95 * report["dense"]["mean_return"]
+
+
+def test_dqn_prunes_and_plays(tmp_path, capsys):
+    assert main(["train", "dqn", "--env", "rlbase/CartPole-v1", "--total-timesteps", "2000", "--learning-starts",
+                 "500", "--log-dir", str(tmp_path), "--run-name", "dqn"]) == 0
+    assert main(["prune", str(tmp_path / "dqn"), "--sparsity", "0.5", "--steps", "1000", "--episodes", "2",
+                 "--schedule", "oneshot"]) == 0
+    out = tmp_path / "dqn-prune"  # the default: beside the run
+    report = json.loads((out / "report.json").read_text())
+    assert report["algo"] == "dqn" and abs(report["sparsity_reached"] - 0.5) <= 0.01
+    played = _eval(out, capsys, episodes=2)
+    assert played["algo"] == "dqn" and played["global_step"] == 3000
+
+
+def test_bad_inputs_are_one_line(ppo_teacher, tmp_path, capsys):
+    for sparsity in ("0", "1.5", "1", "nan"):
+        assert main(["prune", str(ppo_teacher), "--sparsity", sparsity, "--out", str(tmp_path / "x")]) == 2
+        assert "--sparsity" in _one_error_line(capsys)
+    assert main(["prune", str(ppo_teacher), "--sparsity", "0.5", "--steps", "0"]) == 2
+    assert "--steps" in _one_error_line(capsys)
+    assert main(["prune", str(tmp_path / "missing"), "--sparsity", "0.5"]) == 1
+    assert "does not exist" in _one_error_line(capsys)
+    checkpoint = next((ppo_teacher / "checkpoints").glob("step_*"))
+    assert main(["prune", str(checkpoint), "--sparsity", "0.5"]) == 2
+    assert "needs a run directory" in _one_error_line(capsys)
+    # a teacher whose env cannot be built: one line, and no half-made output folder
+    broken = tmp_path / "broken"
+    shutil.copytree(ppo_teacher, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["config"]["env_id"] = "rlbase/NoSuchEnv-v0"
+    (broken / "config.json").write_text(json.dumps(config))
+    assert main(["prune", str(broken), "--sparsity", "0.5", "--out", str(tmp_path / "nothing")]) != 0
+    _one_error_line(capsys)
+    assert not (tmp_path / "nothing").exists()
+    assert not (tmp_path / "x").exists()
