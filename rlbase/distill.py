@@ -243,8 +243,10 @@ def student_config(algo: str, teacher_cfg: Any, args: argparse.Namespace, observ
         return (*fitted, teacher_size)
     if args.backbone is not None or isinstance(observation_space, gym.spaces.Dict):
         if args.backbone is None:
+            key = next(iter(observation_space.spaces))
             raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale; choose the "
-                             "student's with --backbone KEY=NAME,...")
+                             f"student's with --backbone KEY=NAME,... (e.g. {key}=mlp: its widths are then fitted "
+                             "to --width-fraction)")
         return base, acting_parameters(algo, base, observation_space, action_space), teacher_size
     return (*_smaller_backbone(algo, base, teacher_cfg, target, teacher_size, observation_space, action_space),
             teacher_size)

@@ -148,6 +148,24 @@ def test_gaussian_policy_with_normalisation_and_squash(tmp_path, capsys):
     assert _eval(out, capsys, episodes=1)["policy"] == "deterministic"
 
 
+def test_dict_observations(tmp_path, capsys):
+    """MazeGoTo (an image and an instruction): its FiLM CNN has no width, so the student's backbone
+    is chosen per key; an mlp on the image gets its widths fitted to the fraction."""
+    assert main(["train", "ppo", "--env", "rlbase/MazeGoTo-v0", "--log-dir", str(tmp_path), "--run-name", "t",
+                 "--total-timesteps", "512", "--num-envs", "8", "--num-steps", "64"]) == 0
+    capsys.readouterr()
+    assert main(["distill", str(tmp_path / "t"), "--steps", "256", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--backbone" in err[0] and not (tmp_path / "x").exists()
+    out = tmp_path / "s"
+    assert main(["distill", str(tmp_path / "t"), "--backbone", "image=mlp,mission=text", "--steps", "512",
+                 "--eval-episodes", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["backbone"] == "image=mlp,mission=text"
+    assert 3.0 <= report["parameter_ratio"] <= 5.0
+    assert _eval(out, capsys, episodes=2)["env_id"] == "rlbase/MazeGoTo-v0"
+
+
 @pytest.mark.parametrize("flags, code, words", [
     (["--width-fraction", "0"], 2, "--width-fraction"),
     (["--width-fraction", "1.5"], 2, "--width-fraction"),
