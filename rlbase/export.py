@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "action) as one ONNX file with a dynamic batch dimension and metadata, check it "
                           "against the torch module with onnxruntime, and play both. "
                           "`rlbase eval OUT/model.onnx` plays the file with onnxruntime.")
-    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors")
+    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT",
+                        help="a run directory, checkpoint folder or model.safetensors")
     parser.add_argument("--format", default="onnx",
                         help="onnx (default); torchscript is refused: its archives are unpickled on load")
     parser.add_argument("--out", metavar="DIR", default=None,
@@ -156,7 +157,9 @@ def preprocessing(cfg: Any, net: nn.Module, space: gym.spaces.Space, action_spac
     if kind == "q":
         actions = "argmax of the Q-values"
     elif kind in ("categorical", "multicategorical"):
-        actions = "argmax of the logits (the distribution's mode)" + (" per sub-action" if kind != "categorical" else "")
+        actions = "argmax of the logits (the distribution's mode)"
+        if kind == "multicategorical":
+            actions += " per sub-action"
     else:
         bounds = "squashed into the Box with tanh" if cfg.action_bounds == "squash" else "clipped to the Box"
         actions = f"the Gaussian mean, {bounds}"
@@ -334,12 +337,8 @@ def check_parity(net: nn.Module, session: Any, obs: Any, names: list[str], kind:
 # --- the command -------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    from rlbase import __version__
-    from rlbase.compress import output_dir, parameter_count, tensor_bytes, write_report
-    from rlbase.config import make_env
-    from rlbase.evaluate import evaluate_checkpoint, load_trained
-
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag of `rlbase export` checked, and the deploy extra present, before anything is read."""
     if args.format == "torchscript":
         raise UsageError("--format torchscript is not offered: a TorchScript archive is unpickled and its code "
                          "run on load, and rlbase never reads artifacts through an unpickler; use --format onnx")
@@ -360,6 +359,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid --episodes: must be 0 or more, got {args.episodes}")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"invalid --seed: must be in [0, 2**32), got {args.seed}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlbase import __version__
+    from rlbase.compress import output_dir, parameter_count, tensor_bytes, write_report
+    from rlbase.config import make_env
+    from rlbase.evaluate import evaluate_checkpoint, load_trained
+    from rlbase.obs import take
+    from rlbase.utils import plural
+
+    check_arguments(args)
     cpu = torch.device("cpu")  # the artifact is for CPU inference; the check compares CPU with CPU
     trained = load_trained(args.path, cpu, best=args.best)
     agent, cfg, checkpoint = trained.agent, trained.config, trained.checkpoint
@@ -376,8 +386,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         env.close()
     names = input_names(obs_space)
-    from rlbase.obs import take
-
     metadata = {
         "rlbase_format": FORMAT, "rlbase_version": __version__, "algo": agent.name, "env_id": cfg.env_id,
         "env_kwargs": json.dumps(cfg.env_kwargs), "observation_space": json.dumps(space_json(obs_space)),
@@ -431,8 +439,8 @@ def run(args: argparse.Namespace) -> int:
         report["eval"] = {which: {k: r[k] for k in ("policy", "seed", "num_episodes", "mean_return", "std_return",
                                                    "min_return", "max_return", "mean_length")}
                           for which, r in (("torch", torch_eval), ("onnx", onnx_eval))}
-        print(f"rlbase: {episodes} episodes from seed {args.seed}: mean return torch {torch_eval['mean_return']:.2f}, "
-              f"onnxruntime {onnx_eval['mean_return']:.2f}")
+        print(f"rlbase: {plural(episodes, 'episode')} from seed {args.seed}: mean return torch "
+              f"{torch_eval['mean_return']:.2f}, onnxruntime {onnx_eval['mean_return']:.2f}")
     write_report(out, report)
     print(f"rlbase: report in {out}/report.json; play it with: rlbase eval {out / MODEL_FILE}")
     return 0
@@ -500,7 +508,8 @@ def read_artifact(path: Path) -> OnnxArtifact:
     if names != graph_inputs or graph_outputs != ["outputs", "actions"]:
         raise RlbaseError(f"{path}: the graph's inputs {graph_inputs} and outputs {graph_outputs} are not the "
                           f"metadata's {names} and ['outputs', 'actions']")
-    if kind not in ("q", "categorical", "multicategorical", "gaussian") or (kind == "q") != (agent.exploration == "epsilon"):
+    kinds = ("q",) if agent.exploration == "epsilon" else ("categorical", "multicategorical", "gaussian")
+    if kind not in kinds:
         raise RlbaseError(f"{path}: metadata kind {kind!r} does not fit algo {algo!r}")
     return OnnxArtifact(session, agent, cfg, names, kind, meta)
 

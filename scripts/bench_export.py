@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories or checkpoints")
     parser.add_argument("--batches", default="1,256", help="batch sizes timed (default: 1,256)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the parity rollouts (default: 0,1,2)")
-    parser.add_argument("--parity-samples", type=int, default=1000, help="observations per parity check (default: 1000)")
+    parser.add_argument("--parity-samples", type=int, default=1000,
+                        help="observations per parity check (default: 1000)")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing seconds per runtime and batch (default: 4)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes (default: 1)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")

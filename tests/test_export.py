@@ -197,7 +197,8 @@ def test_bad_inputs_are_one_line(exported, capsys, tmp_path):
     import onnx
 
     model = onnx.load(str(out / "model.onnx"))
-    for key, value, message in [("config", "{not json", "not valid JSON"), ("rlbase_format", "other/9", "not an rlbase"),
+    for key, value, message in [("config", "{not json", "not valid JSON"),
+                                ("rlbase_format", "other/9", "not an rlbase"),
                                 ("algo", "sarsa", "unknown algo"),
                                 ("action_space", json.dumps({"type": "Discrete", "n": 3, "start": 0}), "action space")]:
         edited = onnx.ModelProto()
