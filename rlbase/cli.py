@@ -140,7 +140,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="evaluate a trained agent",
                              description="Play full episodes with a trained agent and report the returns.")
-    ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors")
+    ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors; "
+                    "an exported model.onnx (or its folder) plays through onnxruntime")
     ev.add_argument("--best", action="store_true",
                     help="evaluate the run's best checkpoint (best/, kept by --eval-freq) instead of its newest")
     ev.add_argument("--episodes", type=int, default=None, help="episodes to play (default: the config's eval_episodes)")
