@@ -359,6 +359,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"invalid --episodes: must be 0 or more, got {args.episodes}")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"invalid --seed: must be in [0, 2**32), got {args.seed}")
+    if onnx_model_path(args.path) is not None:
+        raise UsageError(f"{args.path} is an ONNX export already; rlbase export reads a run directory or checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:

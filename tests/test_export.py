@@ -182,6 +182,7 @@ def test_bad_inputs_are_one_line(exported, capsys, tmp_path):
     assert "--opset" in one_line_error(capsys, ["export", str(run_dir), "--opset", "7"], 2)
     assert "--parity-samples" in one_line_error(capsys, ["export", str(run_dir), "--parity-samples", "-1"], 2)
     assert "already exists" in one_line_error(capsys, ["export", str(run_dir), "--out", str(out)], 2)
+    assert "ONNX export already" in one_line_error(capsys, ["export", str(out / "model.onnx")], 2)
 
     # a teacher whose env cannot be built
     broken = tmp_path / "broken"
