@@ -15,7 +15,8 @@ squashed as in training).
 The file's `metadata_props` say what it is (all values strings, JSON where structured):
 `rlbase_format`, `rlbase_version`, `algo`, `env_id`, `env_kwargs`, `observation_space`,
 `action_space`, `preprocessing`, `kind`, `inputs`, `outputs`, `global_step`, `config` (the run's
-config, from which `rlbase eval` builds the env).
+config, from which `rlbase eval` builds the env) and, for Gaussian policies, `log_std` (their
+state-independent log-std, so that a stochastic evaluation can sample).
 
 Parity: observations collected by playing the policy itself on the eval split go through the torch
 module and onnxruntime; the report gives the largest difference of outputs and actions and the
@@ -29,8 +30,10 @@ through an unpickler, and an ONNX file is a protobuf of operators that onnxrunti
 
 `rlbase eval model.onnx` (or the export folder) builds no torch model: onnxruntime runs the graph,
 the env comes from `rlbase.config.make_env` with the metadata's config; the report has the fields
-of `rlbase eval RUN`. DQN's epsilon-greedy evaluation draws from the same generator as the torch
-policy does, so both play the same episodes.
+of `rlbase eval RUN`. It plays the config's evaluation policy: greedy actions from the graph, or
+DQN's epsilon-greedy over the graph's Q-values, or a sample of the distribution the graph's
+outputs parameterise (`--no-deterministic`, or a config that evaluates stochastically), drawn from
+the generator exactly as the torch policy draws them, so both play the same episodes.
 """
 
 from __future__ import annotations
@@ -396,6 +399,8 @@ def run(args: argparse.Namespace) -> int:
         "inputs": json.dumps(names), "outputs": json.dumps(["outputs", "actions"]),
         "global_step": json.dumps(trained.state.get("step")), "config": json.dumps(dataclasses.asdict(cfg)),
     }
+    if net.kind == "gaussian":  # its state-independent std: `rlbase eval` can sample as the torch policy does
+        metadata["log_std"] = json.dumps(net.log_std.detach().cpu().reshape(-1).tolist())
     out_existed = args.out is not None and Path(args.out).exists()
     out = output_dir(args.path, checkpoint, "export", args.out)
     try:
@@ -432,9 +437,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"rlbase: parity on {samples} env observations: max |outputs diff| {parity['max_abs_diff_outputs']:.3g}, "
               f"max |actions diff| {parity['max_abs_diff_actions']:.3g}{same}")
     episodes = cfg.eval_episodes if args.episodes is None else args.episodes
-    if episodes:
-        eval_cfg = dataclasses.replace(cfg, eval_deterministic=True) if agent.exploration == "sample" else cfg
-        torch_eval = evaluate_checkpoint(agent, eval_cfg, trained.tensors, episodes=episodes, seed=args.seed,
+    if episodes:  # both as `rlbase eval` plays them: the config's evaluation policy
+        torch_eval = evaluate_checkpoint(agent, cfg, trained.tensors, episodes=episodes, seed=args.seed,
                                          device=cpu, progress=False)
         onnx_eval = evaluate_onnx(out / MODEL_FILE, episodes=episodes, seed=args.seed, device=cpu, progress=False,
                                   save=False)
@@ -469,6 +473,8 @@ class OnnxArtifact(NamedTuple):
     names: list[str]
     kind: str
     metadata: dict[str, str]
+    log_std: torch.Tensor | None
+    """A Gaussian policy's state-independent log-std (metadata `log_std`), for sampling; else None."""
 
 
 def read_artifact(path: Path) -> OnnxArtifact:
@@ -513,20 +519,43 @@ def read_artifact(path: Path) -> OnnxArtifact:
     kinds = ("q",) if agent.exploration == "epsilon" else ("categorical", "multicategorical", "gaussian")
     if kind not in kinds:
         raise RlbaseError(f"{path}: metadata kind {kind!r} does not fit algo {algo!r}")
-    return OnnxArtifact(session, agent, cfg, names, kind, meta)
+    log_std = None
+    if kind == "gaussian":  # the graph outputs the mean; sampling needs the std beside it
+        values = field("log_std", list)
+        width = session.get_outputs()[0].shape[-1]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or len(values) != width:
+            raise RlbaseError(f"{path}: metadata field 'log_std' should be {width} finite numbers (one per action "
+                              "dimension)")
+        log_std = torch.tensor(values, dtype=torch.float32)
+    return OnnxArtifact(session, agent, cfg, names, kind, meta, log_std)
 
 
 def onnx_policy(artifact: OnnxArtifact, cfg: Any, action_space: gym.spaces.Space, device: torch.device) -> Policy:
-    """`policy(obs, generator) -> actions` through onnxruntime: the greedy actions, or for DQN
-    epsilon-greedy over the graph's Q-values exactly as the torch policy draws it."""
+    """`policy(obs, generator) -> actions` through onnxruntime: the graph's greedy actions; for DQN
+    epsilon-greedy over its Q-values, for a stochastic policy-gradient evaluation a sample of the
+    distribution its outputs parameterise: drawn from the generator exactly as the torch policy draws."""
     session, names = artifact.session, artifact.names
+
+    def outputs(obs: Any) -> torch.Tensor:
+        return torch.from_numpy(run_session(session, obs, names)[0]).to(device)
+
     if artifact.kind == "q" and cfg.eval_epsilon > 0:
         from rlbase.agents.dqn import select_actions
 
-        def q_values(obs: Any) -> torch.Tensor:
-            return torch.from_numpy(run_session(session, obs, names)[0]).to(device)
+        return lambda obs, generator: select_actions(outputs, obs, cfg.eval_epsilon, int(action_space.n), generator)
+    if artifact.kind != "q" and not cfg.eval_deterministic:
+        from rlbase.agents.distributions import env_actions, make_distribution
 
-        return lambda obs, generator: select_actions(q_values, obs, cfg.eval_epsilon, int(action_space.n), generator)
+        dist = make_distribution(action_space, cfg.action_bounds)
+        log_std = artifact.log_std
+
+        def sample(obs: Any, generator: torch.Generator) -> torch.Tensor:
+            params = outputs(obs)
+            if log_std is not None:
+                params = torch.cat([params, log_std.to(device).expand_as(params)], dim=-1)
+            return env_actions(dist, dist.sample(params, generator), action_space)
+
+        return sample
     return lambda obs, generator: torch.from_numpy(run_session(session, obs, names)[1]).to(device)
 
 
@@ -546,9 +575,7 @@ def evaluate_onnx(path: str | Path, *, episodes: int | None = None, epsilon: flo
         raise UsageError("--best needs a run directory; an ONNX export holds one policy")
     artifact = read_artifact(path)
     agent = artifact.agent
-    if deterministic is False:
-        raise UsageError("an exported policy plays its mode (the graph has no sampling); drop --no-deterministic")
-    cfg = evaluation_config(agent, artifact.config, True if agent.exploration == "sample" else None, epsilon)
+    cfg = evaluation_config(agent, artifact.config, deterministic, epsilon)
     if env_kwargs:
         cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
     episodes = episodes or cfg.eval_episodes

@@ -114,6 +114,7 @@ def test_onnx_matches_the_torch_acting_path(exported, name):
 
 def test_metadata_describes_the_policy(exported):
     _, out = exported["ppo-mazegoto"]
+    assert json.loads((out / "report.json").read_text())["eval"]["onnx"]["policy"] == "stochastic"
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert [i.name for i in session.get_inputs()] == ["image", "mission"] == json.loads(meta["inputs"])
@@ -136,6 +137,8 @@ def test_metadata_describes_the_policy(exported):
 
 @pytest.mark.parametrize("name, extra", [("ppo-cartpole", []), ("dqn-cartpole", []),
                                          ("dqn-cartpole", ["--epsilon", "0.3"]), ("ppo-pendulum-squashed", []),
+                                         ("ppo-pendulum-normalized", ["--no-deterministic"]),
+                                         ("ppo-mazegoto", []),  # its preset evaluates stochastically
                                          ("ppo-mazegoto", ["--deterministic"])])
 def test_eval_onnx_plays_the_same_episodes_as_eval_run(exported, capsys, name, extra):
     run_dir, out = exported[name]
@@ -207,8 +210,11 @@ def test_bad_inputs_are_one_line(exported, capsys, tmp_path):
         next(p for p in edited.metadata_props if p.key == key).value = value
         onnx.save(edited, str(tmp_path / f"{key}.onnx"))
         assert message in one_line_error(capsys, ["eval", str(tmp_path / f"{key}.onnx"), "--episodes", "1"])
+    pendulum = onnx.load(str(exported["ppo-pendulum-squashed"][1] / "model.onnx"))
+    next(p for p in pendulum.metadata_props if p.key == "log_std").value = "[0.0, 1.0]"  # one action dimension
+    onnx.save(pendulum, str(tmp_path / "log_std.onnx"))
+    assert "log_std" in one_line_error(capsys, ["eval", str(tmp_path / "log_std.onnx"), "--episodes", "1"])
     assert "--best" in one_line_error(capsys, ["eval", str(out / "model.onnx"), "--best"], 2)
-    assert "mode" in one_line_error(capsys, ["eval", str(out / "model.onnx"), "--no-deterministic"], 2)
 
 
 def test_without_the_deploy_extra_export_says_how_to_install(exported, capsys, monkeypatch):
