@@ -520,7 +520,7 @@ def read_artifact(path: Path) -> OnnxArtifact:
     if kind not in kinds:
         raise RlbaseError(f"{path}: metadata kind {kind!r} does not fit algo {algo!r}")
     log_std = None
-    if kind == "gaussian":  # the graph outputs the mean; sampling needs the std beside it
+    if "log_std" in meta:  # a Gaussian's: the graph outputs the mean; sampling needs the std beside it
         values = field("log_std", list)
         width = session.get_outputs()[0].shape[-1]
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or len(values) != width:
@@ -576,6 +576,9 @@ def evaluate_onnx(path: str | Path, *, episodes: int | None = None, epsilon: flo
     artifact = read_artifact(path)
     agent = artifact.agent
     cfg = evaluation_config(agent, artifact.config, deterministic, epsilon)
+    if artifact.kind == "gaussian" and not cfg.eval_deterministic and artifact.log_std is None:
+        raise UsageError(f"{path} has no log_std in its metadata, so it cannot sample: evaluate its mean with "
+                         "--deterministic")
     if env_kwargs:
         cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
     episodes = episodes or cfg.eval_episodes

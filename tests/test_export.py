@@ -214,6 +214,12 @@ def test_bad_inputs_are_one_line(exported, capsys, tmp_path):
     next(p for p in pendulum.metadata_props if p.key == "log_std").value = "[0.0, 1.0]"  # one action dimension
     onnx.save(pendulum, str(tmp_path / "log_std.onnx"))
     assert "log_std" in one_line_error(capsys, ["eval", str(tmp_path / "log_std.onnx"), "--episodes", "1"])
+    del pendulum.metadata_props[[p.key for p in pendulum.metadata_props].index("log_std")]
+    onnx.save(pendulum, str(tmp_path / "no_log_std.onnx"))  # plays its mean, cannot sample
+    assert "--deterministic" in one_line_error(capsys, ["eval", str(tmp_path / "no_log_std.onnx"), "--episodes", "1",
+                                                        "--no-deterministic"], 2)
+    assert main(["eval", str(tmp_path / "no_log_std.onnx"), "--episodes", "1"]) == 0
+    capsys.readouterr()
     assert "--best" in one_line_error(capsys, ["eval", str(out / "model.onnx"), "--best"], 2)
 
 
