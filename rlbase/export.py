@@ -77,9 +77,9 @@ DEPLOY_HINT = "pip install 'rlbase[deploy]'"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Export a trained agent's greedy acting path (observation preprocessing, network, "
-                          "action) as one ONNX file with a dynamic batch dimension and metadata, check it "
-                          "against the torch module with onnxruntime, and play both. "
+    parser.description = ("Export a trained agent's greedy acting path (observation preprocessing, network,\n"
+                          "action) as one ONNX file with a dynamic batch dimension and metadata, check it\n"
+                          "against the torch module with onnxruntime, and play both.\n"
                           "`rlbase eval OUT/model.onnx` plays the file with onnxruntime.")
     parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT",
                         help="a run directory, checkpoint folder or model.safetensors")
@@ -88,14 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder, new or empty (default: a new folder beside the run, RUN-export)")
     parser.add_argument("--best", action="store_true", help="export the run's best checkpoint instead of its newest")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+    parser.add_argument("--opset", type=int, metavar="N", default=DEFAULT_OPSET,
                         help=f"ONNX opset, {DEFAULT_OPSET} or newer (default: {DEFAULT_OPSET})")
-    parser.add_argument("--parity-samples", type=int, default=1000,
+    parser.add_argument("--parity-samples", type=int, metavar="N", default=1000,
                         help="env observations checked torch vs onnxruntime; 0 skips the check (default: 1000)")
-    parser.add_argument("--episodes", type=int, default=None,
+    parser.add_argument("--episodes", type=int, metavar="N", default=None,
                         help="episodes each of the torch policy and the ONNX file play for the report; 0 skips "
                              "(default: the config's eval_episodes)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the parity rollout and the episodes (default: 0)")
+    parser.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the parity rollout and the episodes (default: 0)")
 
 
 def require_deploy() -> Any:
