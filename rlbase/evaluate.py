@@ -244,8 +244,8 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
     best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json.
     `env_kwargs` override the run's env keyword arguments for the eval envs (e.g. MazeGoTo's
     `eval_targets`, to choose which held-out split is played); the report records them. An ONNX
-    export (a .onnx file or its folder) plays through onnxruntime (rlbase.export.evaluate_onnx)."""
-    from rlbase.export import evaluate_onnx, onnx_model_path
+    export (a .onnx file or its folder) plays through onnxruntime (rlbase.deploy.evaluate_onnx)."""
+    from rlbase.deploy import evaluate_onnx, onnx_model_path
 
     if onnx_model_path(path) is not None:
         return evaluate_onnx(path, best=best, episodes=episodes, epsilon=epsilon, deterministic=deterministic,

@@ -32,7 +32,8 @@ def measure(path: str, batches: list[int], seeds: list[int], samples: int, secon
 
     from rlbase.config import make_env
     from rlbase.evaluate import load_trained
-    from rlbase.export import check_parity, collect_observations, export_onnx, input_names, onnx_session
+    from rlbase.deploy import input_names, onnx_session
+    from rlbase.export import check_parity, collect_observations, export_onnx
     from rlbase.obs import take
 
     cpu = torch.device("cpu")
