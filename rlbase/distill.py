@@ -10,10 +10,13 @@ The loss, per state:
 - discrete actions: KL(softmax(teacher / T) || softmax(student / T)); a DQN teacher's Q-values go
   through the same softmax (Rusu et al. use a low T such as 0.01 for Q-values: only which action
   is best matters). The temperature divides both sides, so the student's outputs stay on the
-  teacher's scale (Q-values up to a constant) and `rlbase train dqn --resume` reads them as such;
+  teacher's scale (its Q-values up to a constant per state), a start `rlbase train dqn --resume`
+  can refine with TD learning;
 - Box actions (a Gaussian with a state-independent log-std): the KL between the two Gaussians
   (the temperature does not apply);
-- plus, for policy-gradient agents, `--value-coef` times the squared error to the teacher's value.
+- plus, for policy-gradient agents, `--value-coef` times the squared error to the teacher's value
+  (divided by the variance of the teacher's values in the dataset, so returns in the hundreds do
+  not swamp the KL).
 
 The student is the same agent with a smaller network (`ActorCritic` / `QNetwork`, built from its
 own config), so the output folder is an ordinary run of that algo: `config.json` is the student's
@@ -21,8 +24,8 @@ config, the checkpoint holds the agent's tensor names (`model.*` or `q.*`, the t
 observation normalisation copied), and `rlbase eval OUT` plays it. The checkpoint also holds a
 fresh optimiser state and counters, so `rlbase train ALGO --resume OUT` continues it with RL.
 Losses, the teacher-student action agreement (discrete: the share of the same greedy actions;
-Box: the mean absolute gap between the two actions) and the rollout returns are logged to TensorBoard and
-metrics.jsonl; `distill.json` holds the settings and `report.json` the sizes and the evaluation
+Box: the mean absolute gap between the two actions) and the rollout returns are logged to
+TensorBoard and metrics.jsonl; `distill.json` holds the settings and `report.json` the sizes and the evaluation
 of teacher and student on the eval split (same seed, same episodes).
 
 Everything in the loop stays on the device (rollout, labels, dataset, updates); values reach the
@@ -37,7 +40,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym

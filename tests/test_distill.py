@@ -47,8 +47,8 @@ def test_student_size_is_about_the_fraction_asked(backbone, fraction):
     import argparse
 
     import gymnasium as gym
-
     from rlbase.agents import get_agent
+
     from rlbase.distill import student_config
 
     grid, actions = gym.spaces.Box(0, 255, (3, 11, 11), np.uint8), gym.spaces.Discrete(4)
