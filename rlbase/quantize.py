@@ -321,13 +321,18 @@ def _fastest(net: nn.Module, obs: Obs, rounds: int, min_seconds: float) -> float
     return best * 1e6
 
 
-def greedy_policy(net: nn.Module, device: torch.device, epsilon: float = 0.0,
-                  num_actions: int | None = None) -> Callable[[Obs, torch.Generator], torch.Tensor]:
-    """The acting path as an evaluation policy: its actions (argmax / mode), on the CPU, moved to
-    the env's `device`; epsilon-greedy with `epsilon` > 0 (value-based agents, `num_actions`)."""
+def acting_policy(net: nn.Module, device: torch.device, epsilon: float = 0.0, num_actions: int | None = None,
+                  sample: bool = False) -> Callable[[Obs, torch.Generator], torch.Tensor]:
+    """The acting path as an evaluation policy, run on the CPU, its actions moved to the env's
+    `device`: the argmax / mode; epsilon-greedy with `epsilon` > 0 (value-based agents,
+    `num_actions`); with `sample`, an action drawn from the softmax of its logits (categorical
+    policies that evaluate stochastically, as the maze's preset does)."""
     @torch.no_grad()
     def policy(obs: Obs, generator: torch.Generator) -> torch.Tensor:
-        _, actions = net(obs_map(lambda x: x.cpu(), obs))
+        outputs, actions = net(obs_map(lambda x: x.cpu(), obs))
+        if sample:
+            probs = torch.softmax(outputs.to(torch.float32), dim=-1).to(device)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         actions = actions.to(device)
         if epsilon > 0:
             explore = torch.rand(actions.shape, generator=generator, device=device) < epsilon
@@ -336,6 +341,12 @@ def greedy_policy(net: nn.Module, device: torch.device, epsilon: float = 0.0,
         return actions
 
     return policy
+
+
+def samples(agent: Any, net: nn.Module, deterministic: bool) -> bool:
+    """Whether the int8 policy samples: a policy-gradient agent evaluating stochastically with a
+    categorical policy (other policies play their mode)."""
+    return agent.exploration == "sample" and not deterministic and getattr(net, "kind", None) == "categorical"
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,11 +397,13 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
                for name, model in (("fp32", net), ("int8", qnet))}
     epsilon = cfg.eval_epsilon if agent.exploration == "epsilon" else 0.0
     num_actions = int(action_space.n) if epsilon > 0 else None
+    sample = agent.exploration == "sample" and samples(agent, net, cfg.eval_deterministic)
     returns = {}
     for name, model in (("fp32", net), ("int8", qnet)):
         eval_env = make_env(cfg, min(episodes, 8), cpu, training=False)
         try:
-            returns[name] = evaluate_policy(eval_env, greedy_policy(model, cpu, epsilon, num_actions), episodes, seed)
+            returns[name] = evaluate_policy(eval_env, acting_policy(model, cpu, epsilon, num_actions, sample),
+                                            episodes, seed)
         finally:
             eval_env.close()
 
@@ -409,7 +422,8 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
               "int8": {"model_bytes": tensor_bytes(tensors), "linear_weight_bytes": linear_int8,
                        "latency_us": latency["int8"], **_returns(returns["int8"])},
               "parity": parity, "episodes": episodes, "seed": seed, "calibration_steps": calibration_steps,
-              "latency_threads": 1, "policy": "greedy" + (f", epsilon {epsilon}" if epsilon else "")}
+              "latency_threads": 1,
+              "policy": "sampled" if sample else "greedy" + (f", epsilon {epsilon}" if epsilon else "")}
     report["bytes_ratio"] = report["fp32"]["model_bytes"] / report["int8"]["model_bytes"]
     report["return_ratio"] = (report["int8"]["mean_return"] / report["fp32"]["mean_return"]
                               if report["fp32"]["mean_return"] else None)
@@ -433,7 +447,8 @@ def evaluate_quantized(path: str | Path, *, best: bool = False, episodes: int | 
                        num_envs: int | None = None, video_dir: str | Path | None = None, progress: bool | None = None,
                        env_kwargs: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
     """`rlbase eval` of an int8 artifact: the same report as a run's, played on the CPU by the
-    rebuilt int8 acting path (greedy; DQN epsilon-greedy with its eval_epsilon or `epsilon`)."""
+    rebuilt int8 acting path (its mode; DQN epsilon-greedy with its eval_epsilon or `epsilon`; a
+    categorical policy samples when its config or `deterministic=False` says so)."""
     from rlbase.config import make_env
     from rlbase.evaluate import evaluate_policy
     from rlbase.logger import Progress
@@ -445,13 +460,14 @@ def evaluate_quantized(path: str | Path, *, best: bool = False, episodes: int | 
     if agent.exploration == "sample":
         if epsilon is not None:
             raise UsageError(f"--epsilon applies to epsilon-greedy agents (dqn); {agent.name} plays its mode action")
-        if deterministic is False:
-            raise UsageError("an int8 artifact plays the acting path's mode action only (no --no-deterministic)")
+        sample = samples(agent, loaded.net, cfg.eval_deterministic if deterministic is None else deterministic)
+        if deterministic is False and not sample:
+            raise UsageError(f"an int8 {loaded.net.kind} policy plays its mode action only (no --no-deterministic)")
         eps = 0.0
     else:
         if deterministic is not None:
             raise UsageError("--deterministic applies to policy-gradient agents; dqn evaluates epsilon-greedy")
-        eps = cfg.eval_epsilon if epsilon is None else epsilon
+        eps, sample = cfg.eval_epsilon if epsilon is None else epsilon, False
     if env_kwargs:
         cfg = dataclasses.replace(cfg, env_kwargs={**cfg.env_kwargs, **env_kwargs})
     episodes = episodes or cfg.eval_episodes
@@ -463,10 +479,12 @@ def evaluate_quantized(path: str | Path, *, best: bool = False, episodes: int | 
     try:
         num_actions = int(env.single_action_space.n) if eps > 0 else None
         with Progress(episodes, unit="episode", desc="eval", enabled=progress) as bar:
-            report = evaluate_policy(env, greedy_policy(loaded.net, cpu, eps, num_actions), episodes, seed, video, bar)
+            report = evaluate_policy(env, acting_policy(loaded.net, cpu, eps, num_actions, sample), episodes, seed,
+                                     video, bar)
     finally:
         env.close()
-    policy = f"int8 {'epsilon-greedy ' + str(eps) if eps else 'greedy' if agent.exploration == 'epsilon' else 'deterministic'}"
+    policy = ("int8 stochastic" if sample else f"int8 epsilon-greedy {eps}" if eps else
+              "int8 greedy" if agent.exploration == "epsilon" else "int8 deterministic")
     return {"env_id": cfg.env_id, "algo": agent.name, "epsilon": eps if agent.exploration == "epsilon" else None,
             "policy": policy, "seed": seed, "num_episodes": episodes, **report, "checkpoint": str(path),
             "global_step": loaded.scheme.get("source_step"),

@@ -54,6 +54,9 @@ def test_ppo_int8_artifact_plays_as_well_as_fp32(ppo_int8, capsys):
     played = _eval(ppo_int8, capsys, episodes=3)
     assert played["policy"] == "int8 deterministic" and played["num_episodes"] == 3
     assert played["mean_return"] >= 0.95 * report["fp32"]["mean_return"]
+    capsys.readouterr()
+    assert main(["eval", str(ppo_int8), "--episodes", "2", "--no-deterministic", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["policy"] == "int8 stochastic"  # sampled from the int8 logits
 
 
 def test_artifact_holds_int8_tensors_and_no_pickle(ppo_int8):
@@ -109,6 +112,8 @@ def test_normalised_gaussian_policy_quantizes(tmp_path, capsys):
     assert report["parity"]["max_action_diff"] < 0.5 and "action_agreement" not in report["parity"]
     played = _eval(out, capsys, episodes=2)
     assert played["mean_length"] == 200 and played["mean_return"] < 0
+    assert main(["eval", str(out), "--no-deterministic"]) == 2  # a Gaussian int8 policy plays its mean
+    _one_error_line(capsys)
 
 
 def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
