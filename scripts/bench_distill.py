@@ -77,7 +77,7 @@ def bench() -> None:
         student = rows[0]["student"]
         print(f"| 1/{1 / fraction:g} | {','.join(map(str, student['hidden_sizes']))} | "
               f"{student['acting_parameters']:,} ({rows[0]['parameter_ratio']:.1f}x fewer) | "
-              f"{student['acting_bytes']:,} | {', '.join(f'{r:.1f}' for r in returns)} | {mean:.1f} | "
+              f"{student['acting_bytes']:,} | {', '.join(f'{r:.4g}' for r in returns)} | {mean:.4g} | "
               f"{f'{100 * mean / teacher_return:.0f}%' if teacher_return > 0 else f'{mean - teacher_return:+.1f}'} | "
               f"{statistics.fmean(r['train_seconds'] for r in rows):.1f} |")
     if args.json:
