@@ -236,8 +236,9 @@ def prune(path: str | Path, *, sparsity: float, steps: int | None = None, schedu
               "prune_steps": callback.prune_steps, "policy_weights": total, "policy_weights_zero": zeros,
               "sparsity_reached": zeros / total, "dense": reports["dense"], "pruned": reports["pruned"],
               "episodes": episodes or dense.config.eval_episodes, "seed": seed}
+    # a ratio of negative returns (Pendulum) would read backwards: none then
     report["return_ratio"] = (reports["pruned"]["mean_return"] / reports["dense"]["mean_return"]
-                              if reports["dense"]["mean_return"] else None)
+                              if reports["dense"]["mean_return"] > 0 else None)
     write_report(folder, report)
     return report
 

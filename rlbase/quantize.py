@@ -425,8 +425,9 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
               "latency_threads": 1,
               "policy": "sampled" if sample else "greedy" + (f", epsilon {epsilon}" if epsilon else "")}
     report["bytes_ratio"] = report["fp32"]["model_bytes"] / report["int8"]["model_bytes"]
+    # a ratio of negative returns (Pendulum) would read backwards: none then
     report["return_ratio"] = (report["int8"]["mean_return"] / report["fp32"]["mean_return"]
-                              if report["fp32"]["mean_return"] else None)
+                              if report["fp32"]["mean_return"] > 0 else None)
     try:
         atomic_write_text(folder / CONFIG_FILE, json.dumps({"algo": agent.name, "config": dataclasses.asdict(cfg)},
                                                            indent=2, sort_keys=True))
