@@ -30,6 +30,10 @@ of teacher and student on the eval split (same seed, same episodes).
 
 Everything in the loop stays on the device (rollout, labels, dataset, updates); values reach the
 host at log intervals only.
+
+This module is the command: its flags and their checks, the settings, the output run directory
+(checkpoint, distill.json, report.json). The student's size and network are chosen in
+`rlbase.distill_student`; the loss and the DAgger loop are in `rlbase.distill_dagger`.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ from typing import Any
 
 import gymnasium as gym
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from rlbase.distill_dagger import PolicyView, distill
+from rlbase.distill_student import acting_tensors, build_network, student_config
 from rlbase.errors import RlbaseError, UsageError
 
 DISTILL_FILE = "distill.json"
@@ -156,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Settings and the student's architecture
+# Settings
 # --------------------------------------------------------------------------------------------
 def check_arguments(args: argparse.Namespace) -> None:
     """A UsageError naming the flag of any bad value (before anything is read or written)."""
@@ -185,129 +190,6 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"invalid --{flag.replace('_', '-')}: must be positive, got {value}")
 
 
-def build_network(algo: str, cfg: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> nn.Module:
-    """The agent's own network for `cfg` (freshly initialised): `ActorCritic` or `QNetwork`."""
-    from rlbase import transfer
-
-    backbone = transfer.parse(cfg, observation_space, with_weights=False)
-    if algo == "dqn":
-        from rlbase.agents.dqn import build_q_network
-
-        return build_q_network(backbone, observation_space, action_space, cfg.dueling)
-    from rlbase.agents.pg import ActorCritic, make_distribution
-
-    return ActorCritic(cfg, backbone, observation_space, make_distribution(action_space, cfg.action_bounds))
-
-
-def acting_tensors(algo: str, network: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters the greedy acting path uses (what a deployed policy holds): the whole
-    Q-network, or the actor's backbone, policy head and log-std (not the critic)."""
-    if algo == "dqn":
-        return dict(network.named_parameters())
-    return {name: p for name, p in network.named_parameters()
-            if name.startswith(("actor_backbone.", "policy_head.")) or name == "log_std"}
-
-
-def acting_parameters(algo: str, cfg: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> int:
-    with torch.random.fork_rng():  # building draws initial weights: leave the global RNG alone
-        network = build_network(algo, cfg, observation_space, action_space)
-    return sum(p.numel() for p in acting_tensors(algo, network).values())
-
-
-def student_config(algo: str, teacher_cfg: Any, args: argparse.Namespace, observation_space: gym.spaces.Space,
-                   action_space: gym.spaces.Space) -> tuple[Any, int, int]:
-    """(the student's config, its acting parameters, the teacher's): the teacher's config with a
-    smaller network and no pretrained weights (the student's weights are its checkpoint's)."""
-    from rlbase import transfer
-
-    teacher_size = acting_parameters(algo, teacher_cfg, observation_space, action_space)
-    base = dataclasses.replace(teacher_cfg, backbone_weights="", freeze_backbone=False, backbone_lr_scale=1.0,
-                               seed=args.seed)
-    if args.backbone is not None:
-        base = dataclasses.replace(base, backbone=args.backbone)
-        try:
-            spec = transfer.parse(base, observation_space, with_weights=False)
-        except UsageError as exc:
-            raise UsageError(f"invalid --backbone: {exc}") from None
-        base = dataclasses.replace(base, backbone=spec.name)
-
-    def size(cfg: Any) -> int:
-        return acting_parameters(algo, cfg, observation_space, action_space)
-
-    if args.hidden_sizes is not None:
-        cfg = dataclasses.replace(base, hidden_sizes=tuple(args.hidden_sizes))
-        return cfg, size(cfg), teacher_size
-    fraction = args.width_fraction if args.width_fraction is not None else 0.25
-    target = fraction * teacher_size
-    fitted = _fit_widths(algo, base, tuple(teacher_cfg.hidden_sizes) or (64,), target, observation_space,
-                         action_space)
-    if fitted is not None:  # the backbone has mlp layers
-        return (*fitted, teacher_size)
-    if args.backbone is not None or isinstance(observation_space, gym.spaces.Dict):
-        if args.backbone is None:
-            key = next(iter(observation_space.spaces))
-            raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale; choose the "
-                             f"student's with --backbone KEY=NAME,... (e.g. {key}=mlp: its widths are then fitted "
-                             "to --width-fraction)")
-        return base, acting_parameters(algo, base, observation_space, action_space), teacher_size
-    return (*_smaller_backbone(algo, base, teacher_cfg, target, teacher_size, observation_space, action_space),
-            teacher_size)
-
-
-def _fit_widths(algo: str, base: Any, widths: tuple[int, ...], target: float, observation_space: gym.spaces.Space,
-                action_space: gym.spaces.Space) -> tuple[Any, int] | None:
-    """(`base` with `widths` scaled so the acting parameters come closest to `target`, that count),
-    or None when the hidden sizes do not change the network (a backbone without mlp layers)."""
-    first = widths[0]
-
-    def scaled(width: int) -> Any:
-        return dataclasses.replace(base, hidden_sizes=tuple(max(1, round(w * width / first)) for w in widths))
-
-    def size(width: int) -> int:
-        return acting_parameters(algo, scaled(width), observation_space, action_space)
-
-    if size(1) == size(first):
-        return None
-    low, high = 1, max(first, 1)
-    while size(high) < target and high < 1 << 16:  # a target above the widths given (a CNN teacher's size)
-        high *= 2
-    while low < high:  # the smallest width whose size reaches the target
-        mid = (low + high) // 2
-        low, high = (mid + 1, high) if size(mid) < target else (low, mid)
-    best = min({max(1, low - 1), low}, key=lambda w: abs(math.log(size(w) / target)))
-    return scaled(best), size(best)
-
-
-def _smaller_backbone(algo: str, base: Any, teacher_cfg: Any, target: float, teacher_size: int,
-                      observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> tuple[Any, int]:
-    """A fixed-size backbone (a CNN) has no width to scale: the registered convolutional backbone for
-    the space whose student is closest to `target` parameters among those smaller than the teacher,
-    else an mlp with widths fitted to `target`."""
-    from rlbase.backbones import BACKBONES
-
-    candidates = []
-    for name, (_, accepts, _) in BACKBONES.items():
-        if name in (teacher_cfg.backbone, "mlp") or not accepts(observation_space):
-            continue
-        cfg = dataclasses.replace(base, backbone=name)
-        try:
-            count = acting_parameters(algo, cfg, observation_space, action_space)
-        except (UsageError, RuntimeError, ValueError):
-            continue
-        if count < teacher_size:
-            candidates.append((abs(math.log(count / target)), name, cfg, count))
-    if candidates:
-        _, _, cfg, count = min(candidates, key=lambda c: c[:2])
-        return cfg, count
-    if BACKBONES["mlp"][1](observation_space):
-        fitted = _fit_widths(algo, dataclasses.replace(base, backbone="mlp"), tuple(base.hidden_sizes) or (64, 64),
-                             target, observation_space, action_space)
-        if fitted is not None and fitted[1] < teacher_size:
-            return fitted
-    raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale and no smaller "
-                     "registered backbone takes its observations; choose one with --backbone")
-
-
 def settings_from(args: argparse.Namespace, algo: str, teacher_cfg: Any, observation_space: gym.spaces.Space,
                   num_envs: int) -> DistillSettings:
     from rlbase.obs import space_dtype
@@ -327,187 +209,6 @@ def settings_from(args: argparse.Namespace, algo: str, teacher_cfg: Any, observa
         max_grad_norm=args.max_grad_norm, seed=args.seed,
         eval_episodes=args.eval_episodes or teacher_cfg.eval_episodes,
         log_interval=args.log_interval or max(1, args.steps // 50))
-
-
-# --------------------------------------------------------------------------------------------
-# The loss
-# --------------------------------------------------------------------------------------------
-def discrete_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
-                sizes: list[int] | None = None) -> torch.Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)) per state, summed over the components of a
-    MultiDiscrete action (`sizes`: the logits of each). (B, n) -> (B,)."""
-    parts = zip(student.split(sizes, -1), teacher.split(sizes, -1)) if sizes else [(student, teacher)]
-    total = torch.zeros(student.shape[0], device=student.device)
-    for s, t in parts:
-        log_t = F.log_softmax(t / temperature, dim=-1)
-        total = total + (log_t.exp() * (log_t - F.log_softmax(s / temperature, dim=-1))).sum(-1)
-    return total
-
-
-def gaussian_kl(student_mean: torch.Tensor, student_log_std: torch.Tensor, teacher_mean: torch.Tensor,
-                teacher_log_std: torch.Tensor) -> torch.Tensor:
-    """KL(N(teacher) || N(student)) of diagonal Gaussians per state, summed over action dims. (B, A) -> (B,)."""
-    variance_ratio = torch.exp(2 * (teacher_log_std - student_log_std))
-    mean_term = (teacher_mean - student_mean).pow(2) * torch.exp(-2 * student_log_std)
-    return (student_log_std - teacher_log_std + 0.5 * (variance_ratio + mean_term - 1)).sum(-1)
-
-
-class PolicyView:
-    """One interface over a Q-network and an actor-critic: `outputs(x)` (Q-values, logits or the
-    Gaussian mean; x already preprocessed), `value(x)`, `mode(outputs)` and `loss`."""
-
-    def __init__(self, algo: str, network: nn.Module, action_space: gym.spaces.Space, action_bounds: str):
-        from rlbase.agents.pg import DiagGaussian, MultiCategorical, make_distribution
-
-        self.network, self.action_space = network, action_space
-        self.is_q = algo == "dqn"
-        self.dist = None if self.is_q else make_distribution(action_space, action_bounds)
-        self.gaussian = isinstance(self.dist, DiagGaussian)
-        self.sizes = self.dist.sizes if isinstance(self.dist, MultiCategorical) else None
-
-    def outputs(self, x: Any) -> torch.Tensor:
-        if self.is_q:
-            return self.network(x)
-        return self.network.policy_head(self.network.actor_backbone(x))
-
-    def value(self, x: Any) -> torch.Tensor:
-        return self.network.value(x)
-
-    def mode(self, outputs: torch.Tensor) -> torch.Tensor:
-        if self.is_q:
-            return outputs.argmax(-1)
-        return self.dist.mode(torch.cat([outputs, outputs], -1) if self.gaussian else outputs)
-
-    def env_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        if self.is_q:
-            return actions
-        from rlbase.agents.pg import env_actions
-
-        return env_actions(self.dist, actions, self.action_space)
-
-    def log_std(self) -> torch.Tensor:
-        return self.network.log_std
-
-    def policy_loss(self, outputs: torch.Tensor, teacher: torch.Tensor, teacher_log_std: torch.Tensor | None,
-                    temperature: float) -> torch.Tensor:
-        if self.gaussian:
-            log_std = self.log_std().expand_as(outputs)
-            return gaussian_kl(outputs, log_std, teacher, teacher_log_std.expand_as(teacher)).mean()
-        return discrete_kl(outputs, teacher, temperature, self.sizes).mean()
-
-
-# --------------------------------------------------------------------------------------------
-# The DAgger loop
-# --------------------------------------------------------------------------------------------
-def distill(algo: str, teacher: PolicyView, student: PolicyView, preprocess: Any, env: Any,
-            settings: DistillSettings, logger: Any) -> dict[str, Any]:
-    """Fit `student` to `teacher` on the states of the student's own rollouts on `env` (see the
-    module docstring). `preprocess(obs)`: the agent's frozen observation preprocessing.
-    Returns the episode statistics of the rollouts and the last logged losses."""
-    from rlbase.obs import allocate, assign, take
-    from rlbase.optim import gradient_step, make_adam
-    from rlbase.stats import DeviceMean, RecentEpisodes
-
-    device, num_envs = env.device, env.num_envs
-    capacity = settings.buffer_size
-    obs, _ = env.reset(seed=settings.seed)
-    sample = preprocess(obs)  # stored as the networks take it (normalised observations: float32)
-    states = allocate(env.single_observation_space, (capacity,), device,
-                      sample.dtype if torch.is_tensor(sample) else None)
-    with torch.no_grad():
-        num_outputs = teacher.outputs(sample).shape[-1]
-    labels = torch.zeros(capacity, num_outputs, device=device)
-    values = torch.zeros(capacity, device=device)
-    use_value = settings.value_coef > 0 and not student.is_q
-    teacher_log_std = teacher.log_std().detach() if teacher.gaussian else None
-
-    optimizer = make_adam(list(student.network.parameters()), settings.learning_rate, 1e-5)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.seed)
-    episodes = RecentEpisodes(100, device, num_envs)
-    losses = {name: DeviceMean(device) for name in ("distill/loss", "distill/policy_kl", "distill/value_loss")}
-    agreement = DeviceMean(device)
-    per_round = num_envs * settings.rollout_steps
-    rounds = max(1, math.ceil(settings.steps / per_round))
-    updates = max(1, round(settings.epochs * per_round / settings.batch_size))
-    decay_steps = settings.beta_decay * rounds * per_round
-    global_step, filled, cursor, next_log = 0, 0, 0, settings.log_interval
-    last: dict[str, float] = {}
-
-    for _ in range(rounds):
-        beta = max(0.0, 1.0 - global_step / decay_steps) if decay_steps > 0 else 0.0
-        # ---- roll out the student (the teacher acts with probability beta), label every state --
-        student.network.eval()
-        with torch.no_grad():
-            for _ in range(settings.rollout_steps):
-                x = preprocess(obs)
-                teacher_out = teacher.outputs(x)
-                teacher_actions = teacher.mode(teacher_out)
-                student_actions = student.mode(student.outputs(x))
-                if student.gaussian:  # how far apart the two agents' actions are, in the env's units
-                    gap = student.env_actions(student_actions) - student.env_actions(teacher_actions)
-                    agreement.add(gap.abs().mean() * num_envs, num_envs)
-                else:  # the share of states where both pick the same action
-                    agreement.add((student_actions == teacher_actions).reshape(num_envs, -1).all(-1).sum(), num_envs)
-                actions = student_actions
-                if beta > 0:
-                    teacher_acts = torch.rand(num_envs, device=device, generator=generator) < beta
-                    actions = torch.where(teacher_acts.reshape(-1, *[1] * (actions.dim() - 1)), teacher_actions,
-                                          student_actions)
-                rows = slice(cursor, cursor + num_envs)
-                assign(states, rows, x)
-                labels[rows] = teacher_out
-                if use_value:
-                    values[rows] = teacher.value(x)
-                cursor = (cursor + num_envs) % capacity
-                filled = min(capacity, filled + num_envs)
-                obs, _, terminated, truncated, info = env.step(student.env_actions(actions))
-                episodes.add(info["episode_return"], info["episode_length"], terminated | truncated)
-        global_step += per_round
-
-        # ---- fit the student to the aggregated dataset -----------------------------------------
-        student.network.train()
-        # The value loss is relative to the spread of the teacher's values (returns of hundreds
-        # would otherwise swamp the KL in the shared gradient clip).
-        value_scale = values[:filled].var().clamp(min=1e-6).reciprocal() if use_value else None
-        if use_value and global_step == per_round:
-            # Adam moves a bias by about the learning rate per step: start the value head at the
-            # teacher's mean value (returns in the hundreds), not at 0.
-            with torch.no_grad():
-                student.network.value_head.bias.fill_(values[:filled].mean())
-        for _ in range(updates):
-            index = torch.randint(filled, (settings.batch_size,), device=device, generator=generator)
-            batch = take(states, index)
-            policy_loss = student.policy_loss(student.outputs(batch), labels[index], teacher_log_std,
-                                              settings.temperature)
-            loss = policy_loss
-            losses["distill/policy_kl"].add(policy_loss)
-            if use_value:
-                value_loss = F.mse_loss(student.value(batch), values[index]) * value_scale
-                loss = loss + settings.value_coef * value_loss
-                losses["distill/value_loss"].add(value_loss)
-            losses["distill/loss"].add(loss)
-            gradient_step(optimizer, loss, settings.max_grad_norm)
-
-        if global_step >= next_log or global_step >= rounds * per_round:
-            next_log = (global_step // settings.log_interval + 1) * settings.log_interval
-            scalars = {name: mean.read() for name, mean in losses.items()}
-            scalars["distill/action_gap" if student.gaussian else "distill/action_agreement"] = agreement.read()
-            scalars["distill/beta"] = beta
-            summary = episodes.summary()
-            if summary["episodes"]:
-                scalars["rollout/ep_rew_mean"] = summary["ep_rew_mean"]
-                scalars["rollout/ep_len_mean"] = summary["ep_len_mean"]
-            last = {k: v for k, v in scalars.items() if v is not None}
-            bad = [k for k, v in last.items() if not math.isfinite(v)]
-            if bad:
-                raise RlbaseError(f"distillation stopped at step {global_step:,}: {bad[0]} is not finite "
-                                  "(lower --learning-rate or --temperature)")
-            if logger is not None:
-                logger.log(global_step, last)
-    summary = episodes.summary()
-    return {"global_step": global_step, "episodes": summary["episodes"], "ep_rew_mean": summary.get("ep_rew_mean"),
-            "last_logged": last, "updates": rounds * updates}
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlbase.cli import main
-from rlbase.distill import discrete_kl, gaussian_kl
+from rlbase.distill_dagger import discrete_kl, gaussian_kl
 
 
 def test_discrete_kl_matches_torch_distributions():

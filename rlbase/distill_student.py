@@ -1,0 +1,149 @@
+"""The student's network for `rlbase distill`: which one, and how big.
+
+The student is the teacher's agent with a smaller network, built from its own config (the
+teacher's with other widths or another backbone, and no pretrained weights). Its size is counted
+in acting parameters, what the greedy acting path uses (a deployed policy): the whole Q-network, or
+the actor's backbone, policy head and log-std (not the critic). The choice:
+- `--hidden-sizes`: those mlp widths;
+- else the teacher's widths scaled by one factor, found by bisection, so the acting parameters come
+  closest to `--width-fraction` of the teacher's;
+- a fixed-size backbone (a CNN) has no width to scale: the registered backbone for the observation
+  space whose student is closest to the target among those smaller than the teacher, else an mlp
+  with fitted widths; a Dict teacher without widths needs a per-key `--backbone`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from rlbase.errors import UsageError
+
+
+def build_network(algo: str, cfg: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> nn.Module:
+    """The agent's own network for `cfg` (freshly initialised): `ActorCritic` or `QNetwork`."""
+    from rlbase import transfer
+
+    backbone = transfer.parse(cfg, observation_space, with_weights=False)
+    if algo == "dqn":
+        from rlbase.agents.dqn import build_q_network
+
+        return build_q_network(backbone, observation_space, action_space, cfg.dueling)
+    from rlbase.agents.pg import ActorCritic, make_distribution
+
+    return ActorCritic(cfg, backbone, observation_space, make_distribution(action_space, cfg.action_bounds))
+
+
+def acting_tensors(algo: str, network: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the greedy acting path uses (what a deployed policy holds): the whole
+    Q-network, or the actor's backbone, policy head and log-std (not the critic)."""
+    if algo == "dqn":
+        return dict(network.named_parameters())
+    return {name: p for name, p in network.named_parameters()
+            if name.startswith(("actor_backbone.", "policy_head.")) or name == "log_std"}
+
+
+def acting_parameters(algo: str, cfg: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> int:
+    with torch.random.fork_rng():  # building draws initial weights: leave the global RNG alone
+        network = build_network(algo, cfg, observation_space, action_space)
+    return sum(p.numel() for p in acting_tensors(algo, network).values())
+
+
+def student_config(algo: str, teacher_cfg: Any, args: argparse.Namespace, observation_space: gym.spaces.Space,
+                   action_space: gym.spaces.Space) -> tuple[Any, int, int]:
+    """(the student's config, its acting parameters, the teacher's): the teacher's config with a
+    smaller network and no pretrained weights (the student's weights are its checkpoint's)."""
+    from rlbase import transfer
+
+    teacher_size = acting_parameters(algo, teacher_cfg, observation_space, action_space)
+    base = dataclasses.replace(teacher_cfg, backbone_weights="", freeze_backbone=False, backbone_lr_scale=1.0,
+                               seed=args.seed)
+    if args.backbone is not None:
+        base = dataclasses.replace(base, backbone=args.backbone)
+        try:
+            spec = transfer.parse(base, observation_space, with_weights=False)
+        except UsageError as exc:
+            raise UsageError(f"invalid --backbone: {exc}") from None
+        base = dataclasses.replace(base, backbone=spec.name)
+
+    def size(cfg: Any) -> int:
+        return acting_parameters(algo, cfg, observation_space, action_space)
+
+    if args.hidden_sizes is not None:
+        cfg = dataclasses.replace(base, hidden_sizes=tuple(args.hidden_sizes))
+        return cfg, size(cfg), teacher_size
+    fraction = args.width_fraction if args.width_fraction is not None else 0.25
+    target = fraction * teacher_size
+    fitted = _fit_widths(algo, base, tuple(teacher_cfg.hidden_sizes) or (64,), target, observation_space,
+                         action_space)
+    if fitted is not None:  # the backbone has mlp layers
+        return (*fitted, teacher_size)
+    if args.backbone is not None or isinstance(observation_space, gym.spaces.Dict):
+        if args.backbone is None:
+            key = next(iter(observation_space.spaces))
+            raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale; choose the "
+                             f"student's with --backbone KEY=NAME,... (e.g. {key}=mlp: its widths are then fitted "
+                             "to --width-fraction)")
+        return base, acting_parameters(algo, base, observation_space, action_space), teacher_size
+    return (*_smaller_backbone(algo, base, teacher_cfg, target, teacher_size, observation_space, action_space),
+            teacher_size)
+
+
+def _fit_widths(algo: str, base: Any, widths: tuple[int, ...], target: float, observation_space: gym.spaces.Space,
+                action_space: gym.spaces.Space) -> tuple[Any, int] | None:
+    """(`base` with `widths` scaled so the acting parameters come closest to `target`, that count),
+    or None when the hidden sizes do not change the network (a backbone without mlp layers)."""
+    first = widths[0]
+
+    def scaled(width: int) -> Any:
+        return dataclasses.replace(base, hidden_sizes=tuple(max(1, round(w * width / first)) for w in widths))
+
+    def size(width: int) -> int:
+        return acting_parameters(algo, scaled(width), observation_space, action_space)
+
+    if size(1) == size(first):
+        return None
+    low, high = 1, max(first, 1)
+    while size(high) < target and high < 1 << 16:  # a target above the widths given (a CNN teacher's size)
+        high *= 2
+    while low < high:  # the smallest width whose size reaches the target
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if size(mid) < target else (low, mid)
+    best = min({max(1, low - 1), low}, key=lambda w: abs(math.log(size(w) / target)))
+    return scaled(best), size(best)
+
+
+def _smaller_backbone(algo: str, base: Any, teacher_cfg: Any, target: float, teacher_size: int,
+                      observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> tuple[Any, int]:
+    """A fixed-size backbone (a CNN) has no width to scale: the registered convolutional backbone for
+    the space whose student is closest to `target` parameters among those smaller than the teacher,
+    else an mlp with widths fitted to `target`."""
+    from rlbase.backbones import BACKBONES
+
+    candidates = []
+    for name, (_, accepts, _) in BACKBONES.items():
+        if name in (teacher_cfg.backbone, "mlp") or not accepts(observation_space):
+            continue
+        cfg = dataclasses.replace(base, backbone=name)
+        try:
+            count = acting_parameters(algo, cfg, observation_space, action_space)
+        except (UsageError, RuntimeError, ValueError):
+            continue
+        if count < teacher_size:
+            candidates.append((abs(math.log(count / target)), name, cfg, count))
+    if candidates:
+        _, _, cfg, count = min(candidates, key=lambda c: c[:2])
+        return cfg, count
+    if BACKBONES["mlp"][1](observation_space):
+        fitted = _fit_widths(algo, dataclasses.replace(base, backbone="mlp"), tuple(base.hidden_sizes) or (64, 64),
+                             target, observation_space, action_space)
+        if fitted is not None and fitted[1] < teacher_size:
+            return fitted
+    raise UsageError(f"the teacher's backbone {teacher_cfg.backbone} has no width to scale and no smaller "
+                     "registered backbone takes its observations; choose one with --backbone")
