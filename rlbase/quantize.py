@@ -9,25 +9,32 @@ What is quantized, and why this way (torch 2.13, CPU):
   on CPU, but its eager tensor-subclass path measured 25x slower than fp32 at batch 1 and 2x
   slower at batch 256 on a 4-256-256-2 MLP here (fbgemm's dynamic Linear: 2.3x slower at batch 1,
   1.3x faster at batch 256), and importing it costs 2.5 s plus failed CUDA-library messages.
-- Convolutions stay fp32: static int8 convolutions need observers, calibration and an exported
-  graph (PT2E) whose quantized form cannot be stored without pickling and rebuilt from plain
-  tensors in the time this command was given; they are listed under `fp32_layers`.
+- Conv2d layers: static int8 quantization, eager mode: each convolution wrapped in a `QuantWrapper`
+  (quantize its input, int8 convolution, dequantize its output) with the x86 qconfig (per-channel
+  int8 weights, uint8 activations), calibrated on the env states the fp32 policy visits
+  (`--calibration-steps` x 16 envs). Per layer rather than one graph (FX/PT2E): rlbase's backbones
+  are not FX-traceable as they are (dtype branches, convolutions interleaved with FiLM).
+- Everything else (embeddings, norms, torch's Transformer layers, whose fast path reads
+  `linear.weight` as a tensor) stays fp32 and is listed under `fp32_layers`.
 
 The artifact (a folder; nothing in it is a pickle):
 
     config.json          the source's algo and config (as a run directory's)
-    model.safetensors    the acting path's fp32 tensors (biases, convolutions, normalisation) and, for
-                         each quantized Linear N, N.weight.int8 (int8), N.weight.scale (float64, [1])
-                         and N.weight.zero_point (int64, [1])
+    model.safetensors    the acting path's fp32 tensors (biases, normalisation, ...); for each
+                         quantized Linear N: N.weight.int8 (int8), N.weight.scale (float64, [1]),
+                         N.weight.zero_point (int64, [1]); for each static convolution C:
+                         C.weight.int8, C.weight.scales / C.weight.zero_points (per output channel),
+                         C.input.scale / C.input.zero_point and C.output.scale / C.output.zero_point
     quantization.json    the scheme, the quantized and fp32 layers, the source checkpoint, and the
                          shapes of the source's tensors (to build the network's skeleton on load)
     report.json          fp32 vs int8 bytes, CPU latency at batch 1 and 256, output parity on env
                          states, and the evaluation return of both
 
 Packed int8 modules are not safetensors-able, so `load_quantized` rebuilds them: the agent's
-`acting_net` from a skeleton of the source's tensor shapes, the fp32 tensors loaded into it, each
-quantized Linear swapped for a `DynamicQuantizedLinear` holding the stored int8 weight.
-`rlbase eval ARTIFACT` plays it through `evaluate_quantized` (on the CPU, greedy).
+`acting_net` from a skeleton of the source's tensor shapes, the fp32 tensors loaded into it, the
+same quantization applied, and the stored int8 weights and scales set into the quantized modules
+(`quantize` checks that the rebuilt network computes exactly what it measured).
+`rlbase eval ARTIFACT` plays it through `evaluate_quantized` (on the CPU).
 
 Dynamic quantization scales activations per batch, so an int8 network's output for one
 observation depends slightly on the rest of the batch it is in.
@@ -61,8 +68,9 @@ LATENCY_BATCHES = (1, 256)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `rlbase quantize`."""
-    parser.description = ("int8 dynamic quantization of the Linear layers of a trained agent's acting path "
-                          "(torch.ao.quantization, fbgemm/x86 kernels; convolutions stay fp32). Writes a folder "
+    parser.description = ("int8 quantization of a trained agent's acting path with torch.ao.quantization (x86 "
+                          "kernels): Linear layers dynamic, convolutions static (calibrated on env states). "
+                          "Writes a folder "
                           "with safetensors + JSON and a report (bytes, CPU latency, return of fp32 and int8) "
                           "that `rlbase eval` plays.")
     parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model file")
@@ -70,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the artifact folder (default: a new folder <run>-quantize beside the run)")
     parser.add_argument("--best", action="store_true", help="quantize the run's best checkpoint instead of its newest")
     parser.add_argument("--calibration-steps", type=int, default=64, metavar="N",
-                        help="env steps (over 16 envs) whose states measure output parity and latency (default: 64)")
+                        help="env steps (over 16 envs) whose states calibrate the convolutions' activation scales and "
+                             "measure parity and latency (default: 64)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="episodes to evaluate fp32 and int8 on (default: the config's eval_episodes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration and evaluation episodes")
@@ -86,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     report = quantize(args.path, out=args.out, best=args.best, calibration_steps=args.calibration_steps,
                       episodes=args.episodes, seed=args.seed)
     fp32, int8 = report["fp32"], report["int8"]
-    print(f"rlbase: int8 artifact in {report['out']}: {len(report['quantized_layers'])} Linear layers int8, "
+    print(f"rlbase: int8 artifact in {report['out']}: {len(report['quantized_layers'])} Linear layers int8 (dynamic), "
+          f"{len(report['static_conv_layers'])} convolutions int8 (static), "
           f"{fp32['model_bytes']:,} -> {int8['model_bytes']:,} bytes ({report['bytes_ratio']:.2f}x smaller)")
     parity = report["parity"]
     agreement = (f"greedy actions agree on {parity['action_agreement']:.1%}" if "action_agreement" in parity else
@@ -125,63 +135,130 @@ def quantizable_linears(net: nn.Module) -> list[str]:
     return [name for name, module in net.named_modules() if type(module) is nn.Linear and name not in inside]
 
 
-def quantize_net(net: nn.Module) -> tuple[nn.Module, list[str]]:
-    """A copy of `net` with its Linear layers (`quantizable_linears`) dynamically quantized to int8,
-    and their module names."""
-    quantize_dynamic, DynamicLinear = _dynamic_linear_types()
-    from torch.ao.quantization import default_dynamic_qconfig
+def static_convs(net: nn.Module) -> list[str]:
+    """Names of the Conv2d layers of `net` that static int8 quantization takes."""
+    inside = {f"{name}.{sub}" if name else sub for name, module in net.named_modules()
+              if isinstance(module, FP32_CONTAINERS) for sub, _ in module.named_modules() if sub}
+    return [name for name, module in net.named_modules() if type(module) is nn.Conv2d and name not in inside]
 
+
+def quantize_net(net: nn.Module, calibration: Obs | None = None,
+                 convs: list[str] | None = None) -> tuple[nn.Module, list[str], list[str]]:
+    """A copy of `net` with its Linear layers (`quantizable_linears`) dynamically quantized to int8
+    and its Conv2d layers `convs` (default: `static_convs`) statically quantized, each wrapped in a
+    `QuantWrapper` (quantize its input, int8 convolution, dequantize its output; x86 qconfig:
+    per-channel int8 weights, uint8 activations) whose activation scales come from running
+    `calibration` through the network (none: placeholders, for a rebuild that sets them).
+    Returns the network and the names of its dynamic Linear and static Conv2d layers."""
+    quantize_dynamic, DynamicLinear = _dynamic_linear_types()
+    from torch.ao.quantization import QuantWrapper, convert, default_dynamic_qconfig, get_default_qconfig, prepare
+
+    convs = static_convs(net) if convs is None else convs
     names = quantizable_linears(net)
+    qnet = copy.deepcopy(net)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices of torch.ao and quantized tensor creation
-        qnet = quantize_dynamic(copy.deepcopy(net), {name: default_dynamic_qconfig for name in names},
-                                dtype=torch.qint8)
+        for name in convs:
+            wrapper = QuantWrapper(qnet.get_submodule(name))
+            wrapper.qconfig = get_default_qconfig("x86")
+            prepare(wrapper, inplace=True)
+            qnet.set_submodule(name, wrapper)
+        if convs and calibration is not None:
+            with torch.no_grad():
+                for start in range(0, batch_size(calibration), 256):
+                    qnet(take(calibration, slice(start, start + 256)))
+        for name in convs:
+            convert(qnet.get_submodule(name), inplace=True)
+        qnet = quantize_dynamic(qnet, {name: default_dynamic_qconfig for name in names}, dtype=torch.qint8)
     layers = [name for name, module in qnet.named_modules() if isinstance(module, DynamicLinear)]
-    return qnet.eval(), layers
+    return qnet.eval(), layers, convs
 
 
-def artifact_tensors(net: nn.Module, qnet: nn.Module, layers: list[str]) -> dict[str, torch.Tensor]:
+def artifact_tensors(net: nn.Module, qnet: nn.Module, layers: list[str], convs: list[str]) -> dict[str, torch.Tensor]:
     """What model.safetensors holds: `net`'s fp32 state less the quantized weights, plus each
-    quantized weight's int8 values, scale and zero point."""
-    quantized = {f"{name}.weight" for name in layers}
+    quantized Linear weight's int8 values, scale and zero point, and each static convolution's int8
+    weight with per-channel scales and zero points and its input and output scale and zero point."""
+    quantized = {f"{name}.weight" for name in layers + convs}
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if k not in quantized}
     for name in layers:
         weight = qnet.get_submodule(name).weight()  # a per-tensor affine qint8 tensor
         tensors[f"{name}.weight.int8"] = weight.int_repr().contiguous()
         tensors[f"{name}.weight.scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
         tensors[f"{name}.weight.zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
+    for name in convs:
+        wrapper = qnet.get_submodule(name)
+        weight = wrapper.module.weight()  # per-channel affine qint8, axis 0
+        tensors[f"{name}.weight.int8"] = weight.int_repr().contiguous()
+        tensors[f"{name}.weight.scales"] = weight.q_per_channel_scales().to(torch.float64).contiguous()
+        tensors[f"{name}.weight.zero_points"] = weight.q_per_channel_zero_points().to(torch.int64).contiguous()
+        tensors[f"{name}.input.scale"] = wrapper.quant.scale.detach().to(torch.float64).reshape(1).clone()
+        tensors[f"{name}.input.zero_point"] = wrapper.quant.zero_point.detach().to(torch.int64).reshape(1).clone()
+        tensors[f"{name}.output.scale"] = torch.tensor([wrapper.module.scale], dtype=torch.float64)
+        tensors[f"{name}.output.zero_point"] = torch.tensor([wrapper.module.zero_point], dtype=torch.int64)
     return tensors
 
 
-def fp32_layers(net: nn.Module, layers: list[str]) -> list[str]:
-    """Modules with weights of their own that stay fp32 (convolutions, embeddings, norms)."""
+def fp32_layers(net: nn.Module, quantized: list[str]) -> list[str]:
+    """Modules with weights of their own that stay fp32 (embeddings, norms, Transformer layers)."""
     return [name for name, module in net.named_modules()
-            if name and name not in layers and any(True for _ in module.parameters(recurse=False))]
+            if name and name not in quantized and any(True for _ in module.parameters(recurse=False))]
+
+
+CONV_PARTS = ("weight.int8", "weight.scales", "weight.zero_points", "input.scale", "input.zero_point", "output.scale",
+              "output.zero_point")
+
+
+def _qparams(tensors: dict[str, torch.Tensor], name: str, part: str) -> tuple[float, int]:
+    """A stored (scale, zero point) pair `name.part.scale` / `name.part.zero_point`, checked."""
+    scale, zero_point = tensors[f"{name}.{part}.scale"], tensors[f"{name}.{part}.zero_point"]
+    if (scale.shape != (1,) or zero_point.shape != (1,) or zero_point.dtype != torch.int64
+            or not scale.is_floating_point() or not 0 < float(scale) < float("inf")):
+        raise ValueError(f"the {part} scale or zero point of layer {name} is malformed")
+    return float(scale), int(zero_point)
+
+
+def _conv_weight(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """A stored per-channel int8 convolution weight as a quantized tensor, checked."""
+    weight = tensors[f"{name}.weight.int8"]
+    scales, zero_points = tensors[f"{name}.weight.scales"], tensors[f"{name}.weight.zero_points"]
+    if (weight.dtype != torch.int8 or weight.dim() != 4 or scales.shape != (weight.shape[0],)
+            or zero_points.shape != scales.shape or zero_points.dtype != torch.int64 or scales.dtype != torch.float64
+            or not bool(((scales > 0) & torch.isfinite(scales)).all())):
+        raise ValueError(f"the int8 weight of convolution {name} is malformed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in torch 2.13
+        return torch.quantize_per_channel(
+            ((weight.to(torch.float64) - zero_points.view(-1, 1, 1, 1)) * scales.view(-1, 1, 1, 1)).to(torch.float32),
+            scales, zero_points, 0, torch.qint8)
 
 
 def build_quantized(make_net: Callable[[dict[str, torch.Tensor]], nn.Module], shapes: dict[str, Any],
-                    layers: list[str], tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+                    layers: list[str], tensors: dict[str, torch.Tensor], source: str,
+                    convs: list[str] = ()) -> nn.Module:
     """Rebuild an int8 acting path: `make_net(skeleton)` (the agent's acting_net on tensors of the
     source's shapes, filled with ones), its fp32 state from `tensors`, its Linear layers `layers`
-    replaced by dynamic int8 ones holding the stored weights. A RlbaseError naming `source` if the
-    tensors do not fit."""
+    replaced by dynamic int8 ones and its convolutions `convs` by static int8 ones, holding the
+    stored weights and scales. A RlbaseError naming `source` if the tensors do not fit."""
     skeleton = {key: torch.ones(spec["shape"], dtype=getattr(torch, spec["dtype"])) for key, spec in shapes.items()}
+    convs = list(convs)
     try:
         net = make_net(skeleton)
         int8_keys = {f"{name}.weight.{part}" for name in layers for part in ("int8", "scale", "zero_point")}
+        int8_keys |= {f"{name}.{part}" for name in convs for part in CONV_PARTS}
         fp32 = {k: v for k, v in tensors.items() if k not in int8_keys}
         qweights = {}
         for name in layers:
             weight = tensors[f"{name}.weight.int8"]
-            scale, zero_point = tensors[f"{name}.weight.scale"], tensors[f"{name}.weight.zero_point"]
-            if (weight.dtype != torch.int8 or weight.dim() != 2 or scale.shape != (1,) or zero_point.shape != (1,)
-                    or zero_point.dtype != torch.int64 or not 0 < float(scale) < float("inf")):
+            scale, zero_point = _qparams(tensors, name, "weight")
+            if weight.dtype != torch.int8 or weight.dim() != 2:
                 raise ValueError(f"the int8 weight of layer {name} is malformed")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in torch 2.13
-                qweights[name] = torch.quantize_per_tensor(
-                    (weight.to(torch.float32) - float(zero_point)) * float(scale), float(scale), int(zero_point),
-                    torch.qint8)
+                qweights[name] = torch.quantize_per_tensor((weight.to(torch.float32) - zero_point) * scale, scale,
+                                                           zero_point, torch.qint8)
+            fp32[f"{name}.weight"] = qweights[name].dequantize()
+        for name in convs:
+            qweights[name] = _conv_weight(tensors, name)
             fp32[f"{name}.weight"] = qweights[name].dequantize()
         own = net.state_dict()
         for key, value in own.items():
@@ -189,14 +266,23 @@ def build_quantized(make_net: Callable[[dict[str, torch.Tensor]], nn.Module], sh
                 raise ValueError(f"tensor {key} is {fp32[key].dtype} {tuple(fp32[key].shape)}; the network's is "
                                  f"{value.dtype} {tuple(value.shape)}")
         net.load_state_dict(fp32)  # strict: the same names
-        qnet, built = quantize_net(net)
+        if not set(convs) <= set(static_convs(net)):
+            raise ValueError(f"the network's convolutions are {static_convs(net)}, the artifact's {convs}")
+        qnet, built, _ = quantize_net(net, None, convs)
         if sorted(built) != sorted(layers):
             raise ValueError(f"the network's Linear layers are {built}, the artifact's {layers}")
-        for name in layers:  # the stored int8 weights, not a re-quantization of them
-            module = qnet.get_submodule(name)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in layers:  # the stored int8 weights, not a re-quantization of them
+                module = qnet.get_submodule(name)
                 module.set_weight_bias(qweights[name], module.bias())
+            for name in convs:  # the stored weights and the calibrated activation scales
+                wrapper = qnet.get_submodule(name)
+                wrapper.module.set_weight_bias(qweights[name], wrapper.module.bias())
+                scale, zero_point = _qparams(tensors, name, "input")
+                wrapper.quant.scale.fill_(scale)
+                wrapper.quant.zero_point.fill_(zero_point)
+                wrapper.module.scale, wrapper.module.zero_point = _qparams(tensors, name, "output")
     except KeyError as exc:
         raise RlbaseError(f"{source}: tensor {exc.args[0]} is missing") from None
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -232,9 +318,10 @@ def load_quantized(path: str | Path) -> QuantizedAgent:
     scheme = read_json(scheme_file, "quantization scheme")
     if not isinstance(scheme, dict) or scheme.get("format") != FORMAT:
         raise RlbaseError(f"{scheme_file}: not an rlbase int8 artifact (format must be {FORMAT!r})")
-    layers, shapes = scheme.get("layers"), scheme.get("checkpoint_tensors")
-    if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
-        raise RlbaseError(f"{scheme_file}: field layers must be a list of module names")
+    layers, convs, shapes = scheme.get("layers"), scheme.get("conv_layers"), scheme.get("checkpoint_tensors")
+    for field, names in (("layers", layers), ("conv_layers", convs)):
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise RlbaseError(f"{scheme_file}: field {field} must be a list of module names")
     if not isinstance(shapes, dict) or not all(
             isinstance(spec, dict) and isinstance(spec.get("shape"), list)
             and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 2**31 for n in spec["shape"])
@@ -261,7 +348,7 @@ def load_quantized(path: str | Path) -> QuantizedAgent:
         env.close()
     net = build_quantized(lambda skeleton: agent.acting_net(cfg, skeleton, obs_space, action_space,
                                                             torch.device("cpu")),
-                          shapes, layers, tensors, str(path / MODEL_FILE))
+                          shapes, layers, tensors, str(path / MODEL_FILE), convs)
     return QuantizedAgent(agent, cfg, net, scheme)
 
 
@@ -372,16 +459,16 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
         states = collect_states(net, env, calibration_steps, seed)
     finally:
         env.close()
-    qnet, layers = quantize_net(net)
-    if not layers:
+    qnet, layers, convs = quantize_net(net, states)
+    if not layers and not convs:
         raise RlbaseError(f"{trained.checkpoint}: the acting path has no Linear layer to quantize")
-    tensors = artifact_tensors(net, qnet, layers)
+    tensors = artifact_tensors(net, qnet, layers, convs)
     fp32_tensors = {k: v for k, v in net.state_dict().items()}
     shapes = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
               for k, v in trained.tensors.items()}
     # the artifact must rebuild to the very network measured here
     rebuilt = build_quantized(lambda skeleton: agent.acting_net(cfg, skeleton, obs_space, action_space, cpu),
-                              shapes, layers, tensors, "the int8 network")
+                              shapes, layers, tensors, "the int8 network", convs)
     with torch.no_grad():
         fp32_out, fp32_actions = net(states)
         int8_out, int8_actions = qnet(states)
@@ -412,11 +499,14 @@ def quantize(path: str | Path, *, out: str | None = None, best: bool = False, ca
     linear_int8 = sum(tensors[f"{name}.weight.int8"].numel() for name in layers)
     scheme = {"format": FORMAT, "version": 1, "engine": torch.backends.quantized.engine,
               "scheme": "Linear: int8 weights (per-tensor affine), int8 activations quantized per batch at run time "
-                        "(torch.ao.quantization.quantize_dynamic); other layers fp32",
-              "layers": layers, "fp32_layers": fp32_layers(net, layers), "source": str(trained.checkpoint),
+                        "(torch.ao.quantization.quantize_dynamic); Conv2d: static int8 (QuantWrapper, x86 qconfig: "
+                        "per-channel int8 weights, uint8 activations calibrated on env states); other layers fp32",
+              "layers": layers, "conv_layers": convs, "fp32_layers": fp32_layers(net, layers + convs),
+              "source": str(trained.checkpoint),
               "source_step": trained.state.get("step"), "checkpoint_tensors": shapes}
     report = {"command": "quantize", "source": str(trained.checkpoint), "algo": agent.name, "env_id": cfg.env_id,
-              "out": str(folder), "quantized_layers": layers, "fp32_layers": scheme["fp32_layers"],
+              "out": str(folder), "quantized_layers": layers, "static_conv_layers": convs,
+              "fp32_layers": scheme["fp32_layers"],
               "fp32": {"model_bytes": tensor_bytes(fp32_tensors), "linear_weight_bytes": linear_fp32,
                        "latency_us": latency["fp32"], **_returns(returns["fp32"])},
               "int8": {"model_bytes": tensor_bytes(tensors), "linear_weight_bytes": linear_int8,

@@ -83,7 +83,7 @@ def test_rebuilt_int8_network_equals_a_fresh_quantization(ppo_teacher, ppo_int8)
 
     obs_space = gym.spaces.Box(-5, 5, (4,))
     net = trained.agent.acting_net(trained.config, trained.tensors, obs_space, gym.spaces.Discrete(2), "cpu")
-    fresh, layers = quantize_net(net)
+    fresh, layers, _ = quantize_net(net)
     obs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.net(obs)[0], fresh(obs)[0])
@@ -114,6 +114,30 @@ def test_normalised_gaussian_policy_quantizes(tmp_path, capsys):
     assert played["mean_length"] == 200 and played["mean_return"] < 0
     assert main(["eval", str(out), "--no-deterministic"]) == 2  # a Gaussian int8 policy plays its mean
     _one_error_line(capsys)
+
+
+def test_convolutions_are_static_int8_calibrated_on_env_states(tmp_path, capsys):
+    """An IMPALA-CNN maze policy: every Conv2d becomes a static int8 convolution (per-channel int8
+    weights, calibrated activation scales), stored as plain tensors and rebuilt to the same network
+    (quantize checks that bit for bit), and the artifact plays."""
+    from rlbase.safefiles import load_safetensors
+
+    assert main(["train", "ppo", "--env", "rlbase/Maze-v0", "--env-kwargs", "size=7,max_episode_steps=12",
+                 "--backbone", "impala_cnn", "--total-timesteps", "128", "--num-envs", "8", "--num-steps", "16",
+                 "--log-dir", str(tmp_path), "--run-name", "maze"]) == 0
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tmp_path / "maze"), "--out", str(out), "--episodes", "1",
+                 "--calibration-steps", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    convs = report["static_conv_layers"]
+    assert len(convs) >= 3 and not any("conv" in name for name in report["fp32_layers"])
+    assert report["bytes_ratio"] >= 3.5 and report["parity"]["action_agreement"] >= 0.9
+    tensors = load_safetensors(out / "model.safetensors")
+    weight, scales = tensors[f"{convs[0]}.weight.int8"], tensors[f"{convs[0]}.weight.scales"]
+    assert weight.dtype == torch.int8 and weight.dim() == 4 and scales.shape == (weight.shape[0],)
+    assert f"{convs[0]}.weight" not in tensors and float(tensors[f"{convs[0]}.input.scale"]) > 0
+    played = _eval(out, capsys, episodes=2)
+    assert played["env_id"] == "rlbase/Maze-v0" and played["mean_length"] <= 12
 
 
 def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
