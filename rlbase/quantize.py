@@ -151,7 +151,13 @@ def quantize_net(net: nn.Module, calibration: Obs | None = None,
     `calibration` through the network (none: placeholders, for a rebuild that sets them).
     Returns the network and the names of its dynamic Linear and static Conv2d layers."""
     quantize_dynamic, DynamicLinear = _dynamic_linear_types()
-    from torch.ao.quantization import QuantWrapper, convert, default_dynamic_qconfig, get_default_qconfig, prepare
+    from torch.ao.quantization import (
+        QuantWrapper,
+        convert,
+        default_dynamic_qconfig,
+        get_default_qconfig,
+        prepare,
+    )
 
     convs = static_convs(net) if convs is None else convs
     names = quantizable_linears(net)

@@ -83,7 +83,7 @@ def test_rebuilt_int8_network_equals_a_fresh_quantization(ppo_teacher, ppo_int8)
 
     obs_space = gym.spaces.Box(-5, 5, (4,))
     net = trained.agent.acting_net(trained.config, trained.tensors, obs_space, gym.spaces.Discrete(2), "cpu")
-    fresh, layers, _ = quantize_net(net)
+    fresh, _, _ = quantize_net(net)
     obs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.net(obs)[0], fresh(obs)[0])
