@@ -13,6 +13,7 @@ import torch
 
 from rlbase.cli import main
 from rlbase.distill_dagger import discrete_kl, gaussian_kl
+from tests.compresshelpers import eval_report, train_ppo_teacher
 
 
 def test_discrete_kl_matches_torch_distributions():
@@ -60,18 +61,9 @@ def test_student_size_is_about_the_fraction_asked(backbone, fraction):
     assert student.hidden_sizes[0] == student.hidden_sizes[1] < 256
 
 
-def _eval(path, capsys, episodes=10) -> dict:
-    capsys.readouterr()
-    assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
 @pytest.fixture(scope="module")
 def ppo_teacher(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
-    assert main(["train", "ppo", "--env", "rlbase/CartPole-v1", "--log-dir", str(root), "--run-name", "teacher",
-                 "--seed", "1"]) == 0
-    return root / "teacher"
+    return train_ppo_teacher(tmp_path_factory.mktemp("ppo"))
 
 
 def test_ppo_student_of_a_quarter_the_size_plays_as_well_as_the_teacher(ppo_teacher, tmp_path, capsys):
@@ -89,7 +81,7 @@ def test_ppo_student_of_a_quarter_the_size_plays_as_well_as_the_teacher(ppo_teac
     config = json.loads((out / "config.json").read_text())
     assert config["algo"] == "ppo" and config["config"]["hidden_sizes"] == student["hidden_sizes"]
     assert config["config"]["env_id"] == "rlbase/CartPole-v1"
-    played = _eval(out, capsys)
+    played = eval_report(out, capsys, episodes=10)
     assert played["algo"] == "ppo" and played["mean_return"] >= 0.95 * teacher["eval"]["mean_return"]
     assert json.loads((out / "distill.json").read_text())["temperature"] == 1.0
     tags = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +91,7 @@ def test_ppo_student_of_a_quarter_the_size_plays_as_well_as_the_teacher(ppo_teac
 
     # ... and RL training continues from it
     assert main(["train", "ppo", "--resume", str(out), "--total-timesteps", str(report["steps"] + 2048)]) == 0
-    assert _eval(out, capsys, episodes=2)["global_step"] > report["steps"]
+    assert eval_report(out, capsys, episodes=2)["global_step"] > report["steps"]
 
 
 def test_explicit_sizes_and_default_output_folder(ppo_teacher, capsys):
@@ -127,7 +119,7 @@ def test_dqn_teacher_distils(tmp_path, capsys):
     teacher, student = report["teacher"]["eval"]["mean_return"], report["student"]["eval"]["mean_return"]
     # A short DQN run is a mediocre, irregular teacher; the student must play about as well.
     assert student >= 0.8 * teacher, report
-    assert _eval(out, capsys)["algo"] == "dqn"
+    assert eval_report(out, capsys, episodes=10)["algo"] == "dqn"
 
 
 def test_gaussian_policy_with_normalisation_and_squash(tmp_path, capsys):
@@ -145,7 +137,7 @@ def test_gaussian_policy_with_normalisation_and_squash(tmp_path, capsys):
     assert "model.log_std" in student
     tags = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert tags[-1]["distill/policy_kl"] < tags[0]["distill/policy_kl"]
-    assert _eval(out, capsys, episodes=1)["policy"] == "deterministic"
+    assert eval_report(out, capsys, episodes=1)["policy"] == "deterministic"
 
 
 def test_dict_observations(tmp_path, capsys):
@@ -163,7 +155,7 @@ def test_dict_observations(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["backbone"] == "image=mlp,mission=text"
     assert 3.0 <= report["parameter_ratio"] <= 5.0
-    assert _eval(out, capsys, episodes=2)["env_id"] == "rlbase/MazeGoTo-v0"
+    assert eval_report(out, capsys, episodes=2)["env_id"] == "rlbase/MazeGoTo-v0"
 
 
 @pytest.mark.parametrize("flags, code, words", [

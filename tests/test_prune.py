@@ -13,18 +13,7 @@ import torch
 from rlbase.cli import main
 from rlbase.prune import global_masks, target_sparsity
 from rlbase.safefiles import is_pickle
-
-
-def _eval(path, capsys, episodes=5) -> dict:
-    capsys.readouterr()
-    assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rlbase: error: "), err
-    return err[0]
+from tests.compresshelpers import eval_report, one_error_line, train_ppo_teacher
 
 
 def test_cubic_schedule():
@@ -66,10 +55,7 @@ def test_normalized_masks_keep_a_small_scale_layer_alive():
 
 @pytest.fixture(scope="module")
 def ppo_teacher(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
-    assert main(["train", "ppo", "--env", "rlbase/CartPole-v1", "--log-dir", str(root), "--run-name", "teacher",
-                 "--seed", "1"]) == 0
-    return root / "teacher"
+    return train_ppo_teacher(tmp_path_factory.mktemp("ppo"))
 
 
 def test_ppo_pruned_to_90_percent_keeps_its_return(ppo_teacher, tmp_path, capsys):
@@ -99,7 +85,7 @@ def test_ppo_pruned_to_90_percent_keeps_its_return(ppo_teacher, tmp_path, capsys
             assert file.suffix in (".json", ".jsonl", ".safetensors") or file.name.startswith("events.out.tfevents")
             assert not is_pickle(file.read_bytes()[:16]), file
     assert any(out.glob("events.out.tfevents*"))
-    played = _eval(out, capsys)
+    played = eval_report(out, capsys, episodes=5)
     assert played["mean_return"] >= 0.95 * report["dense"]["mean_return"]
 
 
@@ -111,21 +97,21 @@ def test_dqn_prunes_and_plays(tmp_path, capsys):
     out = tmp_path / "dqn-prune"  # the default: beside the run
     report = json.loads((out / "report.json").read_text())
     assert report["algo"] == "dqn" and abs(report["sparsity_reached"] - 0.5) <= 0.01
-    played = _eval(out, capsys, episodes=2)
+    played = eval_report(out, capsys, episodes=2)
     assert played["algo"] == "dqn" and played["global_step"] == 3000
 
 
 def test_bad_inputs_are_one_line(ppo_teacher, tmp_path, capsys):
     for sparsity in ("0", "1.5", "1", "nan"):
         assert main(["prune", str(ppo_teacher), "--sparsity", sparsity, "--out", str(tmp_path / "x")]) == 2
-        assert "--sparsity" in _one_error_line(capsys)
+        assert "--sparsity" in one_error_line(capsys)
     assert main(["prune", str(ppo_teacher), "--sparsity", "0.5", "--steps", "0"]) == 2
-    assert "--steps" in _one_error_line(capsys)
+    assert "--steps" in one_error_line(capsys)
     assert main(["prune", str(tmp_path / "missing"), "--sparsity", "0.5"]) == 1
-    assert "does not exist" in _one_error_line(capsys)
+    assert "does not exist" in one_error_line(capsys)
     checkpoint = next((ppo_teacher / "checkpoints").glob("step_*"))
     assert main(["prune", str(checkpoint), "--sparsity", "0.5"]) == 2
-    assert "needs a run directory" in _one_error_line(capsys)
+    assert "needs a run directory" in one_error_line(capsys)
     # a teacher whose env cannot be built: one line, and no half-made output folder
     broken = tmp_path / "broken"
     shutil.copytree(ppo_teacher, broken)
@@ -133,6 +119,6 @@ def test_bad_inputs_are_one_line(ppo_teacher, tmp_path, capsys):
     config["config"]["env_id"] = "rlbase/NoSuchEnv-v0"
     (broken / "config.json").write_text(json.dumps(config))
     assert main(["prune", str(broken), "--sparsity", "0.5", "--out", str(tmp_path / "nothing")]) != 0
-    _one_error_line(capsys)
+    one_error_line(capsys)
     assert not (tmp_path / "nothing").exists()
     assert not (tmp_path / "x").exists()

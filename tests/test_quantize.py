@@ -12,26 +12,12 @@ import torch
 
 from rlbase.cli import main
 from rlbase.safefiles import is_pickle
-
-
-def _eval(path, capsys, episodes=4) -> dict:
-    capsys.readouterr()
-    assert main(["eval", str(path), "--episodes", str(episodes), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rlbase: error: "), err
-    return err[0]
+from tests.compresshelpers import eval_report, one_error_line, train_ppo_teacher
 
 
 @pytest.fixture(scope="module")
 def ppo_teacher(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
-    assert main(["train", "ppo", "--env", "rlbase/CartPole-v1", "--log-dir", str(root), "--run-name", "teacher",
-                 "--seed", "1"]) == 0
-    return root / "teacher"
+    return train_ppo_teacher(tmp_path_factory.mktemp("ppo"))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +37,7 @@ def test_ppo_int8_artifact_plays_as_well_as_fp32(ppo_int8, capsys):
     assert report["parity"]["states"] == 4 * 16 and report["parity"]["action_agreement"] >= 0.9
     assert report["fp32"]["mean_return"] >= 475  # the teacher solves CartPole
     assert report["int8"]["mean_return"] >= 0.95 * report["fp32"]["mean_return"]
-    played = _eval(ppo_int8, capsys, episodes=3)
+    played = eval_report(ppo_int8, capsys, episodes=3)
     assert played["policy"] == "int8 deterministic" and played["num_episodes"] == 3
     assert played["mean_return"] >= 0.95 * report["fp32"]["mean_return"]
     capsys.readouterr()
@@ -97,7 +83,7 @@ def test_dqn_teacher_quantizes_and_plays(tmp_path, capsys):
     out = tmp_path / "dqn-quantize"  # the default: beside the run
     report = json.loads((out / "report.json").read_text())
     assert report["algo"] == "dqn" and report["int8"]["linear_weight_bytes"] * 4 == report["fp32"]["linear_weight_bytes"]
-    played = _eval(out, capsys, episodes=2)
+    played = eval_report(out, capsys, episodes=2)
     assert played["algo"] == "dqn" and played["policy"] == "int8 greedy" and played["mean_return"] > 0
 
 
@@ -110,10 +96,10 @@ def test_normalised_gaussian_policy_quantizes(tmp_path, capsys):
                  "--calibration-steps", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["parity"]["max_action_diff"] < 0.5 and "action_agreement" not in report["parity"]
-    played = _eval(out, capsys, episodes=2)
+    played = eval_report(out, capsys, episodes=2)
     assert played["mean_length"] == 200 and played["mean_return"] < 0
     assert main(["eval", str(out), "--no-deterministic"]) == 2  # a Gaussian int8 policy plays its mean
-    _one_error_line(capsys)
+    one_error_line(capsys)
 
 
 def test_convolutions_are_static_int8_calibrated_on_env_states(tmp_path, capsys):
@@ -136,19 +122,19 @@ def test_convolutions_are_static_int8_calibrated_on_env_states(tmp_path, capsys)
     weight, scales = tensors[f"{convs[0]}.weight.int8"], tensors[f"{convs[0]}.weight.scales"]
     assert weight.dtype == torch.int8 and weight.dim() == 4 and scales.shape == (weight.shape[0],)
     assert f"{convs[0]}.weight" not in tensors and float(tensors[f"{convs[0]}.input.scale"]) > 0
-    played = _eval(out, capsys, episodes=2)
+    played = eval_report(out, capsys, episodes=2)
     assert played["env_id"] == "rlbase/Maze-v0" and played["mean_length"] <= 12
 
 
 def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "missing")]) == 1
-    assert "does not exist" in _one_error_line(capsys)
+    assert "does not exist" in one_error_line(capsys)
     assert main(["quantize", str(ppo_teacher), "--calibration-steps", "0"]) == 2
-    assert "--calibration-steps" in _one_error_line(capsys)
+    assert "--calibration-steps" in one_error_line(capsys)
     assert main(["quantize", str(ppo_int8)]) == 2
-    assert "already an int8 artifact" in _one_error_line(capsys)
+    assert "already an int8 artifact" in one_error_line(capsys)
     assert main(["eval", str(ppo_int8), "--best"]) == 2
-    _one_error_line(capsys)
+    one_error_line(capsys)
     # a teacher whose env cannot be built
     broken = tmp_path / "broken"
     shutil.copytree(ppo_teacher, broken)
@@ -156,7 +142,7 @@ def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
     config["config"]["env_id"] = "rlbase/NoSuchEnv-v0"
     (broken / "config.json").write_text(json.dumps(config))
     assert main(["quantize", str(broken), "--out", str(tmp_path / "nothing")]) != 0
-    _one_error_line(capsys)
+    one_error_line(capsys)
     assert not (tmp_path / "nothing").exists()
     # a tampered artifact: a layer that is not there, an int8 weight of the wrong shape
     tampered = tmp_path / "tampered"
@@ -164,13 +150,13 @@ def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
     scheme = json.loads((tampered / "quantization.json").read_text())
     (tampered / "quantization.json").write_text(json.dumps({**scheme, "layers": ["head", "nowhere"]}))
     assert main(["eval", str(tampered)]) == 1
-    assert "tensor nowhere.weight.int8 is missing" in _one_error_line(capsys)
+    assert "tensor nowhere.weight.int8 is missing" in one_error_line(capsys)
     (tampered / "quantization.json").write_text(json.dumps({**scheme, "layers": ["head"]}))
     assert main(["eval", str(tampered)]) == 1
-    assert "does not fit its config" in _one_error_line(capsys)
+    assert "does not fit its config" in one_error_line(capsys)
     (tampered / "quantization.json").write_text(json.dumps({**scheme, "checkpoint_tensors": {"x": {"shape": "big"}}}))
     assert main(["eval", str(tampered)]) == 1
-    assert "checkpoint_tensors" in _one_error_line(capsys)
+    assert "checkpoint_tensors" in one_error_line(capsys)
     from rlbase.safefiles import load_safetensors, save_safetensors
 
     (tampered / "quantization.json").write_text(json.dumps(scheme))
@@ -178,4 +164,4 @@ def test_bad_inputs_are_one_line(ppo_teacher, ppo_int8, tmp_path, capsys):
     tensors["head.weight.int8"] = tensors["head.weight.int8"][:, :3].contiguous()
     save_safetensors(tensors, tampered / "model.safetensors")
     assert main(["eval", str(tampered)]) == 1
-    assert "does not fit its config" in _one_error_line(capsys)
+    assert "does not fit its config" in one_error_line(capsys)
