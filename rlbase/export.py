@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +50,7 @@ from rlbase.deploy import (
     space_json,
 )
 from rlbase.errors import RlbaseError, UsageError
-from rlbase.safefiles import fsync_path
+from rlbase.safefiles import atomic_write_bytes
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -191,21 +190,6 @@ def export_onnx(net: nn.Module, example: Any, names: list[str], opset: int, meta
     if len(data) > MAX_ONNX_BYTES:
         raise RlbaseError(f"the model is {len(data):,} bytes, over ONNX's 2 GiB protobuf limit")
     return data
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """`data` into `path` through a synced temporary file and a rename (as safefiles.atomic_write_text)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
 
 
 # --- parity ------------------------------------------------------------------------------------

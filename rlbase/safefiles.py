@@ -49,14 +49,15 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a synced temporary file and a rename: readers see the old
-    content or the new one, never part of it. The temporary file is removed if writing fails."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a synced temporary file and a rename: readers see the old
+    content or the new one, never part of it. The temporary file is removed if writing fails;
+    the folder is synced after the rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,6 +67,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         except OSError:
             pass
         raise
+    fsync_path(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` of `text` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def regular_file(path: str | Path, what: str = "") -> Path:
