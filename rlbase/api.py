@@ -203,7 +203,7 @@ class Algorithm:
         networks (total_timesteps, log_dir, eval_freq, ...)."""
         from rlbase.agents import get_agent
         from rlbase.checkpoint import load_checkpoint
-        from rlbase.config import from_dict
+        from rlbase.config import from_dict, saved_values
         from rlbase.lifecycle import plan_config
         from rlbase.run import CONFIG_FILE
         from rlbase.utils import resolve_device
@@ -221,7 +221,8 @@ class Algorithm:
                    not (isinstance(config[k], tuple) and list(config[k]) == checkpoint.state["config"].get(k))]
         if changed:
             raise UsageError(f"{', '.join(changed)} shape the saved networks and cannot change when loading {path}")
-        cfg = from_dict(get_agent(algo).Config, {**checkpoint.state["config"], **config}, f"{path} config")
+        saved = saved_values(checkpoint.state["config"])
+        cfg = from_dict(get_agent(algo).Config, {**saved, **config}, f"{path} config")
         vec_env, make_eval_env = _vec_env(env, {**config, "device": cfg.device}) if env is not None else (None, None)
         device = vec_env.device if vec_env is not None else resolve_device(cfg.device)
         if device.type != "cpu":

@@ -102,7 +102,13 @@ FLAG_NAMES = {"env_id": "--env"}
 
 
 RENAMED_FIELDS = {"max_episode_steps": "atari_max_episode_steps"}
-"""Old field name -> new one: config.json files of older runs still load."""
+"""Old field name -> new one: config.json files of older runs still load (`saved_values`)."""
+
+
+def saved_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a run's config.json, a checkpoint's state.json) in today's field names. Only
+    files rlbase wrote get this: flags, --config files and the Python API take today's names."""
+    return {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
 
 
 def env_options(cfg: CommonConfig, training: bool = True) -> dict[str, Any]:
@@ -316,7 +322,6 @@ def describe_presets(algo: str) -> str:
 def from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
     """Build `cls` from a dict, rejecting unknown keys and coercing list -> tuple."""
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
     unknown = sorted(set(values) - names)
     if unknown:
         raise UsageError(f"{source}: unknown option(s) {', '.join(unknown)}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rlbase.checkpoint import BEST, CHECKPOINTS, check_state, find_checkpoint, load_checkpoint
-from rlbase.config import from_dict
+from rlbase.config import from_dict, saved_values
 from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
 from rlbase.safefiles import atomic_write_text, disk_error, read_json
 from rlbase.run import CONFIG_FILE, read_config
@@ -141,7 +141,7 @@ def resolve_target(path: str | Path, kind: str = CHECKPOINTS) -> tuple[str, dict
     check_state(state, state_file)
     if not isinstance(state.get("algo"), str) or not isinstance(state.get("config"), dict):
         raise RlbaseError(f"checkpoint state {state_file}: fields algo and config are required")
-    return state["algo"], state["config"], checkpoint
+    return state["algo"], saved_values(state["config"]), checkpoint
 
 
 @torch.no_grad()

@@ -97,7 +97,9 @@ def read_config(path: Path) -> tuple[str, dict[str, Any]]:
     algo, values = (payload.get("algo"), payload.get("config")) if isinstance(payload, dict) else (None, None)
     if not isinstance(algo, str) or not isinstance(values, dict):
         raise RlbaseError(f"{file} is corrupt (fields algo and config are required)")
-    return algo, values
+    from rlbase.config import saved_values
+
+    return algo, saved_values(values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -214,8 +214,14 @@ def test_atari_time_limit_is_named_for_atari_and_old_configs_still_load():
 
     assert flag_name("atari_max_episode_steps") == "--atari-max-episode-steps"
     assert not hasattr(DQNConfig(), "max_episode_steps")
-    old = from_dict(DQNConfig, {"env_id": "ALE/Pong-v5", "max_episode_steps": 500}, "config.json")
+    from rlbase.config import saved_values
+    from rlbase.errors import UsageError
+
+    old = from_dict(DQNConfig, saved_values({"env_id": "ALE/Pong-v5", "max_episode_steps": 500}), "config.json")
     assert old.atari_max_episode_steps == 500
+    # Only saved run files are upgraded: a user's --config file or keyword takes today's name.
+    with pytest.raises(UsageError, match="unknown option.*max_episode_steps"):
+        from_dict(DQNConfig, {"env_id": "ALE/Pong-v5", "max_episode_steps": 500}, "--config x.yaml")
 
 
 def test_preset_families_are_named_for_what_they_cover():
