@@ -105,6 +105,24 @@ RENAMED_FIELDS = {"max_episode_steps": "atari_max_episode_steps"}
 """Old field name -> new one: config.json files of older runs still load (`saved_values`)."""
 
 
+def saved_config(algo: Any, values: dict[str, Any], source: str) -> tuple[Any, Any]:
+    """(agent, config) of a config rlbase saved (config.json, state.json, an artifact's metadata),
+    checked like user input: an unknown algo, a field of the wrong type or an invalid value is an
+    RlbaseError naming `source` (the file), not a flag."""
+    from rlbase.agents import AGENT_MODULES, get_agent
+    from rlbase.errors import RlbaseError
+
+    if not isinstance(algo, str) or algo not in AGENT_MODULES:
+        raise RlbaseError(f"{source}: unknown algo {algo!r}")
+    agent = get_agent(algo)
+    cfg = from_dict(agent.Config, saved_values(values), source)
+    try:
+        agent.validate(cfg)
+    except UsageError as exc:
+        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    return agent, cfg
+
+
 def saved_values(values: dict[str, Any]) -> dict[str, Any]:
     """A saved config (a run's config.json, a checkpoint's state.json) in today's field names. Only
     files rlbase wrote get this: flags, --config files and the Python API take today's names."""

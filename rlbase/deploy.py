@@ -153,8 +153,7 @@ class OnnxArtifact(NamedTuple):
 def read_artifact(path: Path) -> OnnxArtifact:
     """The onnxruntime session of an exported model and its metadata, checked (a hand-edited or
     foreign file is one line naming it)."""
-    from rlbase.agents import AGENT_MODULES, get_agent
-    from rlbase.config import from_dict
+    from rlbase.config import saved_config
 
     if not path.exists():
         raise RlbaseError(f"{path} does not exist")
@@ -176,14 +175,7 @@ def read_artifact(path: Path) -> OnnxArtifact:
         return value
 
     algo, values, names, kind = field("algo", str), field("config", dict), field("inputs", list), field("kind", str)
-    if algo not in AGENT_MODULES:
-        raise RlbaseError(f"{path}: unknown algo {algo!r} in its metadata")
-    agent = get_agent(algo)
-    cfg = from_dict(agent.Config, values, f"{path} metadata config")
-    try:
-        agent.validate(cfg)
-    except UsageError as exc:
-        raise RlbaseError(f"{path} metadata config: {str(exc).replace('invalid --', 'invalid ')}") from None
+    agent, cfg = saved_config(algo, values, f"{path} metadata config")
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = [o.name for o in session.get_outputs()]
     if names != graph_inputs or graph_outputs != ["outputs", "actions"]:

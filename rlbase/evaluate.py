@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rlbase.checkpoint import BEST, CHECKPOINTS, check_state, find_checkpoint, load_checkpoint
-from rlbase.config import from_dict, saved_values
+from rlbase.config import saved_config, saved_values
 from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
 from rlbase.safefiles import atomic_write_text, disk_error, read_json
 from rlbase.run import CONFIG_FILE, read_config
@@ -220,18 +220,8 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", *, best: 
     """The agent at `path` (a run directory: its newest complete checkpoint, or with `best` its best
     evaluated one; a checkpoint folder; a model.safetensors file), its config checked like user
     input (a hand-edited value is one line naming the file) and its tensors loaded on `device`."""
-    from rlbase.agents import AGENT_MODULES, get_agent
-
     algo, values, checkpoint = resolve_target(path, BEST if best else CHECKPOINTS)
-    if algo not in AGENT_MODULES:
-        raise RlbaseError(f"{checkpoint}: unknown algo {algo!r} in its config")
-    agent = get_agent(algo)
-    source = f"{checkpoint} config"
-    cfg = from_dict(agent.Config, values, source)
-    try:
-        agent.validate(cfg)
-    except UsageError as exc:  # a hand-edited config: name the file, not a flag
-        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    agent, cfg = saved_config(algo, values, f"{checkpoint} config")
     tensors, state, _ = load_checkpoint(checkpoint, device)
     return Trained(agent, cfg, tensors, state, checkpoint)
 

@@ -150,10 +150,8 @@ def plan_resume(run_dir: str | Path, algo: str, values: dict[str, Any]) -> Plan:
     """Continue the run in `run_dir` from its newest complete checkpoint; `values` may change the
     fields in RESUMABLE_CHANGES (the changes are recorded in config.json once the checkpoint has
     loaded into the networks). Nothing in the run directory is written here."""
-    from rlbase.agents import get_agent
     from rlbase.checkpoint import load_checkpoint
-    from rlbase.config import flag_name, from_dict
-    from rlbase.errors import RlbaseError
+    from rlbase.config import flag_name, from_dict, saved_config
     from rlbase.run import CONFIG_FILE, read_config
     from rlbase.utils import resolve_device
 
@@ -161,13 +159,8 @@ def plan_resume(run_dir: str | Path, algo: str, values: dict[str, Any]) -> Plan:
     saved_algo, saved = read_config(run_dir)
     if saved_algo != algo:
         raise UsageError(f"{run_dir} is a {saved_algo} run, not {algo}")
-    agent = get_agent(algo)
     source = str(run_dir / CONFIG_FILE)
-    saved_cfg = from_dict(agent.Config, saved, source)
-    try:
-        agent.validate(saved_cfg)
-    except UsageError as exc:  # a hand-edited config.json: name the file, not a flag
-        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    agent, saved_cfg = saved_config(algo, saved, source)
     cfg = from_dict(agent.Config, {**saved, **values}, "--resume")
     changed = {f: (getattr(saved_cfg, f), getattr(cfg, f)) for f in values
                if getattr(cfg, f) != getattr(saved_cfg, f)}

@@ -131,8 +131,7 @@ class QuantizedAgent:
 def load_quantized(path: str | Path) -> QuantizedAgent:
     """Read an artifact of `rlbase quantize` (checked like any run file) and rebuild its int8 acting
     path on the CPU; its env is built once to learn the spaces."""
-    from rlbase.agents import AGENT_MODULES, get_agent
-    from rlbase.config import from_dict, make_env
+    from rlbase.config import make_env, saved_config
     from rlbase.run import read_config
     from rlbase.safefiles import load_safetensors, read_json
 
@@ -154,15 +153,7 @@ def load_quantized(path: str | Path) -> QuantizedAgent:
     if sum(int(np.prod(spec["shape"])) for spec in shapes.values()) > 2**31:
         raise RlbaseError(f"{scheme_file}: checkpoint_tensors are implausibly large")
     algo, values = read_config(path)
-    if algo not in AGENT_MODULES:
-        raise RlbaseError(f"{path / CONFIG_FILE}: unknown algo {algo!r}")
-    agent = get_agent(algo)
-    source = f"{path / CONFIG_FILE}"
-    cfg = from_dict(agent.Config, values, source)
-    try:
-        agent.validate(cfg)
-    except UsageError as exc:
-        raise RlbaseError(f"{source}: {str(exc).replace('invalid --', 'invalid ')}") from None
+    agent, cfg = saved_config(algo, values, str(path / CONFIG_FILE))
     tensors = load_safetensors(path / MODEL_FILE, "cpu")
     env = make_env(cfg, 1, torch.device("cpu"), training=False)
     try:
