@@ -33,7 +33,7 @@ EnvLike = Union[str, "TensorVecEnv", Sequence[Callable[[], Any]]]
 
 
 class Algorithm:
-    """An agent of one algorithm on one environment (subclasses: DQN, PPO, A2C, REINFORCE).
+    """An agent of one algorithm on one environment (subclasses: DQN, PPO, A2C, REINFORCE, PQN).
 
     `Algorithm(env, **config)`: `env` is an env id (`"CartPole-v1"`, `"ALE/Breakout-v5"`,
     `"mypkg.envs:MyEnv-v0"`), a `rlbase.envs.TensorVecEnv`, or a list of functions that each
@@ -363,8 +363,14 @@ class REINFORCE(Algorithm):
     algo = "reinforce"
 
 
+class PQN(Algorithm):
+    """Parallelised Q-Networks (Q(lambda) over many envs, LayerNorm, no replay or target network): `PQN(env, **config)`."""
+
+    algo = "pqn"
+
+
 def algorithm_class(algo: str) -> type[Algorithm]:
-    """The API class of any registered agent (the four above, and agents added later)."""
+    """The API class of any registered agent (the five above, and agents added later)."""
     from rlbase.agents import get_agent
 
     for cls in Algorithm.__subclasses__():
