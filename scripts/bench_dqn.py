@@ -115,16 +115,13 @@ def work_train_rlbase(job: dict[str, Any]) -> dict[str, Any]:
     return {"steps": out["global_step"], "wall_s": wall, "updates": out["num_updates"], "threads": threads}
 
 
-def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
+def sb3_dqn(cfg, env, n_envs: int):
+    """SB3 DQN on `env` (an SB3 VecEnv of `n_envs`) with rlbase's hyperparameters from `cfg`, and the
+    (train_freq, gradient_steps) it got: the same updates per transition (`sb3_schedule`)."""
     from stable_baselines3 import DQN
 
-    threads = set_threads(job)
-    cfg = config_from_dict("dqn", job["config"])
-    n_envs = job["n_envs"]
     train_freq, gradient_steps = sb3_schedule(cfg.train_freq, cfg.gradient_steps, n_envs)
-    env = sb3_vec_env(cfg, n_envs)
     atari = cfg.env_id.startswith("ALE/")
-    start = time.perf_counter()
     model = DQN(
         "CnnPolicy" if atari else "MlpPolicy", env,
         learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
@@ -140,6 +137,15 @@ def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
         # n-step returns (NStepReplayBuffer) exist in SB3 >= 2.7; keep older SB3 working for n_step=1.
         **({"n_steps": cfg.n_step} if cfg.n_step > 1 else {}),
     )
+    return model, (train_freq, gradient_steps)
+
+
+def work_train_sb3(job: dict[str, Any]) -> dict[str, Any]:
+    threads = set_threads(job)
+    cfg = config_from_dict("dqn", job["config"])
+    env = sb3_vec_env(cfg, job["n_envs"])
+    start = time.perf_counter()
+    model, (train_freq, gradient_steps) = sb3_dqn(cfg, env, job["n_envs"])
     model.learn(total_timesteps=cfg.total_timesteps)
     wall = time.perf_counter() - start
     env.close()

@@ -56,3 +56,20 @@ def test_transfer_experiment_is_one_sweep_quick(tmp_path):
     assert configs["frozen"]["freeze_backbone"] and configs["frozen"]["backbone_weights"].endswith("pretrained-maze-action")
     assert not configs["scratch"]["backbone_weights"] and not configs["scratch"]["freeze_backbone"]
     assert {e["status"] for e in trials.values()} == {"TERMINATED"}
+
+
+@pytest.mark.slow
+def test_bench_learning_quick(tmp_path):
+    """The wall-clock race: warm-up speed, a schedule for the budget, training stopped by the clock,
+    full games on each library's own env stack, and the ratio lines."""
+    out = tmp_path / "learning.json"
+    proc = run_quick("bench_learning.py", out, "--algos", "ppo")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    runs = {r["kind"]: r for r in data["results"]}
+    assert set(runs) == {"rlbase", "sb3"}
+    for run in runs.values():
+        assert run["warmup_rate"] > 0 and run["steps"] > 0
+        assert run["scheduled_steps"] == int(run["warmup_rate"] * run["budget_s"])
+        assert len(run["scores"]) == run["games"] and all(s >= 0 for s in run["scores"])
+    assert "ppo      rlbase" in proc.stdout

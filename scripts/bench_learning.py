@@ -1,0 +1,298 @@
+"""Learning per wall-clock: rlbase and Stable-Baselines3 train ALE/Breakout-v5 for the same time.
+
+Run from the repository root (CPU only; every run starts with the same torch.set_num_threads):
+
+    python scripts/bench_learning.py                                  # DQN and PPO, 30 minutes, seed 0
+    python scripts/bench_learning.py --algos dqn ppo rainbow pqn --seeds 0 1 2 --json learning.json
+    python scripts/bench_learning.py --minutes 5 --algos ppo          # a shorter race
+    python scripts/bench_learning.py --quick --in-process             # smoke test: numbers meaningless
+
+Each (algorithm, library, seed) is one job in a fresh subprocess of this script, one after the
+other, so the runs never share the CPU:
+
+1. **Warm-up**: the library trains the algorithm for `--warmup-s` seconds with learning starting
+   almost at once, and its learning-phase speed is read (env steps per second over the last two
+   thirds of the warm-up).
+2. **Schedule for the budget**: `total_timesteps` = that speed x the budget, so the library's own
+   exploration and learning-rate schedules run over the steps that fit; DQN's `learning_starts`
+   becomes min(preset, 5% of those steps) and its replay 100,000 transitions (both libraries: SB3
+   keeps every observation twice, and 1M Breakout transitions would need ~56 GB there).
+3. **Training** for the budget of wall-clock seconds (model setup included, env creation not):
+   the run stops at the budget or at `total_timesteps`, whichever comes first.
+4. **Evaluation**: `--games` full games (all lives, unclipped score; the eval settings rlbase
+   uses), each library on its own env stack with the training settings' sticky actions, no-ops,
+   frame skip and frame stack; rlbase through `rlbase.evaluate.evaluate`, SB3 through its VecEnv
+   and `predict`. The evaluation policy is the rlbase preset's for both: epsilon-greedy
+   `eval_epsilon` (0.05) for DQN, the sampled action (`eval_deterministic: false`) for PPO.
+
+Same settings on both sides: rlbase's presets (`rlbase/presets/*.yaml`), translated for SB3 as
+scripts/bench_dqn.py and scripts/bench_pg.py do (SB3 DQN with n_envs=1 and the same updates per
+transition; SB3 DQN is not Double DQN, rlbase keeps its default; a preset's dueling head or
+prioritized replay are turned off for the `dqn` row so both run the same algorithm); ALE/Breakout-v5
+with sticky actions 0.25 on both sides (SB3: AtariWrapper over the v5 env with frameskip=1, not
+NoFrameskip-v4, which has no sticky actions). `rainbow` (rlbase's DQN with `--preset rainbow`) and
+`pqn` run for rlbase only: SB3 has neither; their scores are read against SB3 PPO's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench_dqn import sb3_dqn
+from bench_pg import sb3_ppo_kwargs
+from benchlib import (BREAKOUT, config_from_dict, parse_arguments, preset_config, print_table, run_jobs, sb3_vec_env,
+                      set_threads, start_invocation, write_json)
+
+ALGOS = {"dqn": ("dqn", {}), "ppo": ("ppo", {}), "rainbow": ("dqn", {"preset": "rainbow"}), "pqn": ("pqn", {})}
+"""Row name -> (rlbase algorithm, extra config values)."""
+SB3_ALGOS = ("dqn", "ppo")
+REPLAY = 100_000
+"""Replay transitions for DQN on both sides (see the module docstring)."""
+
+
+def base_config(algo: str, seed: int, extra: dict[str, Any] | None = None):
+    """The rlbase config of row `algo` on Breakout (its preset), before the budget's schedule."""
+    rl_algo, values = ALGOS[algo]
+    overrides = {**values, "seed": seed, **(extra or {})}
+    if rl_algo == "dqn":
+        overrides["buffer_size"] = REPLAY
+    cfg = preset_config(rl_algo, BREAKOUT, overrides)
+    if algo == "dqn":  # the same algorithm as SB3's DQN (which has neither)
+        cfg = dataclasses.replace(cfg, dueling=False, prioritized_replay=False)
+    return cfg
+
+
+def budget_config(cfg, steps: int):
+    """`cfg` with its schedules set for `steps` env steps."""
+    changes: dict[str, Any] = {"total_timesteps": steps, "checkpoint_interval": max(steps, 1)}
+    if hasattr(cfg, "learning_starts"):
+        changes["learning_starts"] = min(cfg.learning_starts, max(1_000, steps // 20))
+    return dataclasses.replace(cfg, **changes)
+
+
+def learning_rate_of(marks: list[tuple[int, float]], learning_starts: int) -> float:
+    """Env steps/s over the last two thirds of a warm-up's (step, time) marks once learning runs."""
+    marks = [m for m in marks if m[0] > learning_starts]
+    if len(marks) < 3:
+        raise RuntimeError("the warm-up ended before learning had run for a while: raise --warmup-s")
+    t_end = marks[-1][1]
+    t_from = marks[0][1] + (t_end - marks[0][1]) / 3
+    start = next(m for m in marks if m[1] >= t_from)
+    if marks[-1][1] <= start[1]:
+        raise RuntimeError("warm-up too short to measure a speed")
+    return (marks[-1][0] - start[0]) / (marks[-1][1] - start[1])
+
+
+# --------------------------------------------------------------------------- rlbase
+
+def rlbase_train(cfg, seconds: float, run_dir: str | None, warmup: bool = False) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    """Train `cfg` until `seconds` have passed (or its steps are done); also the (step, time) marks.
+    The clock starts before the env and model are built, or for a `warmup` at the first step."""
+    from rlbase.lifecycle import train_config
+
+    marks: list[tuple[int, float]] = []
+    start = time.perf_counter()
+
+    def on_step(run) -> bool:
+        now = time.perf_counter()
+        marks.append((run.global_step, now))
+        return now - (marks[0][1] if warmup else start) < seconds
+
+    out = train_config(cfg, run_dir=run_dir, callbacks=on_step)
+    return out, marks
+
+
+def work_rlbase(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from rlbase.evaluate import evaluate
+
+    set_threads(job)
+    rl_algo = ALGOS[job["algo"]][0]
+    cfg = config_from_dict(rl_algo, job["config"])
+    warm = budget_config(cfg, 10_000_000)
+    warm = dataclasses.replace(warm, **({"learning_starts": job["warmup_learning_starts"]} if rl_algo == "dqn" else {}))
+    _, marks = rlbase_train(warm, job["warmup_s"], None, warmup=True)
+    rate = learning_rate_of(marks, getattr(warm, "learning_starts", 0))
+    cfg = budget_config(cfg, int(rate * job["budget_s"]))
+    with tempfile.TemporaryDirectory(prefix="rlbase-bench-learning-") as tmp:
+        start = time.perf_counter()
+        out, _ = rlbase_train(cfg, job["budget_s"], tmp)
+        wall = time.perf_counter() - start
+        report = evaluate(tmp, episodes=job["games"], device=torch.device("cpu"), seed=10_000 + cfg.seed)
+    scores = [e["return"] for e in report["episodes"]]
+    return {"wall_s": wall, "warmup_rate": rate, "scheduled_steps": cfg.total_timesteps, "steps": out["global_step"],
+            "scores": scores, "learning_starts": getattr(cfg, "learning_starts", None)}
+
+
+# --------------------------------------------------------------------------- Stable-Baselines3
+
+def sb3_model(algo: str, cfg, env):
+    from stable_baselines3 import PPO
+
+    if algo == "dqn":
+        return sb3_dqn(cfg, env, 1)[0]
+    kwargs, _ = sb3_ppo_kwargs(cfg)
+    return PPO(env=env, device="cpu", seed=cfg.seed, verbose=0, **kwargs)
+
+
+def sb3_train(algo: str, cfg, seconds: float, warmup: bool = False):
+    """SB3 `algo` with `cfg`'s values, trained until `seconds` have passed (model setup included;
+    for a `warmup`, from the first step)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    env = sb3_vec_env(cfg, 1 if algo == "dqn" else cfg.num_envs)
+    marks: list[tuple[int, float]] = []
+    start = time.perf_counter()
+
+    class Clock(BaseCallback):
+        def _on_step(self) -> bool:
+            now = time.perf_counter()
+            marks.append((int(self.model.num_timesteps), now))
+            return now - (marks[0][1] if warmup else start) < seconds
+
+    model = sb3_model(algo, cfg, env)
+    model.learn(total_timesteps=cfg.total_timesteps, callback=Clock())
+    env.close()
+    return model, marks
+
+
+def sb3_play(model, algo: str, cfg, games: int, seed: int) -> list[float]:
+    """Full-game scores of `model` on SB3's Atari stack with rlbase's evaluation settings."""
+    import numpy as np
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    env = make_atari_env(cfg.env_id, n_envs=1, seed=seed,
+                         env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.sticky_actions,
+                                     "max_num_frames_per_episode": cfg.atari_max_episode_steps * 4},
+                         wrapper_kwargs={"noop_max": cfg.noop_max, "frame_skip": 4, "screen_size": 84,
+                                         "terminal_on_life_loss": False, "clip_reward": False})
+    env = VecFrameStack(env, n_stack=cfg.frame_stack)
+    rng = np.random.default_rng(seed)
+    scores: list[float] = []
+    obs = env.reset()
+    while len(scores) < games:
+        if algo == "dqn":
+            action, _ = model.predict(obs, deterministic=True)
+            if rng.random() < cfg.eval_epsilon:
+                action = np.array([env.action_space.sample()])
+        else:
+            action, _ = model.predict(obs, deterministic=cfg.eval_deterministic)
+        obs, _, dones, infos = env.step(action)
+        for done, info in zip(dones, infos):
+            if done and "episode" in info:  # Monitor's record: the whole game, unclipped
+                scores.append(float(info["episode"]["r"]))
+    env.close()
+    return scores
+
+
+def work_sb3(job: dict[str, Any]) -> dict[str, Any]:
+    set_threads(job)
+    algo = job["algo"]
+    cfg = config_from_dict(algo, job["config"])
+    warm = budget_config(cfg, 10_000_000)
+    if algo == "dqn":
+        warm = dataclasses.replace(warm, learning_starts=job["warmup_learning_starts"])
+    _, marks = sb3_train(algo, warm, job["warmup_s"], warmup=True)
+    rate = learning_rate_of(marks, getattr(warm, "learning_starts", 0))
+    cfg = budget_config(cfg, int(rate * job["budget_s"]))
+    start = time.perf_counter()
+    model, _ = sb3_train(algo, cfg, job["budget_s"])
+    wall = time.perf_counter() - start
+    scores = sb3_play(model, algo, cfg, job["games"], 10_000 + cfg.seed)
+    return {"wall_s": wall, "warmup_rate": rate, "scheduled_steps": cfg.total_timesteps,
+            "steps": int(model.num_timesteps), "scores": scores, "learning_starts": getattr(cfg, "learning_starts", None)}
+
+
+WORKERS = {"rlbase": work_rlbase, "sb3": work_sb3}
+
+
+# --------------------------------------------------------------------------- plan and report
+
+def plan(args) -> list[dict[str, Any]]:
+    budget_s = 20.0 if args.quick else args.minutes * 60.0
+    warmup_s = 15.0 if args.quick else args.warmup_s
+    games = 1 if args.quick else args.games
+    jobs = []
+    for seed in args.seeds:
+        for algo in args.algos:
+            libraries = ["rlbase"] + (["sb3"] if algo in SB3_ALGOS and not args.rlbase_only else [])
+            for library in libraries:
+                cfg = base_config(algo, seed)
+                jobs.append({"kind": library, "algo": algo, "seed": seed, "config": dataclasses.asdict(cfg),
+                             "budget_s": budget_s, "warmup_s": warmup_s,
+                             "warmup_learning_starts": 200 if args.quick else 1_000, "games": games, "threads": args.threads})
+    return jobs
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+
+
+def ratio(a: list[float], b: list[float]) -> str:
+    """mean(a) / mean(b), or n/a when mean(b) is not positive (an untrained agent scores 0)."""
+    den = statistics.fmean(b)
+    return f"{statistics.fmean(a) / den:.2f}x" if den > 0 else "n/a (denominator 0)"
+
+
+def report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    rows, summary = [], {}
+    for r in results:
+        rows.append([r["algo"], r["kind"], str(r["seed"]), f"{r['warmup_rate']:.0f}", f"{r['scheduled_steps']:,}",
+                     f"{r['steps']:,}", f"{r['wall_s']:.0f}", mean_std(r["scores"])])
+    print_table(["algo", "library", "seed", "warm-up steps/s", "scheduled steps", "steps done", "train s",
+                 "score (mean ± std over games)"], rows)
+    print()
+    for algo in dict.fromkeys(r["algo"] for r in results):
+        for library in ("rlbase", "sb3"):
+            seed_means = [statistics.fmean(r["scores"]) for r in results if r["algo"] == algo and r["kind"] == library]
+            if seed_means:
+                summary[f"{algo}/{library}"] = seed_means
+    sb3_ppo = summary.get("ppo/sb3")
+    lines = []
+    for key, means in summary.items():
+        algo, library = key.split("/")
+        line = f"{algo:8s} {library:7s} mean over {len(means)} seed(s): {mean_std(means)}"
+        other = summary.get(f"{algo}/sb3") if library == "rlbase" else None
+        if other:
+            line += f"; rlbase / SB3 = {ratio(means, other)}"
+        if library == "rlbase" and sb3_ppo:
+            line += f"; / SB3 PPO = {ratio(means, sb3_ppo)}"
+        lines.append(line)
+    print("\n".join(lines))
+    return {"seed_means": summary, "lines": lines}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=["dqn", "ppo"], choices=list(ALGOS),
+                        help="rows (default: dqn ppo); rainbow and pqn run for rlbase only")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of each training run")
+    parser.add_argument("--warmup-s", type=float, default=60.0, help="seconds of the speed-measuring warm-up")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--games", type=int, default=10, help="full games played by each trained agent")
+    parser.add_argument("--rlbase-only", action="store_true", help="skip the SB3 runs")
+    args = parse_arguments(parser, argv, WORKERS)
+    meta = start_invocation(__file__, argv, args, minutes=args.minutes)
+    jobs = plan(args)
+    results = run_jobs(jobs, lambda j: f"{j['algo']} {j['kind']} seed {j['seed']}", __file__, WORKERS,
+                       args.in_process, meta)
+    summary = report(results)
+    if args.json:
+        configs = {f"{j['algo']}/seed{j['seed']}": j["config"] for j in jobs}
+        write_json(args.json, meta, [], configs, results, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
