@@ -141,7 +141,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="evaluate a trained agent",
                              description="Play full episodes with a trained agent and report the returns.")
     ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model.safetensors; "
-                    "an exported model.onnx (or its folder) plays through onnxruntime")
+                    "an exported model.onnx (or its folder) plays through onnxruntime; a pretrained backbone artifact "
+                    "(or its export) reports its held-out accuracy")
     ev.add_argument("--best", action="store_true",
                     help="evaluate the run's best checkpoint (best/, kept by --eval-freq) instead of its newest")
     ev.add_argument("--episodes", type=int, default=None, help="episodes to play (default: the config's eval_episodes)")
@@ -310,6 +311,11 @@ def _eval(args: argparse.Namespace) -> int:
                       num_envs=args.num_envs, video_dir=args.video, env_kwargs=env_kwargs)
     if args.json:
         print(json.dumps(report))
+        return 0
+    if report.get("kind") == "backbone":  # a pretrained backbone artifact: held-out metrics
+        from rlbase.backbone_compress import print_evaluation
+
+        print_evaluation(report)
         return 0
     step = f"step {report['global_step']:,}, " if isinstance(report["global_step"], int) else ""
     print(f"{report['env_id']} ({report['algo']}, {step}{report['policy']} policy): "

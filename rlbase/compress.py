@@ -4,7 +4,9 @@ where an artifact goes, how big a model is, and the report each writes.
 Each command reads a trained agent with `rlbase.evaluate.load_trained` (a run directory, a
 checkpoint folder or a model file; checked like any run file), builds its greedy acting path with
 `Agent.acting_net`, and writes a new folder (safetensors + JSON, never a pickle) with a
-`report.json`: the source, sizes before and after, and the evaluation returns of both.
+`report.json`: the source, sizes before and after, and the evaluation returns of both. Given a
+pretrained backbone artifact instead (`rlbase pretrain`'s output), distill, quantize and export
+act on the backbone and its task head and report held-out accuracy (rlbase/backbone_compress.py).
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ def source_run_dir(checkpoint: Path) -> Path | None:
     return run_dir if (run_dir / "config.json").exists() else None
 
 
-def output_dir(source: str | Path, checkpoint: Path, command: str, out: str | None) -> Path:
-    """`--out` (refused if it already holds anything), else a new folder beside the source run:
-    `<run>-<command>`, `<run>-<command>-2`, ..."""
+def output_dir(source: str | Path, checkpoint: Path | None, command: str, out: str | None,
+               base: Path | None = None) -> Path:
+    """`--out` (refused if it already holds anything), else a new folder beside the source run
+    (or beside `base`): `<run>-<command>`, `<run>-<command>-2`, ..."""
     if out:
         path = Path(out)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UsageError(f"--out {path} already exists and is not an empty folder")
     else:
-        base = source_run_dir(checkpoint) or checkpoint
+        base = base or source_run_dir(checkpoint) or checkpoint
         path = base.with_name(f"{base.name}-{command}")
         suffix = 1
         while path.exists():

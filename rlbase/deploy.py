@@ -238,6 +238,16 @@ def evaluate_onnx(path: str | Path, *, episodes: int | None = None, epsilon: flo
     path = onnx_model_path(path) or Path(path)
     if best:
         raise UsageError("--best needs a run directory; an ONNX export holds one policy")
+    if path.is_file():
+        from rlbase.backbone_compress import ONNX_FORMAT, evaluate_onnx_backbone, refuse_flags
+
+        session = onnx_session(path, f"{path}")
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        if meta.get("rlbase_format") == ONNX_FORMAT:  # an exported backbone: held-out metrics, no episodes
+            refuse_flags("eval", {"--episodes": episodes is not None, "--epsilon": epsilon is not None,
+                                  "--deterministic": deterministic is not None, "--num-envs": num_envs is not None,
+                                  "--video": video_dir is not None, "--env-kwargs": bool(env_kwargs)})
+            return evaluate_onnx_backbone(path, session, meta)
     artifact = read_artifact(path)
     agent = artifact.agent
     cfg = evaluation_config(agent, artifact.config, deterministic, epsilon)

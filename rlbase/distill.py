@@ -123,8 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Train a smaller student from a trained agent (DQN or a policy-gradient agent) on the states the "
         "student visits (DAgger-style), with the KL to the teacher's action distribution at a temperature "
         "(Q-values through a softmax for DQN), optionally plus the teacher's value. The output is a run "
-        "directory of the same algo that `rlbase eval` plays, with report.json (sizes, returns).")
-    parser.add_argument("path", metavar="RUN", help="the teacher: a run directory, checkpoint folder or model.safetensors")
+        "directory of the same algo that `rlbase eval` plays, with report.json (sizes, returns). Given a "
+        "pretrained backbone artifact, a student backbone and head learn its pretraining task from it "
+        "(report: held-out accuracy; OUT works as --backbone-weights).")
+    parser.add_argument("path", metavar="RUN|ARTIFACT",
+                        help="the teacher: a run directory, checkpoint folder or model.safetensors; or a pretrained "
+                             "backbone artifact (a student backbone and head trained on its pretraining task)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--hidden-sizes", type=_sizes, default=None, metavar="W,W",
                       help="the student's mlp widths (default: the teacher's scaled to --width-fraction)")
@@ -137,13 +141,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-envs", type=int, default=None, help="parallel envs (default: the teacher's)")
     parser.add_argument("--rollout-steps", type=int, default=16, help="steps per env between updates (default 16)")
     parser.add_argument("--temperature", type=float, default=None,
-                        help="softmax temperature of the KL (default: 1 for policy-gradient agents, 0.01 for DQN)")
+                        help="softmax temperature of the KL (default: 1 for policy-gradient agents, 0.01 for DQN, "
+                             "2 for a backbone)")
     parser.add_argument("--value-coef", type=float, default=None,
                         help="weight of the regression to the teacher's value (policy-gradient agents; default 0.5)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="the student's Adam learning rate (default 1e-3)")
     parser.add_argument("--batch-size", type=int, default=256, help="states per gradient step (default 256)")
-    parser.add_argument("--epochs", type=int, default=4,
-                        help="gradient steps per round: epochs * states collected / batch size (default 4)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="gradient steps per round: epochs * states collected / batch size (default 4); a "
+                             "backbone: passes over its pretraining data (default 10)")
+    parser.add_argument("--train-samples", type=int, default=None, metavar="N",
+                        help="a backbone: training inputs regenerated for the student (default: the pretraining's)")
+    parser.add_argument("--label-weight", type=float, default=0.0, metavar="W",
+                        help="a backbone: weight of the true labels' loss beside the teacher's (default 0)")
     parser.add_argument("--buffer-size", type=int, default=None,
                         help="states kept in the aggregated dataset (default: 100,000, at most 1 GiB of observations)")
     parser.add_argument("--beta-decay", type=float, default=0.2,
@@ -204,7 +214,7 @@ def settings_from(args: argparse.Namespace, algo: str, teacher_cfg: Any, observa
         backbone=args.backbone, steps=args.steps, num_envs=num_envs, rollout_steps=args.rollout_steps,
         temperature=args.temperature if args.temperature is not None else (0.01 if algo == "dqn" else 1.0),
         value_coef=0.0 if algo == "dqn" else (args.value_coef if args.value_coef is not None else 0.5),
-        learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs or 4,
         buffer_size=math.ceil(buffer_size / num_envs) * num_envs, beta_decay=args.beta_decay,
         max_grad_norm=args.max_grad_norm, seed=args.seed,
         eval_episodes=args.eval_episodes or teacher_cfg.eval_episodes,
@@ -259,6 +269,15 @@ def run(args: argparse.Namespace) -> int:
     from rlbase.utils import intra_op_threads, resolve_device, seed_everything
 
     check_arguments(args)
+    from rlbase.backbone_compress import is_backbone_artifact
+
+    if is_backbone_artifact(args.path):  # a pretrained backbone: a student backbone + head on its task
+        from rlbase.backbone_distill import distill_command
+
+        return distill_command(args)
+    for flag in ("train_samples", "label_weight"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to a backbone artifact; {args.path} is an agent run")
     device = resolve_device(args.device)
     trained = load_trained(args.path, device, best=args.best)
     algo, teacher_cfg, agent = trained.agent.name, trained.config, trained.agent

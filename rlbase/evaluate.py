@@ -234,13 +234,24 @@ def evaluate(path: str | Path, *, best: bool = False, episodes: int | None = Non
     best evaluated one); returns the report, also saved in the run as eval_<checkpoint>.json.
     `env_kwargs` override the run's env keyword arguments for the eval envs (e.g. MazeGoTo's
     `eval_targets`, to choose which held-out split is played); the report records them. An ONNX
-    export (a .onnx file or its folder) plays through onnxruntime (rlbase.deploy.evaluate_onnx)."""
+    export (a .onnx file or its folder) plays through onnxruntime (rlbase.deploy.evaluate_onnx). A
+    pretrained backbone artifact (or its export) is measured on its held-out split instead: a report
+    of kind "backbone" (rlbase.backbone_compress)."""
     from rlbase.deploy import evaluate_onnx, onnx_model_path
 
     if onnx_model_path(path) is not None:
         return evaluate_onnx(path, best=best, episodes=episodes, epsilon=epsilon, deterministic=deterministic,
                              seed=seed, device=device, num_envs=num_envs, video_dir=video_dir, progress=progress,
                              env_kwargs=env_kwargs)
+    from rlbase.backbone_compress import is_backbone_artifact
+
+    if is_backbone_artifact(path):  # a pretrained backbone: its held-out metrics, no episodes
+        from rlbase.backbone_compress import evaluate_backbone, refuse_flags
+
+        refuse_flags("eval", {"--best": best, "--episodes": episodes is not None, "--epsilon": epsilon is not None,
+                              "--deterministic": deterministic is not None, "--num-envs": num_envs is not None,
+                              "--video": video_dir is not None, "--env-kwargs": bool(env_kwargs)})
+        return evaluate_backbone(path, device)
     if (Path(path) / "quantization.json").is_file():  # an int8 artifact of `rlbase quantize`: played on the CPU
         from rlbase.quantize import evaluate_quantized
 

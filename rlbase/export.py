@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "action) as one ONNX file with a dynamic batch dimension and metadata, check it\n"
                           "against the torch module with onnxruntime, and play both.\n"
                           "`rlbase eval OUT/model.onnx` plays the file with onnxruntime.")
-    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT",
-                        help="a run directory, checkpoint folder or model.safetensors")
+    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT|ARTIFACT",
+                        help="a run directory, checkpoint folder or model.safetensors; or a pretrained backbone "
+                             "artifact (backbone + task head exported, checked on held-out inputs)")
     parser.add_argument("--format", default="onnx",
                         help="onnx (default); torchscript is refused: its archives are unpickled on load")
     parser.add_argument("--out", metavar="DIR", default=None,
@@ -80,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, metavar="N", default=DEFAULT_OPSET,
                         help=f"ONNX opset, {DEFAULT_OPSET} or newer (default: {DEFAULT_OPSET})")
     parser.add_argument("--parity-samples", type=int, metavar="N", default=1000,
-                        help="env observations checked torch vs onnxruntime; 0 skips the check (default: 1000)")
+                        help="env observations (a backbone: held-out inputs) checked torch vs onnxruntime; 0 skips "
+                             "the check (default: 1000)")
     parser.add_argument("--episodes", type=int, metavar="N", default=None,
                         help="episodes each of the torch policy and the ONNX file play for the report; 0 skips "
                              "(default: the config's eval_episodes)")
@@ -162,7 +164,8 @@ def exporter_error(exc: Exception) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def export_onnx(net: nn.Module, example: Any, names: list[str], opset: int, metadata: dict[str, str]) -> bytes:
+def export_onnx(net: nn.Module, example: Any, names: list[str], opset: int, metadata: dict[str, str],
+                output_names: tuple[str, ...] = ("outputs", "actions")) -> bytes:
     """The serialized ONNX model of `net` (on the CPU, in eval mode) traced at `example` (a batch of
     at least 2 observations), batch dimension dynamic, `metadata` in its metadata_props."""
     try:
@@ -176,7 +179,7 @@ def export_onnx(net: nn.Module, example: Any, names: list[str], opset: int, meta
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(_Positional(net, keys).eval(), inputs, None, input_names=names,
-                                        output_names=["outputs", "actions"], opset_version=opset,
+                                        output_names=list(output_names), opset_version=opset,
                                         dynamic_shapes=(tuple({0: batch} for _ in inputs),), dynamo=True,
                                         verbose=False, report=False, optimize=True)
             model = program.model_proto
@@ -275,6 +278,10 @@ def run(args: argparse.Namespace) -> int:
     from rlbase.utils import plural
 
     check_arguments(args)
+    from rlbase.backbone_compress import export_command, is_backbone_artifact
+
+    if is_backbone_artifact(args.path):  # a pretrained backbone: backbone + task head, held-out accuracy
+        return export_command(args)
     cpu = torch.device("cpu")  # the artifact is for CPU inference; the check compares CPU with CPU
     trained = load_trained(args.path, cpu, best=args.best)
     agent, cfg, checkpoint = trained.agent, trained.config, trained.checkpoint

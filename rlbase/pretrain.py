@@ -8,8 +8,11 @@ a held-out fifth of the images.
 
 The output is a run directory: TensorBoard events and `metrics.jsonl` of the training, the
 resolved `config.json`, and the backbone artifact in `backbone/` (safetensors weights, a JSON
-spec, the vocabulary for text encoders, the final metrics). Agents load it with
-`rlbase train ALGO --env ID --backbone-weights DIR` (the run directory or its `backbone/`).
+spec, the vocabulary for text encoders, the final metrics, the task head and how the data was
+generated, so the held-out split can be rebuilt). Agents load it with
+`rlbase train ALGO --env ID --backbone-weights DIR` (the run directory or its `backbone/`);
+`rlbase quantize | distill | export DIR` compress it and `rlbase eval DIR` measures it again
+(rlbase/backbone_compress.py).
 """
 
 from __future__ import annotations
@@ -103,6 +106,41 @@ class TaskHead(nn.Module):
         return self.net(features)
 
 
+class TaskModel(nn.Module):
+    """A backbone with its task head: observations -> the head's outputs (what held-out accuracy
+    measures, what `rlbase quantize` and `rlbase export` convert as one network)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(obs))
+
+
+def data_description(cfg: PretrainConfig) -> dict[str, Any]:
+    """How the data was generated (kept in the artifact): enough to rebuild the held-out split."""
+    return {"task": cfg.task, "env_kwargs": dict(cfg.env_kwargs), "seed": cfg.seed,
+            "train_samples": cfg.train_samples, "val_samples": cfg.val_samples}
+
+
+def make_split(data: dict[str, Any], split: str, device: torch.device | str = "cpu",
+               num_samples: int | None = None) -> Any:
+    """The `train` or held-out (`eval`) split `rlbase pretrain` used, regenerated from a
+    `data_description`; `num_samples` overrides the count (a larger train split extends the same
+    sequence). Env and text tasks seed the held-out split seed + 1 (its levels or paraphrases differ
+    anyway); digits split one permutation seeded by seed, so both splits take the same seed (another
+    permutation's held-out fifth would be mostly training images)."""
+    from rlbase.datasets import make_dataset
+
+    count = num_samples or data["train_samples" if split == "train" else "val_samples"]
+    seed = data["seed"] + (split == "eval" and data["task"] != "digits")
+    try:
+        return make_dataset(data["task"], split, count, seed, data.get("env_kwargs") or {}, device)
+    except ValueError as exc:
+        raise UsageError(f"pretrain {data['task']}: {exc}") from None
+
+
 def head_sizes(data: Any) -> list[int]:
     """Classes per head: one entry for single-label data, several for factored labels (colour, object)."""
     if data.kind == "regression":
@@ -130,6 +168,12 @@ def evaluate_task(backbone: nn.Module, head: nn.Module, data: Any, batch_size: i
                          for i in range(0, len(data.targets), batch_size)])
     backbone.train()
     head.train()
+    return task_metrics(data, outputs)
+
+
+def task_metrics(data: Any, outputs: torch.Tensor) -> dict[str, float]:
+    """`evaluate_task`'s metrics of a split's `outputs` (N, head outputs), however they were computed."""
+    outputs = outputs.to(data.targets.device)
     if data.kind == "regression":
         err = outputs - data.targets
         var = data.targets.var(0, unbiased=False).clamp_min(1e-12)
@@ -148,11 +192,15 @@ def evaluate_task(backbone: nn.Module, head: nn.Module, data: Any, batch_size: i
     return metrics
 
 
+def cosine_rate(base: float, step: int, total: int, warmup: int) -> float:
+    """The learning rate at `step` of `total`: a linear warm-up over `warmup` steps, then cosine to 0."""
+    return base * min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def pretrain(cfg: PretrainConfig, progress: bool | None = None) -> dict[str, Any]:
     """Generate the data, train backbone + head, write the run directory; returns the final metrics."""
     from rlbase.backbones import build_backbone, check_backbone
     from rlbase.backbones.artifact import save_backbone
-    from rlbase.datasets import make_dataset
     from rlbase.logger import RunLogger
     from rlbase.utils import intra_op_threads, resolve_device, seed_everything
 
@@ -160,11 +208,8 @@ def pretrain(cfg: PretrainConfig, progress: bool | None = None) -> dict[str, Any
     device = resolve_device(cfg.device)
     threads = cfg.torch_threads or torch.get_num_threads()
     with intra_op_threads(threads):
-        try:
-            train = make_dataset(cfg.task, "train", cfg.train_samples, cfg.seed, cfg.env_kwargs, device)
-            val = make_dataset(cfg.task, "eval", cfg.val_samples, cfg.seed + 1, cfg.env_kwargs, device)
-        except ValueError as exc:
-            raise UsageError(f"pretrain {cfg.task}: {exc}") from None
+        train = make_split(data_description(cfg), "train", device)
+        val = make_split(data_description(cfg), "eval", device)
         name = check_backbone(cfg.backbone, train.observation_space)
         cfg = dataclasses.replace(cfg, backbone=name)
         out = Path(cfg.out or f"pretrained/{cfg.task}__{name}__{cfg.seed}")
@@ -198,8 +243,7 @@ def pretrain(cfg: PretrainConfig, progress: bool | None = None) -> dict[str, Any
                 order = torch.randperm(n, device=device, generator=generator)
                 loss_sum = torch.zeros((), device=device)
                 for i in range(steps_per_epoch):
-                    lr = cfg.learning_rate * (min(1.0, (step + 1) / max(1, warmup))
-                                              * 0.5 * (1 + math.cos(math.pi * step / total)))
+                    lr = cosine_rate(cfg.learning_rate, step, total, warmup)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
@@ -221,5 +265,6 @@ def pretrain(cfg: PretrainConfig, progress: bool | None = None) -> dict[str, Any
         train_metrics = evaluate_task(backbone, head, train)
         metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
         save_backbone(out / ARTIFACT_DIR, backbone.cpu(), name, train.observation_space, cfg.hidden_sizes,
-                      cfg.activation, task=cfg.task, metrics=metrics, tokenizer=getattr(train, "tokenizer", None))
+                      cfg.activation, task=cfg.task, metrics=metrics, tokenizer=getattr(train, "tokenizer", None),
+                      head=head.cpu(), data=data_description(cfg))
     return {"out": str(out), "backbone": name, "metrics": metrics}

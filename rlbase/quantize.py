@@ -78,13 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "Writes a folder "
                           "with safetensors + JSON and a report (bytes, CPU latency, return of fp32 and int8) "
                           "that `rlbase eval` plays.")
-    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, checkpoint folder or model file")
+    parser.add_argument("path", metavar="RUN_DIR|CHECKPOINT|ARTIFACT",
+                        help="a run directory, checkpoint folder or model file; or a pretrained backbone artifact "
+                             "(backbone + task head quantized, held-out accuracy reported)")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="the artifact folder (default: a new folder <run>-quantize beside the run)")
     parser.add_argument("--best", action="store_true", help="quantize the run's best checkpoint instead of its newest")
     parser.add_argument("--calibration-steps", type=int, default=64, metavar="N",
                         help="env steps (over 16 envs) whose states calibrate the convolutions' activation scales and "
-                             "measure parity and latency (default: 64)")
+                             "measure parity and latency; a backbone: N x 16 training inputs (default: 64)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="episodes to evaluate fp32 and int8 on (default: the config's eval_episodes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration and evaluation episodes")
@@ -97,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid --episodes: must be positive, got {args.episodes}")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"invalid --seed: must be in [0, 2**32), got {args.seed}")
+    from rlbase.backbone_compress import is_backbone_artifact, quantize_command
+
+    if is_backbone_artifact(args.path):  # a pretrained backbone: backbone + task head, held-out accuracy
+        return quantize_command(args)
     report = quantize(args.path, out=args.out, best=args.best, calibration_steps=args.calibration_steps,
                       episodes=args.episodes, seed=args.seed)
     fp32, int8 = report["fp32"], report["int8"]

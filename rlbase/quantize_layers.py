@@ -144,6 +144,34 @@ def _conv_weight(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
             scales, zero_points, 0, torch.qint8)
 
 
+def _linear_weight(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """A stored per-tensor int8 Linear weight as a quantized tensor, checked."""
+    weight = tensors[f"{name}.weight.int8"]
+    scale, zero_point = _qparams(tensors, name, "weight")
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise ValueError(f"the int8 weight of layer {name} is malformed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in torch 2.13
+        return torch.quantize_per_tensor((weight.to(torch.float32) - zero_point) * scale, scale, zero_point,
+                                         torch.qint8)
+
+
+def dequantized_state(tensors: dict[str, torch.Tensor], layers: list[str],
+                      convs: list[str] = ()) -> dict[str, torch.Tensor]:
+    """The fp32 state dict of an artifact's tensors: each int8 weight of `layers` (dynamic Linear)
+    and `convs` (static Conv2d) dequantized to the values the int8 network computes with, the scales
+    and zero points dropped, the other tensors as stored. KeyError for a missing tensor, ValueError
+    for a malformed one."""
+    int8_keys = {f"{name}.weight.{part}" for name in layers for part in ("int8", "scale", "zero_point")}
+    int8_keys |= {f"{name}.{part}" for name in convs for part in CONV_PARTS}
+    state = {k: v for k, v in tensors.items() if k not in int8_keys}
+    for name in layers:
+        state[f"{name}.weight"] = _linear_weight(tensors, name).dequantize()
+    for name in convs:
+        state[f"{name}.weight"] = _conv_weight(tensors, name).dequantize()
+    return state
+
+
 def build_quantized(make_net: Callable[[dict[str, torch.Tensor]], nn.Module], shapes: dict[str, Any],
                     layers: list[str], tensors: dict[str, torch.Tensor], source: str,
                     convs: list[str] = ()) -> nn.Module:
@@ -155,23 +183,9 @@ def build_quantized(make_net: Callable[[dict[str, torch.Tensor]], nn.Module], sh
     convs = list(convs)
     try:
         net = make_net(skeleton)
-        int8_keys = {f"{name}.weight.{part}" for name in layers for part in ("int8", "scale", "zero_point")}
-        int8_keys |= {f"{name}.{part}" for name in convs for part in CONV_PARTS}
-        fp32 = {k: v for k, v in tensors.items() if k not in int8_keys}
-        qweights = {}
-        for name in layers:
-            weight = tensors[f"{name}.weight.int8"]
-            scale, zero_point = _qparams(tensors, name, "weight")
-            if weight.dtype != torch.int8 or weight.dim() != 2:
-                raise ValueError(f"the int8 weight of layer {name} is malformed")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # quantized tensor creation is deprecated in torch 2.13
-                qweights[name] = torch.quantize_per_tensor((weight.to(torch.float32) - zero_point) * scale, scale,
-                                                           zero_point, torch.qint8)
-            fp32[f"{name}.weight"] = qweights[name].dequantize()
-        for name in convs:
-            qweights[name] = _conv_weight(tensors, name)
-            fp32[f"{name}.weight"] = qweights[name].dequantize()
+        fp32 = dequantized_state(tensors, layers, convs)
+        qweights = {name: _linear_weight(tensors, name) for name in layers}
+        qweights.update({name: _conv_weight(tensors, name) for name in convs})
         own = net.state_dict()
         for key, value in own.items():
             if key in fp32 and (fp32[key].shape != value.shape or fp32[key].dtype != value.dtype):

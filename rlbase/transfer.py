@@ -152,6 +152,10 @@ def _artifact_name(spec: dict[str, Any], path: str, wanted: str, cfg: Any, space
 
     where = f" for key {key!r}" if key else ""
     check_space(Path(path), space_from_description(spec["observation_space"]), space, key)
+    if spec.get("quantization") is not None and not cfg.freeze_backbone:
+        # its weights are int8 values dequantized: fine-tuning would move them off that grid
+        raise UsageError(f"--backbone-weights {path} is an int8 artifact (rlbase quantize): agents take it frozen; add "
+                         f"--freeze-backbone, or fine-tune the fp32 artifact it came from")
     if wanted not in ("auto", spec["name"]):
         raise UsageError(f"--backbone {wanted}{where} does not match the pretrained backbone in {path} ({spec['name']})")
     if spec["name"] == "mlp" and (tuple(spec.get("hidden_sizes") or ()) != tuple(cfg.hidden_sizes)

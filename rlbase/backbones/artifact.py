@@ -2,8 +2,24 @@
 
     backbone.safetensors  the state_dict (safetensors: loading it runs no code)
     backbone.json         {"format": "rlbase-backbone", "version": 1, "name", "hidden_sizes",
-                           "activation", "observation_space", "out_dim", "task", "metrics"}
+                           "activation", "observation_space", "out_dim", "task", "metrics"}, and
+                           where known "data" (how `rlbase pretrain` generated its data: task,
+                           env_kwargs, seed, train_samples, val_samples; the held-out split is
+                           rebuilt from it), "head" ({"outputs": N}: the task head kept beside the
+                           backbone) and, for the int8 artifacts of `rlbase quantize`,
+                           "quantization" (the int8 layers, see below)
+    head.safetensors      the task head's state_dict (a `rlbase.pretrain.TaskHead`), when kept
     vocab.json            the Tokenizer, for a backbone that reads text
+
+The task head is what held-out accuracy is measured with and what `rlbase distill` learns from;
+agents never load it (`--backbone-weights` takes the backbone alone).
+
+An int8 artifact (`rlbase quantize ARTIFACT`) stores its quantized layers as int8 weights with
+their scales (the tensors of `rlbase.quantize_layers.artifact_tensors`; layer names in
+"quantization" are those of backbone + head, prefixed `backbone.` / `head.`). Loading its backbone
+as fp32 (`load_backbone`, `--backbone-weights`) dequantizes those weights: the values the int8
+network computes with, exactly. Agents take it frozen only (`--freeze-backbone`): fine-tuning would
+move the weights off their int8 grid, so fine-tune the fp32 artifact it came from instead.
 
 Nothing here ever unpickles: a pickle or torch.save file handed over in place of an artifact
 is refused with a UsageError, like a missing or corrupt one. A directory is written next to its
@@ -22,18 +38,18 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from rlbase.backbones import Backbone, build_backbone, input_scale, is_token_space, resolve_backbone_name
 from rlbase.backbones.text import TextEncoder
 from rlbase.backbones.vision import MLP
 from rlbase.errors import UsageError
-from rlbase.safefiles import PICKLED, load_safetensors, safetensors_problem
+from rlbase.safefiles import (PICKLED, atomic_write_text, fsync_path, load_safetensors, safetensors_problem,
+                              save_safetensors)
 from rlbase.tokenizer import Tokenizer
 
 FORMAT = "rlbase-backbone"
 VERSION = 1
-WEIGHTS, SPEC, VOCAB = "backbone.safetensors", "backbone.json", "vocab.json"
+WEIGHTS, SPEC, VOCAB, HEAD = "backbone.safetensors", "backbone.json", "vocab.json", "head.safetensors"
 
 
 def artifact_root(path: str | Path) -> Path:
@@ -120,14 +136,35 @@ def _text_encoders(backbone: Backbone) -> list[TextEncoder]:
 
 def save_backbone(path: str | Path, backbone: Backbone, name: str, observation_space: gym.spaces.Space,
                   hidden_sizes: tuple[int, ...], activation: str, task: str | None = None,
-                  metrics: Mapping[str, Any] | None = None, tokenizer: Tokenizer | None = None) -> Path:
+                  metrics: Mapping[str, Any] | None = None, tokenizer: Tokenizer | None = None,
+                  head: torch.nn.Module | None = None, data: Mapping[str, Any] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> Path:
     """Write `backbone` as an artifact directory at `path`, replacing an earlier artifact there.
 
     `name` is resolved against `observation_space` (`auto` becomes the concrete name, a Dict gets
     its full per-key spec). `tokenizer` goes with a backbone that reads text; its ids must fit the
-    encoder's vocabulary. Returns the directory.
+    encoder's vocabulary. `head` (a `TaskHead`) is kept in head.safetensors, `data` describes the
+    pretraining data, `extra` adds fields to backbone.json (e.g. where a distilled one came from).
+    Returns the directory.
     """
-    target = Path(path)
+    spec = backbone_spec(backbone, name, observation_space, hidden_sizes, activation, task, metrics, tokenizer, data)
+    if head is not None:
+        spec["head"] = {"outputs": int(head_outputs(head))}
+    spec.update(extra or {})
+    return write_artifact(path, spec, backbone.state_dict(), head.state_dict() if head is not None else None,
+                          tokenizer)
+
+
+def head_outputs(head: torch.nn.Module) -> int:
+    """Outputs of a task head: the width of its last Linear layer."""
+    last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    return last.out_features
+
+
+def backbone_spec(backbone: Backbone, name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...],
+                  activation: str, task: str | None = None, metrics: Mapping[str, Any] | None = None,
+                  tokenizer: Tokenizer | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The backbone.json of `backbone` (checked: the tokenizer fits a text encoder)."""
     resolved = resolve_backbone_name(name, observation_space)
     encoders = _text_encoders(backbone)
     if tokenizer is not None:
@@ -137,25 +174,38 @@ def save_backbone(path: str | Path, backbone: Backbone, name: str, observation_s
         if too_small:
             raise UsageError(f"the tokenizer has {tokenizer.vocab_size} words, but the text encoder's "
                              f"vocabulary holds {too_small[0]}")
-    if target.exists() and not (target.is_dir() and ((target / SPEC).is_file() or not any(target.iterdir()))):
-        # Never delete something that is not an artifact (a results folder given by mistake).
-        raise UsageError(f"{target} exists and is not a backbone artifact; choose another path")
     spec = {
         "format": FORMAT, "version": VERSION, "name": resolved,
         "hidden_sizes": [int(h) for h in hidden_sizes], "activation": activation,
         "observation_space": describe_space(observation_space), "out_dim": int(backbone.out_dim),
         "task": task, "metrics": dict(metrics or {}),
     }
+    if data is not None:
+        spec["data"] = dict(data)
+    return spec
+
+
+def write_artifact(path: str | Path, spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                   head_tensors: Mapping[str, torch.Tensor] | None = None, tokenizer: Tokenizer | None = None) -> Path:
+    """Write an artifact directory at `path` from its backbone.json `spec` and tensors (staged beside
+    it and renamed into place), replacing an earlier artifact there but nothing else."""
+    target = Path(path)
+    if target.exists() and not (target.is_dir() and ((target / SPEC).is_file() or not any(target.iterdir()))):
+        # Never delete something that is not an artifact (a results folder given by mistake).
+        raise UsageError(f"{target} exists and is not a backbone artifact; choose another path")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        tensors = {key: value.detach().to("cpu").contiguous() for key, value in backbone.state_dict().items()}
-        save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt"})
+        for file, part in ((WEIGHTS, tensors), (HEAD, head_tensors)):
+            if part is not None:
+                save_safetensors({key: value.detach().to("cpu").contiguous() for key, value in part.items()},
+                                 staging / file)
         # numpy and torch scalars in metrics become plain floats.
-        (staging / SPEC).write_text(json.dumps(spec, indent=1, default=float))
+        atomic_write_text(staging / SPEC, json.dumps(spec, indent=1, default=float))
         if tokenizer is not None:
             tokenizer.save(staging / VOCAB)
         _swap_into_place(staging, target)
+        fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -226,17 +276,66 @@ def _validate_fields(spec: dict[str, Any]) -> None:
         space_from_description(spec.get("observation_space"))
     except (TypeError, ValueError, OverflowError) as err:  # np.dtype("nonsense") is a TypeError
         raise ValueError(str(err).splitlines()[0]) from None
+    head = spec.get("head")
+    if head is not None and not (isinstance(head, dict) and _positive_int(head.get("outputs"))):
+        raise ValueError("head must be an object with a positive integer outputs")
+    data = spec.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("task"), str)
+                                 and isinstance(data.get("env_kwargs", {}), dict)
+                                 and all(_positive_int(data.get(k)) for k in ("train_samples", "val_samples"))
+                                 and _positive_int(data.get("seed", 0), low=0)):
+        raise ValueError("data must be an object with task, env_kwargs, seed, train_samples and val_samples")
+    quantization = spec.get("quantization")
+    if quantization is not None:
+        if not isinstance(quantization, dict):
+            raise ValueError("quantization must be an object")
+        for field in ("layers", "conv_layers"):
+            names = quantization.get(field)
+            if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith(("backbone.", "head."))
+                                                      for n in names):
+                raise ValueError(f"quantization.{field} must be a list of layer names (backbone.* or head.*)")
 
 
-def _read_weights(root: Path) -> dict[str, torch.Tensor]:
-    file = root / WEIGHTS
-    if not file.is_file():
-        raise UsageError(f"{root}: missing {WEIGHTS}")
-    return load_safetensors(file, "cpu", error=UsageError)
+def _positive_int(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _load_state(root: Path, backbone: Backbone, name: str) -> None:
-    state = _read_weights(root)
+def quantized_layers(spec: Mapping[str, Any], part: str) -> tuple[list[str], list[str]]:
+    """The int8 (Linear, Conv2d) layers of an artifact's `part` ("backbone" or "head"), named within
+    that part; empty for an fp32 artifact."""
+    quantization = spec.get("quantization") or {}
+    prefix = f"{part}."
+    return tuple([name[len(prefix):] for name in quantization.get(field, []) if name.startswith(prefix)]
+                 for field in ("layers", "conv_layers"))
+
+
+def read_tensors(root: Path, file: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    """The tensors of an artifact's file as stored (int8 weights and scales included), checked."""
+    if not (root / file).is_file():
+        raise UsageError(f"{root}: missing {file}")
+    return load_safetensors(root / file, "cpu", error=UsageError)
+
+
+def _read_weights(root: Path, spec: Mapping[str, Any] | None = None, file: str = WEIGHTS,
+                  part: str = "backbone") -> dict[str, torch.Tensor]:
+    """An fp32 state dict of the artifact's backbone (or head): an int8 artifact's weights dequantized."""
+    tensors = read_tensors(root, file)
+    layers, convs = quantized_layers(spec or {}, part)
+    if not layers and not convs:
+        return tensors
+    from rlbase.quantize_layers import dequantized_state
+
+    try:
+        return dequantized_state(tensors, layers, convs)
+    except KeyError as exc:
+        raise UsageError(f"{root / file}: tensor {exc.args[0]} of an int8 layer is missing") from None
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"{root / file}: {str(exc).splitlines()[0]}") from None
+
+
+def _load_state(root: Path, backbone: torch.nn.Module, name: str, spec: Mapping[str, Any] | None = None,
+                file: str = WEIGHTS, part: str = "backbone") -> None:
+    state = _read_weights(root, spec, file, part)
     own = backbone.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]
@@ -245,7 +344,7 @@ def _load_state(root: Path, backbone: Backbone, name: str) -> None:
         problems = [f"{len(keys)} {what} (first {keys[0]!r})" for what, keys in
                     (("missing tensors", missing), ("unexpected tensors", unexpected), ("shapes differ", reshaped))
                     if keys]
-        raise UsageError(f"{root / WEIGHTS}: the weights do not fit backbone {name!r}: {'; '.join(problems)}")
+        raise UsageError(f"{root / file}: the weights do not fit {part} {name!r}: {'; '.join(problems)}")
     backbone.load_state_dict(state)
 
 
@@ -268,7 +367,7 @@ def load_backbone(path: str | Path, observation_space: gym.spaces.Space | None =
     if backbone.out_dim != spec["out_dim"]:
         raise UsageError(f"{root / SPEC}: backbone {spec['name']!r} gives {backbone.out_dim} features, "
                          f"but the artifact says {spec['out_dim']}")
-    _load_state(root, backbone, spec["name"])
+    _load_state(root, backbone, spec["name"], spec)
     return backbone.to(device), spec
 
 
@@ -289,8 +388,23 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, name: str,
     if activations - {spec["activation"]}:
         raise UsageError(f"{root} holds an mlp with activation {spec['activation']!r}, "
                          f"but this one uses {sorted(activations)[0]!r}")
-    _load_state(root, backbone, resolved)
+    _load_state(root, backbone, resolved, spec)
     return spec
+
+
+def load_head(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The artifact's task head (a `rlbase.pretrain.TaskHead`, weights dequantized for an int8 one);
+    a one-line UsageError when the artifact kept none (written before `rlbase pretrain` kept heads)."""
+    from rlbase.pretrain import TaskHead
+
+    root = artifact_root(path)
+    spec = load_backbone_spec(root)
+    if spec.get("head") is None:
+        raise UsageError(f"{root}: the artifact has no task head ({HEAD}; artifacts written before rlbase pretrain "
+                         "kept heads have none): pretrain it again to measure or compress it")
+    head = TaskHead(spec["out_dim"], spec["head"]["outputs"])
+    _load_state(root, head, "task head", spec, HEAD, "head")
+    return head.to(device)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | None:
