@@ -69,7 +69,7 @@ class Agent:
 
 
 AGENT_MODULES = {"dqn": "rlbase.agents.dqn", "ppo": "rlbase.agents.ppo", "a2c": "rlbase.agents.a2c",
-                 "reinforce": "rlbase.agents.reinforce"}
+                 "reinforce": "rlbase.agents.reinforce", "pqn": "rlbase.agents.pqn"}
 ALGORITHMS = tuple(AGENT_MODULES)
 
 

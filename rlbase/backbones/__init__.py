@@ -42,20 +42,25 @@ def is_grid_space(space: gym.spaces.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
 
 
-def _build_mlp(space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256), activation: str = "relu") -> MLP:
-    return MLP(space, hidden_sizes, activation)
+def _build_mlp(space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256), activation: str = "relu",
+               layer_norm: bool = False) -> MLP:
+    return MLP(space, hidden_sizes, activation, layer_norm=layer_norm)
 
 
-def _ignoring_sizes(cls: Callable[[gym.spaces.Box], Backbone]) -> Callable[..., Backbone]:
-    """A builder for a backbone with fixed sizes: `hidden_sizes` and `activation` shape only the mlp."""
-    return lambda space, hidden_sizes=None, activation=None: cls(space)
+def _ignoring_sizes(cls: Callable[..., Backbone], normalizable: bool = False) -> Callable[..., Backbone]:
+    """A builder for a backbone with fixed sizes: `hidden_sizes` and `activation` shape only the mlp;
+    `layer_norm` reaches the backbones that take it (`normalizable`: nature_cnn, impala_cnn). The
+    others have their own normalisation (resnet: GroupNorm; vit, text: LayerNorm) or none (film_cnn)."""
+    if normalizable:
+        return lambda space, hidden_sizes=None, activation=None, layer_norm=False: cls(space, layer_norm=layer_norm)
+    return lambda space, hidden_sizes=None, activation=None, layer_norm=False: cls(space)
 
 
-# name -> (builder(space, hidden_sizes, activation), accepts(space), what it needs, for error messages)
+# name -> (builder(space, hidden_sizes, activation, layer_norm), accepts(space), what it needs, for error messages)
 BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space], bool], str]] = {
     "mlp": (_build_mlp, lambda space: isinstance(space, gym.spaces.Box), "a Box observation space"),
-    "nature_cnn": (_ignoring_sizes(NatureCNN), is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
-    "impala_cnn": (_ignoring_sizes(ImpalaCNN), is_grid_space, "image or grid observations of shape (C, H, W)"),
+    "nature_cnn": (_ignoring_sizes(NatureCNN, normalizable=True), is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
+    "impala_cnn": (_ignoring_sizes(ImpalaCNN, normalizable=True), is_grid_space, "image or grid observations of shape (C, H, W)"),
     "resnet": (_ignoring_sizes(ResNet), is_grid_space, "image or grid observations of shape (C, H, W)"),
     "vit": (_ignoring_sizes(ViT), is_grid_space, "image or grid observations of shape (C, H, W)"),
     "film_cnn": (_ignoring_sizes(FiLMCNN), is_grid_space, "image or grid observations of shape (C, H, W)"),
@@ -171,15 +176,19 @@ def resolve_backbone_name(name: str, observation_space: gym.spaces.Space) -> str
 
 
 def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256),
-                   activation: str = "relu") -> Backbone:
+                   activation: str = "relu", layer_norm: bool = False) -> Backbone:
     """Build backbone `name` (or the default for the space when `name` is `auto`).
 
     `hidden_sizes` and `activation` shape the mlp backbone (in a Dict, every mlp sub-backbone);
-    the other backbones have fixed sizes. A Dict space gives a `MultiInputBackbone`.
+    the other backbones have fixed sizes. `layer_norm` puts a LayerNorm before each hidden
+    activation of the mlp and nature_cnn (impala_cnn: before its last one); off by default, so
+    other agents' networks and checkpoints are unchanged. A Dict space gives a `MultiInputBackbone`.
     """
     if isinstance(observation_space, gym.spaces.Dict):
         names = backbone_names(name, observation_space)
-        return MultiInputBackbone({key: build_backbone(sub_name, observation_space[key], hidden_sizes, activation)
+        return MultiInputBackbone({key: build_backbone(sub_name, observation_space[key], hidden_sizes, activation,
+                                                       layer_norm)
                                    for key, sub_name in names.items()})
     name = _check_single(name, observation_space)
-    return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes, activation=activation)
+    return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes, activation=activation,
+                              layer_norm=layer_norm)

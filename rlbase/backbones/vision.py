@@ -58,6 +58,11 @@ class Tanh(nn.Tanh):
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": Tanh}
 
 
+def norm_layer(layer_norm: bool, shape: int | tuple[int, ...]) -> list[nn.Module]:
+    """[LayerNorm(shape)] when `layer_norm`, else []: what goes between a layer and its activation."""
+    return [nn.LayerNorm(shape)] if layer_norm else []
+
+
 def input_scale(space: gym.spaces.Box) -> float | None:
     """1/high for uint8 pixels (0..255 -> [0, 1]); None (use as is) for one-hot grids and floats."""
     if space.dtype == np.uint8 and float(np.max(space.high)) > 1:
@@ -66,10 +71,11 @@ def input_scale(space: gym.spaces.Box) -> float | None:
 
 
 class MLP(Backbone):
-    """Flatten the observation, then Linear + activation layers."""
+    """Flatten the observation, then Linear + activation layers (with `layer_norm`, Linear +
+    LayerNorm + activation: PQN's normalisation, Gallici et al. 2025)."""
 
     def __init__(self, observation_space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256),
-                 activation: str = "relu"):
+                 activation: str = "relu", layer_norm: bool = False):
         super().__init__()
         in_dim = int(np.prod(observation_space.shape))
         self.scale = input_scale(observation_space)
@@ -77,7 +83,7 @@ class MLP(Backbone):
         # Vector observations go straight in (no per-call flatten or scaling: small nets are overhead-bound).
         layers: list[nn.Module] = [nn.Flatten()] if len(observation_space.shape) > 1 else []
         for width in hidden_sizes:
-            layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(in_dim, width), *norm_layer(layer_norm, width), ACTIVATIONS[activation]()]
             in_dim = width
         self.net = nn.Sequential(*layers)
         self.out_dim = in_dim
@@ -92,20 +98,22 @@ class NatureCNN(Backbone):
 
     Works for any image size of at least 36x36: the flatten size comes from a dummy forward.
     Runs in channels_last, which is faster for these convolutions on CPU (oneDNN) and GPU.
+    `layer_norm`: a LayerNorm over each conv output (channels and positions together) and over the
+    512 features, before each ReLU, as in PQN's Atari network (Gallici et al. 2025).
     """
 
-    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512):
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512, layer_norm: bool = False):
         super().__init__()
-        channels = observation_space.shape[0]
-        self.convs = nn.Sequential(
-            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, *observation_space.shape)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
+        layers: list[nn.Module] = []
+        x = torch.zeros(1, *observation_space.shape)
+        for out_channels, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+            conv = nn.Conv2d(x.shape[1], out_channels, kernel, stride=stride)
+            with torch.no_grad():
+                x = conv(x)
+            layers += [conv, *norm_layer(layer_norm, tuple(x.shape[1:])), nn.ReLU()]
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        flat = x.numel()
+        self.fc = nn.Sequential(nn.Linear(flat, features_dim), *norm_layer(layer_norm, features_dim), nn.ReLU())
         self.out_dim = features_dim
         self.to(memory_format=torch.channels_last)
 
@@ -132,7 +140,7 @@ class ImpalaCNN(Backbone):
     """
 
     def __init__(self, observation_space: gym.spaces.Box, channels: tuple[int, ...] = (16, 32, 32),
-                 features_dim: int = 256):
+                 features_dim: int = 256, layer_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = observation_space.shape[0]
@@ -144,7 +152,8 @@ class ImpalaCNN(Backbone):
         self.convs = nn.Sequential(*layers, nn.ReLU(), nn.Flatten())
         with torch.no_grad():
             flat = self.convs(torch.zeros(1, *observation_space.shape)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
+        # `layer_norm`: on the features only (the residual stages keep their pre-activation form).
+        self.fc = nn.Sequential(nn.Linear(flat, features_dim), *norm_layer(layer_norm, features_dim), nn.ReLU())
         self.out_dim = features_dim
         self.scale = input_scale(observation_space)
 
