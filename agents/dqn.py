@@ -2,7 +2,10 @@
 
 Mnih et al. 2015, "Human-level control through deep reinforcement learning" (Nature), with
 Double DQN targets (van Hasselt et al. 2016), the dueling head (Wang et al. 2016), n-step
-returns (Sutton 1988; Hessel et al. 2018) and proportional prioritized replay (Schaul et al. 2016).
+returns (Sutton 1988; Hessel et al. 2018) and proportional prioritized replay (Schaul et al. 2016);
+distributional heads, C51 (Bellemare et al. 2017) and QR-DQN (Dabney et al. 2018), and noisy
+head layers (Fortunato et al. 2018): agents/qheads.py, agents/noisy.py. Together (C51, double,
+dueling, n-step, prioritized, noisy) they make Rainbow (Hessel et al. 2018): `--preset rainbow`.
 
 The whole loop stays on the device: acting, env stepping (device-resident or staged through
 pinned memory), replay writes, sampling and updates. Values reach the host only at log and
@@ -23,6 +26,8 @@ from torch import nn
 
 from rlbase import transfer
 from rlbase.agents import Agent, Policy
+from rlbase.agents.noisy import mean_tensors, resample_noise
+from rlbase.agents.qheads import HEADS, QNetwork, project_categorical, quantile_huber_loss
 from rlbase.buffers import ReplayBuffer, ReplaySample
 from rlbase.checkpoint import load_module
 from rlbase.config import CommonConfig, check, validate_common
@@ -83,6 +88,25 @@ class DQNConfig(CommonConfig):
     """Initial importance-sampling exponent, annealed to 1 over training."""
     per_eps: float = 1e-6
     """Added to |TD error| so no transition gets zero priority."""
+    distributional: str = "none"
+    """Value head: none (one Q-value per action), c51 (categorical distribution on --num-atoms atoms in
+    [--v-min, --v-max], cross-entropy to the projected target) or qrdqn (--num-quantiles quantiles,
+    quantile Huber loss). Acting uses the expected Q-values; prioritized replay, each sample's loss."""
+    num_atoms: int = 51
+    """c51: atoms of the return distribution."""
+    v_min: float = -10.0
+    """c51: the lowest atom (returns below it are clipped onto it)."""
+    v_max: float = 10.0
+    """c51: the highest atom (returns above it are clipped onto it)."""
+    num_quantiles: int = 200
+    """qrdqn: quantiles of the return distribution."""
+    quantile_kappa: float = 1.0
+    """qrdqn: threshold of the quantile Huber loss."""
+    noisy: bool = False
+    """Noisy head layers (factorised Gaussian, learned scales) for exploration; noise is resampled every
+    acting step and every update, and evaluation acts with the mean weights. Usually with epsilon 0."""
+    noisy_sigma0: float = 0.5
+    """Initial noise scale of the noisy layers (sigma = sigma0 / sqrt(inputs))."""
 
 
 def validate(cfg: DQNConfig) -> None:
@@ -106,27 +130,12 @@ def validate(cfg: DQNConfig) -> None:
     check(0.0 <= cfg.per_beta <= 1.0, "per_beta", "must be in [0, 1]")
     check(cfg.per_eps > 0, "per_eps", f"must be positive (a priority floor), got {cfg.per_eps}")
     check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
-
-
-class QNetwork(nn.Module):
-    """Backbone features -> one Q-value per action (optionally through a dueling head)."""
-
-    def __init__(self, backbone: nn.Module, num_actions: int, dueling: bool):
-        super().__init__()
-        self.backbone = backbone
-        self.dueling = dueling
-        if dueling:
-            self.value = nn.Linear(backbone.out_dim, 1)
-            self.advantage = nn.Linear(backbone.out_dim, num_actions)
-        else:
-            self.head = nn.Linear(backbone.out_dim, num_actions)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(obs)
-        if not self.dueling:
-            return self.head(features)
-        advantage = self.advantage(features)
-        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+    check(cfg.distributional in HEADS, "distributional", f"choose from {', '.join(HEADS)}, got {cfg.distributional!r}")
+    check(cfg.num_atoms >= 2, "num_atoms", f"must be at least 2, got {cfg.num_atoms}")
+    check(cfg.v_min < cfg.v_max, "v_max", f"must be above --v-min, got {cfg.v_max} (--v-min {cfg.v_min})")
+    check(cfg.num_quantiles >= 1, "num_quantiles", f"must be positive, got {cfg.num_quantiles}")
+    check(cfg.quantile_kappa > 0, "quantile_kappa", f"must be positive, got {cfg.quantile_kappa}")
+    check(cfg.noisy_sigma0 >= 0, "noisy_sigma0", f"must be >= 0, got {cfg.noisy_sigma0}")
 
 
 def check_env(cfg: DQNConfig, env: TensorVecEnv) -> None:
@@ -153,11 +162,19 @@ def replay_bytes(cfg: DQNConfig, env: TensorVecEnv) -> int:
     return rows * env.num_envs * (frame + 12 + (16 if cfg.prioritized_replay else 0))
 
 
+def head_options(cfg: DQNConfig, acting: bool = False) -> dict[str, Any]:
+    """The QNetwork keyword arguments of `cfg` (`acting`: plain linear layers in place of noisy ones,
+    to hold the mean weights)."""
+    return {"distributional": cfg.distributional, "num_atoms": cfg.num_atoms, "v_min": cfg.v_min, "v_max": cfg.v_max,
+            "num_quantiles": cfg.num_quantiles, "noisy": cfg.noisy and not acting, "noisy_sigma0": cfg.noisy_sigma0}
+
+
 def build_q_network(backbone: BackboneSpec, observation_space: gym.spaces.Space, action_space: gym.spaces.Space,
-                    dueling: bool) -> QNetwork:
+                    dueling: bool, **head: Any) -> QNetwork:
+    """The Q-network on `backbone`; `head`: QNetwork's keyword arguments (`head_options(cfg)`)."""
     if not isinstance(action_space, gym.spaces.Discrete):
         raise UsageError(f"DQN needs a discrete action space; got {action_space}")
-    return QNetwork(backbone.build(observation_space), int(action_space.n), dueling)
+    return QNetwork(backbone.build(observation_space), int(action_space.n), dueling, **head)
 
 
 def linear_epsilon(cfg: DQNConfig, global_step: int) -> float:
@@ -195,6 +212,38 @@ def td_loss(q: nn.Module, target: nn.Module, batch: ReplaySample, double_q: bool
     return loss, q_taken.detach(), (q_taken - td_target).detach()
 
 
+def distributional_loss(q: QNetwork, target: QNetwork, batch: ReplaySample, double_q: bool, weighted: bool = False,
+                        kappa: float = 1.0) -> tuple[torch.Tensor, ...]:
+    """The C51 or QR-DQN loss (`q.distributional`), importance-weighted with prioritized replay; also
+    returns the expected Q(s, a) and each sample's loss (its priority: the cross-entropy to the
+    projected target for C51, the quantile Huber loss for QR-DQN).
+
+    The next action is the greedy one on expected Q-values: the online network's with double_q,
+    else the target network's; the target network's distribution for that action is the target.
+    """
+    with torch.no_grad():
+        next_outputs = target.distribution(batch.next_obs)  # (batch, actions, N)
+        next_q = q(batch.next_obs) if double_q else target.expected(next_outputs)
+        next_dist = _taken(next_outputs, next_q.argmax(dim=1))  # (batch, N)
+        if q.distributional == "c51":
+            target_dist = project_categorical(next_dist.softmax(dim=1), batch.returns, batch.discounts, target.support)
+        else:  # `discounts` is gamma**k, and 0 when a terminal state came within the n steps
+            target_quantiles = batch.returns.unsqueeze(1) + batch.discounts.unsqueeze(1) * next_dist
+    taken = _taken(q.distribution(batch.obs), batch.actions)  # (batch, N)
+    if q.distributional == "c51":
+        per_sample = -(target_dist * taken.log_softmax(dim=1)).sum(dim=1)
+    else:
+        per_sample = quantile_huber_loss(taken, target_quantiles, kappa)
+    loss = (batch.weights * per_sample).mean() if weighted else per_sample.mean()
+    q_taken = q.expected(taken.detach().unsqueeze(1)).squeeze(1)
+    return loss, q_taken, per_sample.detach()
+
+
+def _taken(outputs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """(batch, N) of `outputs` (batch, actions, N) at `actions` (batch,)."""
+    return outputs.gather(1, actions.view(-1, 1, 1).expand(-1, 1, outputs.shape[2])).squeeze(1)
+
+
 @torch.no_grad()
 def update_target(q: nn.Module, target: nn.Module, tau: float) -> None:
     for p, tp in zip(q.parameters(), target.parameters()):
@@ -210,7 +259,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
     """
     device = env.device
     obs_space = env.single_observation_space
-    q = build_q_network(run.backbone, obs_space, env.single_action_space, cfg.dueling)
+    q = build_q_network(run.backbone, obs_space, env.single_action_space, cfg.dueling, **head_options(cfg))
     parts = transfer.prepare(run.backbone, [q.backbone], obs_space, fresh=not run.resuming)
     q.to(device)
     target = copy.deepcopy(q).requires_grad_(False)
@@ -229,6 +278,11 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
     generator = run.generator
     act_q = torch.compile(q) if cfg.compile else q
     loss_mean, q_mean = DeviceMean(device), DeviceMean(device)
+    if cfg.distributional == "none":
+        loss_fn = td_loss
+    else:
+        def loss_fn(q: QNetwork, target: QNetwork, batch: ReplaySample, double_q: bool, weighted: bool):
+            return distributional_loss(q, target, batch, double_q, weighted, cfg.quantile_kappa)
 
     def scalars(epsilon: float) -> dict[str, float]:
         """The SB3 tags, read from the device once per log interval."""
@@ -242,6 +296,8 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
     buffer.start(obs)
     while not run.done:
         epsilon = linear_epsilon(cfg, run.global_step)
+        if cfg.noisy:  # a fresh draw of the online network's noise for every acting step
+            resample_noise(q, generator)
         actions = select_actions(act_q, obs, epsilon, num_actions, generator)
         # Host-side envs (Atari) step in their own threads while the learner updates below;
         # the updates sample from what is already stored, one env step behind.
@@ -259,7 +315,10 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
             else:  # nothing is added between this step's updates: draw all their batches at once
                 batches = buffer.sample(cfg.batch_size * num_updates, generator).split(cfg.batch_size) if num_updates else []
             for batch in batches:
-                loss, q_taken, td_errors = td_loss(act_q, target, batch, cfg.double_q, cfg.prioritized_replay)
+                if cfg.noisy:  # independent noise for the online and target networks, every update
+                    resample_noise(q, generator)
+                    resample_noise(target, generator)
+                loss, q_taken, td_errors = loss_fn(act_q, target, batch, cfg.double_q, cfg.prioritized_replay)
                 gradient_step(optimizer, loss, cfg.max_grad_norm)
                 if cfg.prioritized_replay:
                     buffer.update_priorities(batch.indices, td_errors)
@@ -284,7 +343,8 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 
 def load_policy(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
                 action_space: gym.spaces.Space, device: torch.device) -> Policy:
-    """The evaluation policy of a trained agent: epsilon-greedy (`cfg.eval_epsilon`) on the saved Q-network."""
+    """The evaluation policy of a trained agent: epsilon-greedy (`cfg.eval_epsilon`) on the saved
+    Q-network's expected values (noisy layers: their mean weights)."""
     q = acting_net(cfg, tensors, observation_space, action_space, device).q
     num_actions, epsilon = int(action_space.n), cfg.eval_epsilon
     return lambda obs, generator: select_actions(q, obs, epsilon, num_actions, generator)
@@ -306,13 +366,15 @@ class QActingNet(nn.Module):
 
 def acting_net(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_space: gym.spaces.Space,
                action_space: gym.spaces.Space, device: torch.device) -> QActingNet:
+    """The greedy acting path: the Q-network with plain nn.Linear layers holding a noisy run's mean
+    weights (its noise scales are left out), so export, quantize and prune see an ordinary network."""
     q = build_q_network(transfer.parse(cfg, observation_space, with_weights=False), observation_space, action_space,
-                        cfg.dueling).to(device)
-    load_module(q, tensors, "q.")
+                        cfg.dueling, **head_options(cfg, acting=True)).to(device)
+    load_module(q, mean_tensors(tensors) if cfg.noisy else tensors, "q.")
     return QActingNet(q).eval()
 
 
 Config = DQNConfig
-AGENT = Agent(name="dqn", summary="Deep Q-Networks (double, dueling, n-step, prioritized replay)", Config=DQNConfig,
+AGENT = Agent(name="dqn", summary="Deep Q-Networks (double, dueling, n-step, prioritized replay, C51, QR-DQN, noisy nets)", Config=DQNConfig,
               validate=validate, check_env=check_env, train=train, load_policy=load_policy, acting_net=acting_net,
               exploration="epsilon")
