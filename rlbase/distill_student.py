@@ -32,9 +32,9 @@ def build_network(algo: str, cfg: Any, observation_space: gym.spaces.Space, acti
 
     backbone = transfer.parse(cfg, observation_space, with_weights=False)
     if algo == "dqn":
-        from rlbase.agents.dqn import build_q_network
+        from rlbase.agents.dqn import build_q_network, head_options
 
-        return build_q_network(backbone, observation_space, action_space, cfg.dueling)
+        return build_q_network(backbone, observation_space, action_space, cfg.dueling, **head_options(cfg))
     from rlbase.agents.pg import ActorCritic, make_distribution
 
     return ActorCritic(cfg, backbone, observation_space, make_distribution(action_space, cfg.action_bounds))
