@@ -1,6 +1,7 @@
 """Configuration: dataclasses whose field docstrings become `--help`, presets from data files, CLI overrides.
 
-Resolution order for a training run: dataclass defaults < env-family preset < per-env preset < --flags.
+Resolution order for a training run: dataclass defaults < env-family preset < per-env preset < the
+named recipe of --preset (its `all` values, its family's, its env's) < --config file < --flags.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class CommonConfig:
     """Packages to import before making the env, for the env ids they register (PKG,PKG,...)."""
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the environment, as KEY=VALUE,KEY=VALUE (e.g. size=15,obs_mode=pixels)."""
+    preset: str = ""
+    """A named recipe from rlbase/presets/<algo>.yaml `recipes:` (e.g. dqn's rainbow), applied over the
+    env's preset, under --config and your flags (the recipes are listed at the end of this help)."""
     total_timesteps: int = 100_000
     """Environment steps to train for (summed over all parallel envs)."""
     num_envs: int = 1
@@ -308,10 +312,11 @@ def _preset_file(algo: str) -> dict[str, Any]:
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
 
 
-def load_preset(algo: str, env_id: str, observations: str | None = None) -> dict[str, Any]:
+def load_preset(algo: str, env_id: str, observations: str | None = None, recipe: str = "") -> dict[str, Any]:
     """Preset values for `algo` on `env_id`: the family's block, then the env's own block, then, when
     the kind of the env's `observations` is known, the env block's `observations: {KIND: {...}}`
-    entry (values tuned for that kind only, such as a backbone)."""
+    entry (values tuned for that kind only, such as a backbone), then the named `recipe`'s values
+    for the env (`recipe_values`)."""
     data = _preset_file(algo)
     values = dict(data.get("families", {}).get(env_family(env_id), {}) or {})
     env_block = dict(data.get("envs", {}).get(_plain_id(env_id), {}) or {})
@@ -319,6 +324,30 @@ def load_preset(algo: str, env_id: str, observations: str | None = None) -> dict
     values.update(env_block)
     if observations is not None:
         values.update(by_kind.get(observations, {}) or {})
+    values.update(recipe_values(algo, env_id, recipe))
+    return values
+
+
+def recipe_names(algo: str) -> list[str]:
+    """The named recipes of `algo` (`recipes:` in rlbase/presets/<algo>.yaml), for --preset."""
+    return list(_preset_file(algo).get("recipes") or {})
+
+
+def recipe_values(algo: str, env_id: str, name: str) -> dict[str, Any]:
+    """The values recipe `name` of `algo` sets on `env_id`: its `all` block, then its block for the
+    env's family (atari, rlbase, gymnasium), then its `envs: {ID: {...}}` entry ({} for name "").
+    A one-line UsageError listing the recipes for an unknown name."""
+    if not name:
+        return {}
+    recipes = _preset_file(algo).get("recipes") or {}
+    if name not in recipes:
+        available = ", ".join(recipes) or f"none ({algo} has no recipes)"
+        raise UsageError(f"invalid --preset: unknown preset {name!r} for {algo}; available: {available}")
+    block = recipes[name] or {}
+    values = dict(block.get("all") or {})
+    if env_id:
+        values.update(block.get(env_family(env_id)) or {})
+        values.update((block.get("envs") or {}).get(_plain_id(env_id)) or {})
     return values
 
 
@@ -327,13 +356,19 @@ def describe_presets(algo: str) -> str:
     data = _preset_file(algo)
     envs = data.get("envs") or {}
     width = max([len(env_id) for env_id in envs] + [16]) + 2
-    lines = [f"presets (rlbase/presets/{algo}.yaml): dataclass defaults < family < env < your flags"]
+    recipes = data.get("recipes") or {}
+    order = "family < env < --preset recipe < --config < your flags" if recipes else "family < env < your flags"
+    lines = [f"presets (rlbase/presets/{algo}.yaml): dataclass defaults < {order}"]
     lines += [f"  {'family ' + family:<{width}}{ids}" for family, ids in PRESET_FAMILIES.items()]
     for env_id, block in envs.items():
         kinds = (block or {}).get("observations") or {}
         tuned = "".join(f"; for {kind} observations only: " + ", ".join(f"{k} {v}" for k, v in values.items())
                         for kind, values in kinds.items())
         lines.append(f"  {env_id:<{width}}family {env_family(env_id)}, then its own values{tuned}")
+    if recipes:
+        lines.append("recipes (--preset NAME): over the env's preset, under --config and your flags")
+        for name, block in recipes.items():
+            lines.append(f"  {name:<{width}}{(block or {}).get('about', '')}")
     return "\n".join(lines)
 
 
@@ -386,10 +421,13 @@ def _typed(value: Any, type_: Any, key: str, source: str) -> Any:
 
 
 def resolve_config(cls: type, algo: str, values: dict[str, Any], observations: str | None = None) -> Any:
-    """Defaults < preset (env family, env id, and the env's `observations` kind when given) < `values`
-    (the user's: command-line flags or keyword arguments)."""
+    """Defaults < preset (env family, env id, and the env's `observations` kind when given) < the
+    recipe `values["preset"]` names < `values` (the user's: command-line flags, a --config file or
+    keyword arguments)."""
     env_id = values.get("env_id", "")
-    merged = load_preset(algo, env_id, observations) if env_id else {}
+    recipe = values.get("preset", "")
+    recipe = recipe if isinstance(recipe, str) else ""  # a wrong type is from_dict's one-line error
+    merged = load_preset(algo, env_id, observations, recipe) if env_id else recipe_values(algo, "", recipe)
     merged.update(values)
     return from_dict(cls, merged, f"{algo} config")
 

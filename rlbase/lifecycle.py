@@ -2,7 +2,8 @@
 `rlbase` command, the Python API, scripts, benchmarks, sweep trials).
 
     plan:    resolve the config (dataclass defaults < env-family preset < env-id preset < the
-             preset's values for the env's kind of observation < the user's values)
+             preset's values for the env's kind of observation < the named recipe of the user's
+             `preset` value, if any < the user's values)
              -> validate -> build the env -> resolve the backbone and check transfer weights once
              -> check the agent can act in the env          (nothing written yet: a UsageError for
                                                               anything the user got wrong)
