@@ -278,7 +278,7 @@ def quantize(path: str | Path, *, out: str | None = None, calibration_steps: int
         "backbone": art.spec["name"], "quantized_layers": layers, "static_conv_layers": convs,
         "fp32_layers": spec["quantization"]["fp32_layers"],
         "held_out": {"samples": len(val), "split": "eval", "fp32": before, "int8": after},
-        "fp32": {**sizes(model, {k: v for k, v in fp32_tensors.items()}), "latency_us": latency["fp32"]},
+        "fp32": {**sizes(model, fp32_tensors), "latency_us": latency["fp32"]},
         "int8": {**sizes(model, tensors), "latency_us": latency["int8"]},
         "quantized_weight_bytes": {"fp32": weight_fp32, "int8": weight_int8, "ratio": weight_fp32 / weight_int8},
         "parity": parity, "calibration_inputs": len(calibration), "latency_threads": 1,
@@ -353,8 +353,7 @@ def export_command(args: argparse.Namespace) -> int:
         report = {"command": "export", "kind": "backbone", "source": str(art.root), "task": art.data["task"],
                   "backbone": art.spec["name"], "format": "onnx", "opset": args.opset, "artifact": MODEL_FILE,
                   "inputs": ["obs"], "outputs": ["features", "outputs"], "bytes": len(data),
-                  **sizes(model, {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
-                          | {f"head.{k}": v for k, v in model.head.state_dict().items()}),
+                  **sizes(model, dict(model.state_dict())),
                   "held_out": {"samples": len(val), "split": "eval", "torch": task_metrics(val, torch_outputs),
                                "onnx": task_metrics(val, outputs)}, "parity": parity}
         if parity is not None and not parity["passed"]:
@@ -394,14 +393,11 @@ def onnx_outputs(session: Any, inputs: torch.Tensor, batch: int = 1024) -> tuple
 # --------------------------------------------------------------------------------------------
 def evaluate_backbone(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """`rlbase eval` of a backbone artifact: its held-out metrics (the int8 network for an int8 one)."""
-    from rlbase.backbones.artifact import read_tensors
-
     art = read_artifact(path)
     device = torch.device("cpu") if art.int8 else torch.device(device)
     model = load_model(art, device)
     val = held_out(art, device)
-    stored = {**{f"backbone.{k}": v for k, v in read_tensors(art.root, WEIGHTS).items()},
-              **{f"head.{k}": v for k, v in read_tensors(art.root, HEAD).items()}}
+    stored = stored_tensors(art)
     parts = model if not art.int8 else build_model(art.spec)
     return {"kind": "backbone", "artifact": str(art.root), "task": art.data["task"], "backbone": art.spec["name"],
             "runtime": "torch int8" if art.int8 else "torch", "held_out": {"samples": len(val), "split": "eval",

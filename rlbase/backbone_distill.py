@@ -250,10 +250,8 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
                   data=art.data, extra={"distilled_from": {"artifact": str(art.root), "backbone": art.spec["name"],
                                                            "temperature": temperature,
                                                            "label_weight": args.label_weight}})
-    teacher_sizes = bc.sizes(teacher, {f"backbone.{k}": v for k, v in teacher.backbone.state_dict().items()}
-                             | {f"head.{k}": v for k, v in teacher.head.state_dict().items()})
-    student_sizes = bc.sizes(student, {f"backbone.{k}": v for k, v in student.backbone.state_dict().items()}
-                             | {f"head.{k}": v for k, v in student.head.state_dict().items()})
+    teacher_sizes = bc.sizes(teacher, dict(teacher.state_dict()))  # TaskModel names: backbone.*, head.*
+    student_sizes = bc.sizes(student, dict(student.state_dict()))
     report = {
         "command": "distill", "kind": "backbone", "out": str(out), "task": art.data["task"],
         "held_out_samples": len(val),
