@@ -155,3 +155,15 @@ def test_a_rainbow_run_evaluates_exports_and_quantizes(rainbow_run, capsys, tmp_
     assert main(["eval", str(int8), "--episodes", "1", "--json"]) == 0
     played = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert played["policy"] == "int8 greedy" and played["mean_return"] > 0
+
+
+def test_a_rainbow_teacher_distills_into_a_smaller_rainbow_student(rainbow_run, capsys, tmp_path):
+    out = tmp_path / "student"
+    assert main(["distill", str(rainbow_run), "--width-fraction", "0.5", "--steps", "256", "--eval-episodes", "2",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    student = json.loads((out / "config.json").read_text())
+    student = student.get("config", student)
+    assert student["hidden_sizes"] == [16, 16] and student["distributional"] == "c51" and student["noisy"] is True
+    assert main(["eval", str(out), "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mean_return"] > 0
