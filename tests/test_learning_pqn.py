@@ -1,0 +1,53 @@
+"""Learning tests: PQN with its presets learns rlbase/CartPole-v1 and rlbase/Maze-v0.
+
+The fast test runs in CI (a short CartPole run on one fixed seed, seconds); the slow ones train
+the whole presets on several seeds (CI's `ci_slow` tier runs seed 0). Every final checkpoint is
+evaluated greedily through `rlbase eval`'s code, on evaluation seeds unrelated to training (the
+maze on held-out levels).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rlbase.evaluate import evaluate
+from rlbase.lifecycle import train
+from rlbase.utils import resolve_device
+
+SOLVED = 475.0  # CartPole-v1's reward threshold (episodes are capped at 500)
+
+
+def train_and_evaluate(tmp_path, env_id: str, values: dict, episodes: int, seed: int) -> tuple[dict, dict]:
+    run_dir = tmp_path / "run"
+    metrics = train("pqn", {"env_id": env_id, "seed": seed, "torch_threads": 1, **values}, run_dir=run_dir)
+    report = evaluate(run_dir, episodes=episodes, seed=10_000 + seed, device=resolve_device("cpu"), progress=False)
+    return metrics, report
+
+
+def test_pqn_learns_cartpole_quickly(tmp_path):
+    """A quarter of the preset's budget on seed 0: far above a random policy (~22), if not yet solved."""
+    metrics, report = train_and_evaluate(tmp_path, "rlbase/CartPole-v1", {"total_timesteps": 20_480}, 10, 0)
+    assert metrics["num_updates"] > 0
+    assert report["mean_return"] >= 200, (report["mean_return"], metrics["ep_rew_mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.ci_slow), 1, 2])
+def test_pqn_solves_cartpole_with_its_preset(tmp_path, seed):
+    metrics, report = train_and_evaluate(tmp_path, "rlbase/CartPole-v1", {}, 20, seed)
+    returns = [e["return"] for e in report["episodes"]]
+    assert report["mean_return"] >= SOLVED, (
+        f"seed {seed}: mean return {report['mean_return']:.1f} (min {min(returns):.0f}); "
+        f"training ep_rew_mean {metrics['ep_rew_mean']}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.ci_slow), 1])
+def test_pqn_finds_the_exit_of_held_out_7x7_mazes(tmp_path, seed):
+    metrics, report = train_and_evaluate(tmp_path, "rlbase/Maze-v0", {"env_kwargs": {"size": 7}}, 100, seed)
+    success = report["outcomes"]["success"]
+    assert success >= MAZE_SUCCESS, (f"seed {seed}: success on {success:.0%} of 100 held-out mazes; "
+                                     f"training ep_rew_mean {metrics['ep_rew_mean']}")
+
+
+MAZE_SUCCESS = 0.6
