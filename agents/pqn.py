@@ -161,7 +161,9 @@ def compute_targets(storage: RolloutStorage, q: nn.Module, last_obs: Obs, gamma:
     This is the GAE(lambda) recursion with V(s) = max_a Q(s, a): G_t = A_t + V(s_t), which is how it
     is computed (agents/rollout.py `compute_gae`: the same cuts at episode ends).
     """
-    greedy_value = lambda obs: q(obs).max(dim=1).values  # noqa: E731
+    def greedy_value(obs: Obs) -> torch.Tensor:
+        return q(obs).max(dim=1).values
+
     storage.bootstrap_truncated(greedy_value, gamma)
     storage.compute_returns(greedy_value(last_obs), gamma, q_lambda)
 

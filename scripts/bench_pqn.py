@@ -160,6 +160,25 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def random_walk(args) -> dict[str, float]:
+    """Held-out success and mean return of uniformly random actions on the maze (the floor a
+    threshold must clear), on the same evaluation seeds as the runs."""
+    import torch
+    from rlbase.envs import make_vec_env
+    from rlbase.evaluate import play_episodes
+
+    env = make_vec_env(MAZE, min(args.maze_eval_episodes, 100), torch.device("cpu"),
+                       env_kwargs={"size": args.maze_size}, split="eval")
+    rows = []
+    for seed in args.seeds:
+        outcomes: dict[str, list[float]] = {}
+        returns, _ = play_episodes(env, lambda obs, g: torch.randint(4, (obs.shape[0],), generator=g),
+                                   args.maze_eval_episodes, 1000 + seed, outcomes=outcomes)
+        rows.append((sum(outcomes["success"]) / len(returns), sum(returns) / len(returns)))
+    env.close()
+    return {"success": sum(r[0] for r in rows) / len(rows), "mean_return": sum(r[1] for r in rows) / len(rows)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", choices=("cartpole", "maze"), default=["cartpole", "maze"])
@@ -184,6 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     results = run_jobs(jobs, lambda j: f"{j['algo']} {j['env_id']} seed {j['seed']}", __file__, WORKERS,
                        args.in_process, meta)
     summary = report(results)
+    if "maze" in args.sections:
+        floor = random_walk(args)
+        summary["maze_random_walk"] = floor
+        print(f"{MAZE} size {args.maze_size}: uniformly random actions succeed on {floor['success']:.1%} of the "
+              f"held-out mazes (mean return {floor['mean_return']:.3f}), same evaluation seeds")
     if args.json:
         write_json(args.json, meta, [], configs, results, summary)
 

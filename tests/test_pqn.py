@@ -233,6 +233,15 @@ def test_same_seed_same_weights():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_breakout_smoke():
+    """uint8 frame stacks stored as uint8, the Nature CNN with LayerNorm, life losses as training ends."""
+    cfg = tiny(env_id="ALE/Breakout-v5", total_timesteps=64, num_envs=2, num_steps=16, atari_max_episode_steps=20)
+    result = train_config(cfg)
+    assert result["num_updates"] == 2 * cfg.update_epochs * cfg.num_minibatches
+    backbone = result["q_network"].backbone
+    assert isinstance(backbone, NatureCNN) and sum(isinstance(m, nn.LayerNorm) for m in backbone.modules()) == 4
+
+
 def test_dict_observations_smoke():
     """An image and an instruction (MazeGoTo): stored key by key, read through the multi-input backbone."""
     cfg = tiny(env_id="rlbase/MazeGoTo-v0", total_timesteps=256, num_envs=4, num_steps=32)
