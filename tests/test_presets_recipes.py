@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
+from rlbase.agents.dqn import DQNConfig
 from rlbase.cli import main
 from rlbase.config import load_preset, recipe_names, resolve_config
-from rlbase.agents.dqn import DQNConfig
 from rlbase.errors import UsageError
 
 PRESETS = Path(__file__).resolve().parent.parent / "rlbase" / "presets"
