@@ -92,13 +92,25 @@ def test_help_lists_the_recipes(capsys):
     assert "C51" in recipes and "noisy" in recipes
 
 
-def test_python_api_takes_the_preset():
+def test_python_api_takes_the_preset(tmp_path):
+    import numpy as np
+
     from rlbase import DQN
 
-    agent = DQN("rlbase/CartPole-v1", preset="rainbow", learning_starts=123, log_dir=None, verbose=0)
+    agent = DQN("rlbase/CartPole-v1", preset="rainbow", learning_starts=200, total_timesteps=600, num_envs=4,
+                hidden_sizes=(32, 32), log_dir=None, verbose=0)
     try:
         cfg = agent.config
-        assert cfg.preset == "rainbow" and cfg.distributional == "c51" and cfg.noisy and cfg.learning_starts == 123
+        assert cfg.preset == "rainbow" and cfg.distributional == "c51" and cfg.noisy and cfg.learning_starts == 200
+        agent.learn()
+        obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+        actions, _ = agent.predict(obs)
+        loaded = DQN.load(agent.save(tmp_path / "rainbow"), verbose=0)
+        try:  # the same greedy actions (the mean weights) after a save and load
+            assert loaded.config.preset == "rainbow" and loaded.config.noisy
+            np.testing.assert_array_equal(loaded.predict(obs)[0], actions)
+        finally:
+            loaded.close()
     finally:
         agent.close()
     with pytest.raises(UsageError, match="available: rainbow"):
