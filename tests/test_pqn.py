@@ -373,3 +373,18 @@ def test_compression_and_export_take_the_q_acting_path(pqn_cartpole, tmp_path, m
     assert main(["eval", str(played), "--episodes", "2", "--json"]) == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(report["episodes"]) == 2 and all(e["length"] > 0 for e in report["episodes"])
+
+
+def test_python_api_learns_saves_loads_and_predicts(tmp_path, monkeypatch):
+    import rlbase
+    from rlbase import PQN
+
+    monkeypatch.chdir(tmp_path)
+    assert rlbase.PQN is PQN and PQN.algo == "pqn"
+    agent = PQN("rlbase/CartPole-v1", seed=0, total_timesteps=1024, verbose=0, log_dir=None).learn()
+    assert agent.num_timesteps == 1024
+    agent.save(tmp_path / "pqn_cartpole")
+    loaded = rlbase.load(tmp_path / "pqn_cartpole")
+    assert type(loaded) is PQN
+    obs = np.zeros((3, 4), dtype=np.float32)
+    assert np.array_equal(agent.predict(obs)[0], loaded.predict(obs)[0])
