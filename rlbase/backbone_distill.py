@@ -8,7 +8,15 @@ never a held-out level); nothing is downloaded. The teacher's outputs are comput
 Loss per input, per classification head: T^2 KL(softmax(teacher / T) || softmax(student / T)),
 plus `--label-weight` times the cross-entropy to the true labels; for regression tasks the squared
 error to the teacher's outputs plus `--label-weight` times that to the true targets (the
-temperature does not apply). AdamW with the pretraining's schedule (warm-up, cosine to 0).
+temperature does not apply); plus `--feature-weight` times the squared error between the student's
+features and the teacher's (a FitNets-style hint, Romero et al. 2015, through a learnt linear map
+when the widths differ; the map is not kept). AdamW with the pretraining's schedule (warm-up,
+cosine to 0).
+
+Accuracy is not the whole story for a backbone: agents read its features with their own (linear)
+heads. A student fitted to the teacher's outputs alone can match the task while its features are
+less linearly readable than the teacher's (BENCHMARKS.md: an IMPALA-CNN student at 96% of a ResNet
+teacher's accuracy that a frozen PPO could not use); the feature term keeps them close.
 
 The student: `--backbone NAME` and/or `--hidden-sizes`, else the registered backbone (or an mlp
 with widths fitted) whose backbone parameters come closest to `--width-fraction` (default 1/4) of
@@ -143,8 +151,10 @@ def distill_command(args: argparse.Namespace) -> int:
                              "trains over --epochs of its pretraining data")
     if args.train_samples is not None and args.train_samples <= 0:
         raise UsageError(f"invalid --train-samples: must be positive, got {args.train_samples}")
-    if args.label_weight < 0 or not math.isfinite(args.label_weight):
-        raise UsageError(f"invalid --label-weight: must be a finite number >= 0, got {args.label_weight}")
+    for flag in ("label_weight", "feature_weight"):
+        value = getattr(args, flag)
+        if value < 0 or not math.isfinite(value):
+            raise UsageError(f"invalid --{flag.replace('_', '-')}: must be a finite number >= 0, got {value}")
     report = distill(args)
     teacher, student = report["teacher"], report["student"]
     print(f"rlbase: student {student['backbone']} ({student['backbone_parameters']:,} backbone parameters, "
@@ -183,7 +193,8 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"teacher": str(art.root), "backbone": student_spec.name, "hidden_sizes": list(student_spec.hidden_sizes),
                 "activation": student_spec.activation, "width_fraction": args.width_fraction, "epochs": epochs,
                 "batch_size": args.batch_size, "learning_rate": args.learning_rate, "temperature": temperature,
-                "label_weight": args.label_weight, "train_samples": len(train), "max_grad_norm": args.max_grad_norm,
+                "label_weight": args.label_weight, "feature_weight": args.feature_weight, "train_samples": len(train),
+                "max_grad_norm": args.max_grad_norm,
                 "seed": args.seed, "device": str(device)}
     out = output_dir(args.path, None, "distill", args.out, base=bc.out_base(args.path))
     try:
@@ -192,10 +203,14 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
         raise disk_error(exc, "the distill settings", out / "distill.json") from None
 
     teacher_out = bc.outputs_of(teacher, train.inputs)  # (N, outputs), once
+    teacher_features = bc.outputs_of(teacher.backbone, train.inputs) if args.feature_weight else None
     seed_everything(args.seed)
     backbone = build_backbone(student_spec.name, space, student_spec.hidden_sizes, student_spec.activation)
     student = TaskModel(backbone, TaskHead(backbone.out_dim, art.spec["head"]["outputs"])).to(device)
-    params = list(student.parameters())
+    # FitNets-style hint: a linear map from the student's features to the teacher's, trained beside it, not kept
+    same_width = backbone.out_dim == art.spec["out_dim"]
+    projection = (nn.Identity() if same_width else nn.Linear(backbone.out_dim, art.spec["out_dim"])).to(device)
+    params = list(student.parameters()) + list(projection.parameters())
     groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": 1e-4},
               {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
@@ -220,8 +235,11 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 index = order[i * args.batch_size:(i + 1) * args.batch_size]
-                loss = distill_loss(kind, sizes, student(train.inputs[index]), teacher_out[index],
+                features = student.backbone(train.inputs[index])
+                loss = distill_loss(kind, sizes, student.head(features), teacher_out[index],
                                     train.targets[index], temperature, args.label_weight)
+                if teacher_features is not None:
+                    loss = loss + args.feature_weight * F.mse_loss(projection(features), teacher_features[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if args.max_grad_norm:
@@ -249,7 +267,8 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
                   metrics={f"val/{k}": v for k, v in student_metrics.items()}, tokenizer=tokenizer, head=student.head,
                   data=art.data, extra={"distilled_from": {"artifact": str(art.root), "backbone": art.spec["name"],
                                                            "temperature": temperature,
-                                                           "label_weight": args.label_weight}})
+                                                           "label_weight": args.label_weight,
+                                                           "feature_weight": args.feature_weight}})
     teacher_sizes = bc.sizes(teacher, dict(teacher.state_dict()))  # TaskModel names: backbone.*, head.*
     student_sizes = bc.sizes(student, dict(student.state_dict()))
     report = {

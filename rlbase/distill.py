@@ -154,6 +154,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a backbone: training inputs regenerated for the student (default: the pretraining's)")
     parser.add_argument("--label-weight", type=float, default=0.0, metavar="W",
                         help="a backbone: weight of the true labels' loss beside the teacher's (default 0)")
+    parser.add_argument("--feature-weight", type=float, default=0.0, metavar="W",
+                        help="a backbone: weight of the squared error to the teacher's features (through a learnt "
+                             "linear map where the widths differ), so agents can read the student's features as "
+                             "they read the teacher's (default 0)")
     parser.add_argument("--buffer-size", type=int, default=None,
                         help="states kept in the aggregated dataset (default: 100,000, at most 1 GiB of observations)")
     parser.add_argument("--beta-decay", type=float, default=0.2,
@@ -275,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         from rlbase.backbone_distill import distill_command
 
         return distill_command(args)
-    for flag in ("train_samples", "label_weight"):
+    for flag in ("train_samples", "label_weight", "feature_weight"):
         if getattr(args, flag):
             raise UsageError(f"--{flag.replace('_', '-')} applies to a backbone artifact; {args.path} is an agent run")
     device = resolve_device(args.device)

@@ -31,8 +31,9 @@ def teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def distilled(teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "student"
+    # with the feature hint: the mlp student's 105 features reach the teacher's 256 through a learnt map
     assert main(["distill", str(teacher), "--out", str(out), "--train-samples", "16000", "--epochs", "8",
-                 "--batch-size", "128", "--device", "cpu"]) == 0
+                 "--batch-size", "128", "--feature-weight", "0.5", "--device", "cpu"]) == 0
     return out
 
 
@@ -171,6 +172,7 @@ def test_bad_inputs_are_one_line(teacher, int8, tmp_path, capsys):
         (["quantize", str(int8)], "already an int8"),
         (["distill", str(teacher), "--backbone", "nature_cnn"], "invalid --backbone"),
         (["distill", str(teacher), "--steps", "100"], "--steps applies to agent runs"),
+        (["distill", str(teacher), "--feature-weight", "-1"], "invalid --feature-weight"),
         (["eval", str(teacher), "--episodes", "3"], "--episodes"),
     ]
     for args, fragment in cases:
