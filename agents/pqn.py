@@ -255,7 +255,8 @@ def train(cfg: PQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
                 run.record_episodes(info, dones)
                 obs = next_obs  # CRUCIAL: the env already reset ended episodes; final_obs is stored apart
                 timer.mark("store")
-            compute_targets(storage, act_q, obs, cfg.gamma, cfg.q_lambda)
+            # The eager network: truncated rows come in batches of any size (no recompiles).
+            compute_targets(storage, q, obs, cfg.gamma, cfg.q_lambda)
         timer.mark("learn")
 
         # ---- learn from it ---------------------------------------------------------------------
