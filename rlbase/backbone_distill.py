@@ -16,7 +16,9 @@ cosine to 0).
 Accuracy is not the whole story for a backbone: agents read its features with their own (linear)
 heads. A student fitted to the teacher's outputs alone can match the task while its features are
 less linearly readable than the teacher's (BENCHMARKS.md: an IMPALA-CNN student at 96% of a ResNet
-teacher's accuracy that a frozen PPO could not use); the feature term keeps them close.
+teacher's accuracy that a frozen PPO could not use, where an IMPALA CNN pretrained directly to the
+same accuracy could). The feature term pulls them towards the teacher's; at weight 1 it did not
+make that student transfer.
 
 The student: `--backbone NAME` and/or `--hidden-sizes`, else the registered backbone (or an mlp
 with widths fitted) whose backbone parameters come closest to `--width-fraction` (default 1/4) of

@@ -156,8 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a backbone: weight of the true labels' loss beside the teacher's (default 0)")
     parser.add_argument("--feature-weight", type=float, default=0.0, metavar="W",
                         help="a backbone: weight of the squared error to the teacher's features (through a learnt "
-                             "linear map where the widths differ), so agents can read the student's features as "
-                             "they read the teacher's (default 0)")
+                             "linear map where the widths differ), a hint towards features agents read as they read "
+                             "the teacher's; on the maze recipe it did not make a student transfer (BENCHMARKS.md) "
+                             "(default 0)")
     parser.add_argument("--buffer-size", type=int, default=None,
                         help="states kept in the aggregated dataset (default: 100,000, at most 1 GiB of observations)")
     parser.add_argument("--beta-decay", type=float, default=0.2,
