@@ -275,7 +275,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
                           priority_eps=cfg.per_eps)
     counters = run.restore(modules={"q": q, "target": target}, optimizer=optimizer, buffer=buffer,
                            counters={"num_updates": 0, "update_credit": 0, "target_syncs": 0})
-    generator = run.generator
+    generator, timer = run.generator, run.timer
     act_q = torch.compile(q) if cfg.compile else q
     loss_mean, q_mean = DeviceMean(device), DeviceMean(device)
     if cfg.distributional == "none":
@@ -302,6 +302,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
         # Host-side envs (Atari) step in their own threads while the learner updates below;
         # the updates sample from what is already stored, one env step behind.
         env.step_async(actions)
+        timer.mark("act")
 
         if buffer.transitions_added >= cfg.learning_starts and buffer.can_sample():
             # train_freq counts env steps over all envs, so the replay ratio does not depend on
@@ -325,8 +326,10 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
                 loss_mean.add(loss)
                 q_mean.add(q_taken.sum(), cfg.batch_size)
                 counters["num_updates"] += 1
+        timer.mark("learn")
 
         next_obs, rewards, terminated, truncated, info = env.step_wait()
+        timer.mark("env")  # host-side envs: only the wait for what did not overlap the updates
         dones = terminated | truncated
         train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
         buffer.add(actions, train_rewards, train_terminal, dones, next_obs, info["final_obs"])
@@ -337,6 +340,7 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
         if syncs_due > counters["target_syncs"]:
             counters["target_syncs"] = syncs_due
             update_target(q, target, cfg.tau)
+        timer.mark("store")
         run.advance(env.num_envs, lambda: scalars(epsilon))
     return run.finish(q_network=q)
 

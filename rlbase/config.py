@@ -78,6 +78,10 @@ class CommonConfig:
     check_env_values: bool = False
     """Check every observation and reward for NaN and infinity, and stop training at the first one
     with the step it came at (costs a few small device ops per step; see BENCHMARKS.md)."""
+    time_stages: str = "auto"
+    """Log each stage's share of the training loop's wall time at every log point (time/act, time/env,
+    time/store, time/learn, time/log: fractions summing to 1): on, off, or auto (on for CPU, where timing
+    a stage only reads the clock; off on CUDA, where a truthful split synchronises the device per stage)."""
     eval_freq: int = 0
     """Evaluate every this many environment steps during training, and at the end (0: never): the
     eval split, the evaluation policy, --eval-episodes episodes; logs eval/mean_reward and keeps the
@@ -478,6 +482,7 @@ def validate_common(cfg: CommonConfig) -> None:
     check(cfg.log_interval > 0, "log_interval", f"must be positive, got {cfg.log_interval}")
     check(cfg.checkpoint_interval >= 0, "checkpoint_interval", f"must be >= 0, got {cfg.checkpoint_interval}")
     check(cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads}")
+    check(cfg.time_stages in ("auto", "on", "off"), "time_stages", f"use auto, on or off, got {cfg.time_stages!r}")
     check(cfg.eval_episodes > 0, "eval_episodes", f"must be positive, got {cfg.eval_episodes}")
     check(cfg.eval_freq >= 0, "eval_freq", f"must be >= 0 (0: no evaluation during training), got {cfg.eval_freq}")
     check(0.0 <= cfg.eval_epsilon <= 1.0, "eval_epsilon", f"must be in [0, 1], got {cfg.eval_epsilon}")
