@@ -75,21 +75,23 @@ class SumTree:
     def set(self, index: torch.Tensor, values: torch.Tensor) -> None:
         node = index + self.leaves
         self.tree[node] = values.to(self.tree.dtype)
+        pairs = self.tree.view(-1, 2)  # row k: the children 2k and 2k + 1 of node k
         for _ in range(self.depth):  # recompute parents from children, level by level
             node = node // 2
-            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+            self.tree[node] = pairs[node].sum(dim=1)
 
     def find(self, mass: torch.Tensor) -> torch.Tensor:
         """Leaf index where the prefix sum of priorities reaches `mass` (batched descent)."""
         node = torch.ones_like(mass, dtype=torch.long)
         mass = mass.to(self.tree.dtype)
+        pairs = self.tree.view(-1, 2)  # row k: the children 2k and 2k + 1 of node k
         for _ in range(self.depth):
-            left = 2 * node
-            left_sum = self.tree[left]
+            children = pairs[node]
+            left_sum = children[:, 0]
             # Never step into an empty subtree, whatever the rounding of `mass`.
-            go_right = (mass >= left_sum) & (self.tree[left + 1] > 0)
+            go_right = (mass >= left_sum) & (children[:, 1] > 0)
             mass = torch.where(go_right, mass - left_sum, mass)
-            node = torch.where(go_right, left + 1, left)
+            node = 2 * node + go_right
         return node - self.leaves
 
 
@@ -132,22 +134,37 @@ class ReplayBuffer:
         self.episode_end = torch.zeros((rows, num_envs), dtype=torch.bool, device=device)
         self.pos = torch.zeros(num_envs, dtype=torch.long, device=device)  # absolute row of the current obs
         self.envs = torch.arange(num_envs, device=device)
+        # n-step constants: the look-ahead offsets, gamma**j and gamma**k for k steps taken.
+        self.lookahead = torch.arange(n_step, device=device)
+        self.powers = gamma ** torch.arange(n_step, device=device, dtype=torch.float32)
+        self.discount_of_steps = torch.pow(gamma, torch.arange(n_step + 1, device=device, dtype=torch.float32))
         self.transitions_added = 0  # host counter, for learning_starts
         if prioritized:
             self.tree = SumTree(self.slots * num_envs + 1, device)  # last leaf: dummy, always 0
             self.dummy_leaf = self.slots * num_envs
             self.max_priority = torch.ones((), dtype=torch.float64, device=device)
+            self.stale_offsets = torch.arange(frame_stack + 2, device=device).unsqueeze(1)
+            self.stale_zeros = torch.zeros((frame_stack + 2) * num_envs, dtype=torch.float64, device=device)
 
     # ------------------------------------------------------------------ writing
     def _newest_frame(self, obs: Obs) -> Obs:
         return obs[:, -1] if self.frame_stack > 1 else obs
 
+    def _flat(self, rows: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+        """Flat indices of (row, env) pairs into the (rows, num_envs) fields viewed as one dimension:
+        one index tensor per read or write instead of two (fewer, cheaper indexing ops)."""
+        return rows * self.num_envs + env
+
     def _write_frame(self, rows: torch.Tensor, frames: Obs, first: bool) -> None:
-        assign(self.frames, (rows, self.envs), frames)
-        self.first[rows, self.envs] = first
-        self.has_next[rows, self.envs] = False
-        self.terminal[rows, self.envs] = False
-        self.episode_end[rows, self.envs] = False
+        flat = self._flat(rows, self.envs)
+        if isinstance(self.frames, dict):
+            for key, stored in self.frames.items():
+                stored.flatten(0, 1)[flat] = frames[key]
+        else:
+            self.frames.flatten(0, 1)[flat] = frames
+        self.first.view(-1).index_fill_(0, flat, first)
+        for field in (self.has_next, self.terminal, self.episode_end):
+            field.view(-1).index_fill_(0, flat, False)
 
     def start(self, obs: torch.Tensor) -> None:
         """Record the first observation of every env (after `env.reset`, or after a resume)."""
@@ -172,12 +189,12 @@ class ReplayBuffer:
         the env's returned observation (already the next episode's where `dones`), and
         `final_obs` the last observation of the ended episodes.
         """
-        row = self.pos % self.slots
-        self.actions[row, self.envs] = actions.to(torch.int32)
-        self.rewards[row, self.envs] = rewards
-        self.terminal[row, self.envs] = terminal
-        self.episode_end[row, self.envs] = dones
-        self.has_next[row, self.envs] = True
+        flat = self._flat(self.pos % self.slots, self.envs)
+        self.actions.view(-1)[flat] = actions.to(torch.int32)
+        self.rewards.view(-1)[flat] = rewards
+        self.terminal.view(-1)[flat] = terminal
+        self.episode_end.view(-1)[flat] = dones
+        self.has_next.view(-1).index_fill_(0, flat, True)
 
         new_frame = self._newest_frame(next_obs)
         final_frame = self._newest_frame(final_obs)
@@ -200,55 +217,53 @@ class ReplayBuffer:
 
     def _refresh_priorities(self, dones: torch.Tensor) -> None:
         head = self.pos
-        # Rows just overwritten, or whose look-back now reaches overwritten rows: never sample.
-        stale = torch.stack([(head + j) % self.slots for j in range(0, self.frame_stack + 2)])
-        self.tree.set((stale * self.num_envs + self.envs).flatten(), torch.zeros(stale.numel(), device=self.device))
+        # Rows just overwritten, or whose look-back now reaches overwritten rows: never sample (0).
         # Rows that just became old enough for their n-step look-ahead enter with max priority;
-        # an env whose episode ended advanced two rows, so two rows matured for it.
-        for offset, mask in ((self.n_step, None), (self.n_step + 1, dones)):
-            row = (head - offset) % self.slots
-            leaf = row * self.num_envs + self.envs
-            value = torch.where(self.has_next[row, self.envs], self.max_priority, 0.0)
-            if mask is not None:
-                leaf = torch.where(mask, leaf, torch.full_like(leaf, self.dummy_leaf))
-                value = torch.where(mask, value, 0.0)
-            self.tree.set(leaf, value)
+        # an env whose episode ended advanced two rows, so two rows matured for it (for the others
+        # the second goes to the dummy leaf, with 0). The rows are distinct (the ring is longer than
+        # n_step + frame_stack + 2), so one tree update writes them all.
+        stale = self._flat((head + self.stale_offsets) % self.slots, self.envs).flatten()
+        matured = self._flat((head - self.n_step) % self.slots, self.envs)
+        also = self._flat((head - self.n_step - 1) % self.slots, self.envs)
+        ready = self.has_next.view(-1)[torch.cat([matured, also])]
+        ready[self.num_envs:] &= dones
+        leaves = torch.cat([stale, matured, torch.where(dones, also, torch.full_like(also, self.dummy_leaf))])
+        values = torch.cat([self.stale_zeros, torch.where(ready, self.max_priority, 0.0)])
+        self.tree.set(leaves, values)
 
     # ------------------------------------------------------------------ reading
     def stack(self, t: torch.Tensor, env: torch.Tensor) -> Obs:
         """Observations at absolute rows `t` of envs `env`, frame stacks rebuilt (zeros before `first`)."""
         if self.frame_stack == 1:
-            row = t % self.slots
-            return obs_map(lambda frames: frames[row, env], self.frames)
+            flat = self._flat(t % self.slots, env)
+            return obs_map(lambda frames: frames.flatten(0, 1).index_select(0, flat), self.frames)
         frames = []
         same_episode = torch.ones_like(t, dtype=torch.bool)
+        stored, first = self.frames.flatten(0, 1), self.first.view(-1)
         for lag in range(self.frame_stack):
             if lag > 0:  # the frame `lag` rows back is ours only if no episode started in between
-                same_episode = same_episode & ~self.first[(t - lag + 1) % self.slots, env]
-            frame = self.frames[(t - lag) % self.slots, env]
+                same_episode = same_episode & ~first[self._flat((t - lag + 1) % self.slots, env)]
+            frame = stored.index_select(0, self._flat((t - lag) % self.slots, env))
             mask = same_episode.view(-1, *([1] * (frame.dim() - 1)))
             frames.append(torch.where(mask, frame, torch.zeros_like(frame)))
         return torch.stack(frames[::-1], dim=1)
 
     def n_step_return(self, t: torch.Tensor, env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(returns, discounts, steps) of the n-step look-ahead from rows `t`, cut at episode ends."""
-        n = self.n_step
-        if n == 1:  # the common case, without the look-ahead machinery
-            row = t % self.slots
-            terminal = self.terminal[row, env]
-            return (self.rewards[row, env], torch.where(terminal, 0.0, self.gamma),
+        if self.n_step == 1:  # the common case, without the look-ahead machinery
+            flat = self._flat(t % self.slots, env)
+            terminal = self.terminal.view(-1)[flat]
+            return (self.rewards.view(-1)[flat], torch.where(terminal, 0.0, self.gamma),
                     torch.ones_like(t))
-        rows = (t.unsqueeze(1) + torch.arange(n, device=self.device)) % self.slots  # (batch, n)
-        envs = env.unsqueeze(1)
-        terminal = self.terminal[rows, envs]
-        stop = terminal | self.episode_end[rows, envs]
+        flat = self._flat((t.unsqueeze(1) + self.lookahead) % self.slots, env.unsqueeze(1))  # (batch, n)
+        terminal = self.terminal.view(-1)[flat]
+        stop = terminal | self.episode_end.view(-1)[flat]
         # Step j counts only if no episode end came at an earlier step of the look-ahead.
         running = (torch.cumsum(stop.int(), dim=1) - stop.int()) == 0
-        powers = self.gamma ** torch.arange(n, device=self.device, dtype=torch.float32)
-        returns = (running * powers * self.rewards[rows, envs]).sum(dim=1)
+        returns = (running * self.powers * self.rewards.view(-1)[flat]).sum(dim=1)
         steps = running.sum(dim=1)
         hit_terminal = (running & terminal).any(dim=1)
-        discounts = torch.where(hit_terminal, 0.0, torch.pow(self.gamma, steps.to(torch.float32)))
+        discounts = torch.where(hit_terminal, 0.0, self.discount_of_steps[steps])
         return returns, discounts, steps
 
     def can_sample(self) -> bool:
@@ -261,15 +276,15 @@ class ReplayBuffer:
             t, env = self._sample_uniform(batch_size, generator)
             weights = torch.ones(batch_size, device=self.device)
         returns, discounts, steps = self.n_step_return(t, env)
-        row = t % self.slots
+        indices = self._flat(t % self.slots, env)
         return ReplaySample(
             obs=self.stack(t, env),
-            actions=self.actions[row, env].long(),
+            actions=self.actions.view(-1)[indices].long(),
             returns=returns,
             next_obs=self.stack(t + steps, env),
             discounts=discounts,
             weights=weights,
-            indices=row * self.num_envs + env,
+            indices=indices,
         )
 
     def _sample_uniform(self, batch_size: int, generator: torch.Generator | None,
@@ -284,7 +299,7 @@ class ReplayBuffer:
         span = (oldest - self.n_step + 1).clamp(min=1)
         age = self.n_step + (torch.rand(n, device=self.device, generator=generator) * span).long().clamp(max=span - 1)
         t = head - age
-        ok = self.has_next[t % self.slots, env].view(batch_size, candidates)
+        ok = self.has_next.view(-1)[self._flat(t % self.slots, env)].view(batch_size, candidates)
         pick = ok.int().argmax(dim=1)  # first complete candidate (0 when none)
         take = torch.arange(batch_size, device=self.device) * candidates + pick
         t, env = t[take], env[take]
