@@ -44,17 +44,20 @@ def test_pqn_solves_cartpole_with_its_preset(tmp_path, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.ci_slow), 1])
 def test_pqn_learns_to_find_the_exit_of_held_out_7x7_mazes(tmp_path, seed):
-    """500k steps of the maze preset on 7x7 mazes, against the same preset after one rollout: the
-    held-out success rate (epsilon 0.05, the preset's evaluation policy) rises by >= 15 points.
+    """500k steps of the maze preset on 7x7 mazes: held-out success (epsilon 0.05, the preset's
+    evaluation policy) above a random walk's, and >= 15 points above the same preset after one rollout.
 
-    Not a solve: a uniformly random walk finds the exit of 62% of 7x7 mazes within their 196 steps,
-    and PQN's near-greedy policy was still below that at 500k-800k steps here (41-45%, BENCHMARKS.md;
-    PPO's sampled policy reached ~72% by 300k). What this checks is that the Q-network learns the
-    levels it has never seen, from a start whose greedy policy walks into walls and circles."""
+    A uniformly random walk finds the exit of ~62-67% of 7x7 mazes within their 196 steps; the
+    preset's greedy policy starts below it (it walks into walls and circles). Measured when the
+    preset was set: 95% (seed 0) and 85-87% (256 envs x 8 steps, seeds 0-1) at 500k steps."""
     maze = {"env_kwargs": {"size": 7}}
     _, before = train_and_evaluate(tmp_path / "start", "rlbase/Maze-v0", {**maze, "total_timesteps": 2048}, 100, seed)
     metrics, after = train_and_evaluate(tmp_path / "trained", "rlbase/Maze-v0", {**maze, "total_timesteps": 500_000},
                                         100, seed)
     start, end = before["outcomes"]["success"], after["outcomes"]["success"]
-    assert end >= start + 0.15, (f"seed {seed}: held-out success {start:.0%} after one rollout, {end:.0%} after 500k "
-                                 f"steps; training ep_rew_mean {metrics['ep_rew_mean']}")
+    assert end >= max(RANDOM_WALK_SUCCESS, start + 0.15), (
+        f"seed {seed}: held-out success {start:.0%} after one rollout, {end:.0%} after 500k steps; "
+        f"training ep_rew_mean {metrics['ep_rew_mean']}")
+
+
+RANDOM_WALK_SUCCESS = 0.75  # above the ~62-67% a uniformly random walk reaches on 7x7 mazes
