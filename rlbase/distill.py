@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from rlbase.distill_dagger import PolicyView, distill
-from rlbase.distill_student import acting_tensors, build_network, student_config
+from rlbase.distill_student import acting_tensors, build_network, student_config, value_based
 from rlbase.errors import RlbaseError, UsageError
 
 DISTILL_FILE = "distill.json"
@@ -209,16 +209,16 @@ def settings_from(args: argparse.Namespace, algo: str, teacher_cfg: Any, observa
                   num_envs: int) -> DistillSettings:
     from rlbase.obs import space_dtype
 
-    if algo == "dqn" and args.value_coef:
-        raise UsageError("invalid --value-coef: DQN has no value head to distill (its Q-values are the policy)")
+    if value_based(algo) and args.value_coef:
+        raise UsageError(f"invalid --value-coef: {algo.upper()} has no value head to distill (its Q-values are the policy)")
     spaces = observation_space.spaces.values() if isinstance(observation_space, gym.spaces.Dict) else [observation_space]
     state_bytes = sum(math.prod(s.shape) * torch.empty((), dtype=space_dtype(s)).element_size() for s in spaces)
     buffer_size = args.buffer_size or max(num_envs, min(100_000, (1 << 30) // max(1, state_bytes)))
     return DistillSettings(
         hidden_sizes=args.hidden_sizes, width_fraction=args.width_fraction if args.width_fraction is not None else 0.25,
         backbone=args.backbone, steps=args.steps, num_envs=num_envs, rollout_steps=args.rollout_steps,
-        temperature=args.temperature if args.temperature is not None else (0.01 if algo == "dqn" else 1.0),
-        value_coef=0.0 if algo == "dqn" else (args.value_coef if args.value_coef is not None else 0.5),
+        temperature=args.temperature if args.temperature is not None else (0.01 if value_based(algo) else 1.0),
+        value_coef=0.0 if value_based(algo) else (args.value_coef if args.value_coef is not None else 0.5),
         learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs or 4,
         buffer_size=math.ceil(buffer_size / num_envs) * num_envs, beta_decay=args.beta_decay,
         max_grad_norm=args.max_grad_norm, seed=args.seed,
@@ -244,8 +244,10 @@ def student_checkpoint(algo: str, network: nn.Module, student_cfg: Any, teacher_
     from rlbase.optim import make_adam
 
     state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    if algo == "dqn":
-        tensors = {**{f"q.{k}": v for k, v in state.items()}, **{f"target.{k}": v.clone() for k, v in state.items()}}
+    if value_based(algo):  # DQN also keeps a target network (PQN has none)
+        tensors = {f"q.{k}": v for k, v in state.items()}
+        if algo == "dqn":
+            tensors.update({f"target.{k}": v.clone() for k, v in state.items()})
     else:
         tensors = {f"model.{k}": v for k, v in state.items()}
         tensors.update({k: v.clone() for k, v in teacher_tensors.items() if k.startswith(("obs_rms.", "ret_rms."))})
@@ -303,12 +305,12 @@ def run(args: argparse.Namespace) -> int:
         from rlbase.checkpoint import load_module
 
         try:
-            load_module(teacher_net, trained.tensors, "q." if algo == "dqn" else "model.")
+            load_module(teacher_net, trained.tensors, "q." if value_based(algo) else "model.")
         except ValueError as exc:
             raise RlbaseError(f"{trained.checkpoint}: the checkpoint does not match its config ({exc})") from None
         teacher_net.eval().requires_grad_(False)
         normalizer = None
-        if algo != "dqn":
+        if not value_based(algo):
             normalizer = Normalizer(teacher_cfg, getattr(obs_space, "shape", None), 1, device)
             try:
                 normalizer.load(trained.tensors)

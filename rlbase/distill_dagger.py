@@ -57,7 +57,9 @@ class PolicyView:
         from rlbase.agents.pg import DiagGaussian, MultiCategorical, make_distribution
 
         self.network, self.action_space = network, action_space
-        self.is_q = algo == "dqn"
+        from rlbase.distill_student import value_based
+
+        self.is_q = value_based(algo)
         self.dist = None if self.is_q else make_distribution(action_space, action_bounds)
         self.gaussian = isinstance(self.dist, DiagGaussian)
         self.sizes = self.dist.sizes if isinstance(self.dist, MultiCategorical) else None

@@ -26,8 +26,15 @@ from torch import nn
 from rlbase.errors import UsageError
 
 
+def value_based(algo: str) -> bool:
+    """Whether `algo` acts from Q-values (DQN, PQN: epsilon-greedy), not from a policy head."""
+    from rlbase.agents import get_agent
+
+    return get_agent(algo).exploration == "epsilon"
+
+
 def build_network(algo: str, cfg: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> nn.Module:
-    """The agent's own network for `cfg` (freshly initialised): `ActorCritic` or `QNetwork`."""
+    """The agent's own network for `cfg` (freshly initialised): `ActorCritic` or a Q-network."""
     from rlbase import transfer
 
     backbone = transfer.parse(cfg, observation_space, with_weights=False)
@@ -35,6 +42,10 @@ def build_network(algo: str, cfg: Any, observation_space: gym.spaces.Space, acti
         from rlbase.agents.dqn import build_q_network, head_options
 
         return build_q_network(backbone, observation_space, action_space, cfg.dueling, **head_options(cfg))
+    if algo == "pqn":
+        from rlbase.agents import pqn
+
+        return pqn.build_q_network(cfg, backbone, observation_space, action_space)
     from rlbase.agents.pg import ActorCritic, make_distribution
 
     return ActorCritic(cfg, backbone, observation_space, make_distribution(action_space, cfg.action_bounds))
@@ -43,7 +54,7 @@ def build_network(algo: str, cfg: Any, observation_space: gym.spaces.Space, acti
 def acting_tensors(algo: str, network: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters the greedy acting path uses (what a deployed policy holds): the whole
     Q-network, or the actor's backbone, policy head and log-std (not the critic)."""
-    if algo == "dqn":
+    if value_based(algo):
         return dict(network.named_parameters())
     return {name: p for name, p in network.named_parameters()
             if name.startswith(("actor_backbone.", "policy_head.")) or name == "log_std"}

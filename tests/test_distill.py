@@ -122,6 +122,28 @@ def test_dqn_teacher_distils(tmp_path, capsys):
     assert eval_report(out, capsys, episodes=10)["algo"] == "dqn"
 
 
+def test_pqn_teacher_distils_into_a_pqn_student(tmp_path, capsys):
+    """A value-based teacher without a target network: the student is a PQN run (LayerNorm, no
+    target tensors) that `rlbase eval` plays."""
+    assert main(["train", "pqn", "--env", "rlbase/CartPole-v1", "--log-dir", str(tmp_path), "--run-name", "pqn",
+                 "--total-timesteps", "8192", "--seed", "0"]) == 0
+    out = tmp_path / "student"
+    assert main(["distill", str(tmp_path / "pqn"), "--out", str(out), "--steps", "4000",
+                 "--eval-episodes", "5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["temperature"] == 0.01 and report["parameter_ratio"] >= 3
+    from safetensors.torch import load_file
+
+    names = load_file(next((out / "checkpoints").glob("step_*/model.safetensors")))
+    assert any(name.startswith("q.") for name in names)
+    assert not any(name.startswith(("target.", "model.")) for name in names)
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == "pqn" and config["config"]["layer_norm"] is True
+    # LayerNorm weights are the 1-d weights of the backbone (a Linear's are 2-d).
+    assert any(name.startswith("q.backbone.") and name.endswith(".weight") and names[name].dim() == 1 for name in names)
+    assert eval_report(out, capsys, episodes=5)["algo"] == "pqn"
+
+
 def test_gaussian_policy_with_normalisation_and_squash(tmp_path, capsys):
     assert main(["train", "ppo", "--env", "rlbase/Pendulum-v1", "--log-dir", str(tmp_path), "--run-name", "t",
                  "--total-timesteps", "4096", "--action-bounds", "squash", "--normalize-obs"]) == 0
