@@ -3,13 +3,13 @@
     from rlbase import PPO
     agent = PPO("rlbase/CartPole-v1", seed=0).learn()
 
-The agent classes (DQN, PPO, A2C, REINFORCE, and `load`) live in rlbase.api and are imported on
+The agent classes (DQN, PQN, PPO, A2C, REINFORCE, and `load`) live in rlbase.api and are imported on
 first use, so `import rlbase` stays cheap for the command line.
 """
 
 __version__ = "0.1.0"
 
-_API = ("Algorithm", "DQN", "PPO", "A2C", "REINFORCE", "load", "algorithm_class")
+_API = ("Algorithm", "DQN", "PQN", "PPO", "A2C", "REINFORCE", "load", "algorithm_class")
 __all__ = list(_API)
 
 

@@ -46,6 +46,10 @@ class BackboneExtractor(BaseFeaturesExtractor):
                 raise ValueError(f"backbone {backbone!r} does not match the pretrained backbone in {weights} "
                                  f"({spec['name']})")
             backbone = spec["name"]
+            if spec.get("quantization") is not None and not freeze:
+                # its weights are int8 values dequantized: SB3's optimiser would move them off that grid
+                raise ValueError(f"{weights} is an int8 artifact (rlbase quantize): use it with freeze=True, or "
+                                 f"fine-tune the fp32 artifact it came from")
             if backbone == "mlp":
                 hidden_sizes, activation = tuple(spec["hidden_sizes"]), spec["activation"]
         name = check_backbone(backbone, observation_space)

@@ -117,6 +117,20 @@ def test_int8_backbone_loads_dequantized_on_its_int8_grid(teacher, int8):
         assert ((weight - fp32.state_dict()[f"{name}.weight"]).abs() <= scale / 2 + 1e-6).all()  # nearest point
 
 
+def test_sb3_takes_an_int8_backbone_frozen_only(teacher, int8):
+    """The SB3 adapter follows `--backbone-weights`: an int8 artifact loads (dequantized) only frozen."""
+    import gymnasium as gym
+
+    from rlbase.sb3 import BackboneExtractor
+
+    space = gym.make("rlbase/Maze-v0", size=7, obs_mode="grid").observation_space
+    with pytest.raises(ValueError, match="int8 artifact"):
+        BackboneExtractor(space, weights=str(int8))
+    frozen = BackboneExtractor(space, weights=str(int8), freeze=True)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert any(p.requires_grad for p in BackboneExtractor(space, weights=str(teacher)).parameters())
+
+
 def test_exported_onnx_matches_torch_on_held_out_inputs(teacher, tmp_path, capsys):
     out = tmp_path / "onnx"
     assert main(["export", str(teacher), "--out", str(out), "--parity-samples", "500"]) == 0
