@@ -73,3 +73,23 @@ def test_bench_learning_quick(tmp_path):
         assert run["scheduled_steps"] == int(run["warmup_rate"] * run["budget_s"])
         assert len(run["scores"]) == run["games"] and all(s >= 0 for s in run["scores"])
     assert "ppo      rlbase" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_pqn_quick(tmp_path):
+    out = tmp_path / "pqn.json"
+    proc = run_quick("bench_pqn.py", out, "--sections", "cartpole", "--seeds", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert {r["algo"] for r in data["results"]} == {"pqn", "ppo"}
+
+
+@pytest.mark.slow
+def test_bench_qheads_quick(tmp_path):
+    out = tmp_path / "qheads.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_qheads.py"), "--quick", "--seeds", "0",
+                           "--only", "dqn,c51,qrdqn", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_text().strip(), "the JSON rows are empty"
+    assert "c51" in proc.stdout and "qrdqn" in proc.stdout
