@@ -64,12 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=None,
                         help="episodes to evaluate the dense and pruned agents on (default: the config's eval_episodes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default: 0)")
+    parser.add_argument("--finetune-seed", type=int, default=None,
+                        help="reseed the fine-tuning's action sampling and minibatch draws (the seed of the "
+                             "compression step; default: continue the run's own random state, so a prune "
+                             "repeats exactly)")
 
 
 def run(args: argparse.Namespace) -> int:
     report = prune(args.path, sparsity=args.sparsity, steps=args.steps, schedule=args.schedule, scores=args.scores,
-                   out=args.out,
-                   episodes=args.episodes, seed=args.seed)
+                   out=args.out, episodes=args.episodes, seed=args.seed, finetune_seed=args.finetune_seed)
     dense, pruned = report["dense"], report["pruned"]
     print(f"rlbase: pruned run in {report['out']}: {report['sparsity_reached']:.1%} of "
           f"{report['policy_weights']:,} policy weights are zero; acting path {pruned['nonzero_parameters']:,} of "
@@ -132,14 +135,17 @@ class PruneCallback(Callback):
     `on_step` multiplies them in (and recomputes them when the due sparsity rose)."""
 
     def __init__(self, sparsity: float, start_step: int, prune_steps: int, schedule: str = "cubic",
-                 scores: str = "normalized"):
+                 scores: str = "normalized", seed: int | None = None):
         self.sparsity, self.start_step, self.prune_steps, self.schedule = sparsity, start_step, prune_steps, schedule
-        self.scores = scores
+        self.scores, self.seed = scores, seed
         self.groups: list[list[torch.Tensor]] = []
         self.masks: list[torch.Tensor] = []
         self.current = 0.0
 
     def on_start(self, run: Any) -> None:
+        if self.seed is not None:  # another fine-tuning than the run's own continuation
+            run.generator.manual_seed(self.seed)
+            torch.manual_seed(self.seed)
         tensors = run.tensors(weights_only=True)  # live references to the networks' weights
         devices = [run.device.index or 0] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # building the acting path draws init values
@@ -176,7 +182,8 @@ def _copy_run(source: Path, out: Path) -> None:
 
 
 def prune(path: str | Path, *, sparsity: float, steps: int | None = None, schedule: str = "cubic",
-          scores: str = "normalized", out: str | None = None, episodes: int | None = None, seed: int = 0) -> dict[str, Any]:
+          scores: str = "normalized", out: str | None = None, episodes: int | None = None, seed: int = 0,
+          finetune_seed: int | None = None) -> dict[str, Any]:
     """Prune the run at `path` while fine-tuning it for `steps` env steps; write the pruned run
     and its report.json; return the report."""
     from rlbase.compress import nonzero_parameters
@@ -190,6 +197,8 @@ def prune(path: str | Path, *, sparsity: float, steps: int | None = None, schedu
         raise UsageError(f"invalid --steps: must be positive, got {steps}")
     if episodes is not None and episodes <= 0:
         raise UsageError(f"invalid --episodes: must be positive, got {episodes}")
+    if finetune_seed is not None and not 0 <= finetune_seed < 2**32:
+        raise UsageError(f"invalid --finetune-seed: must be in [0, 2**32), got {finetune_seed}")
     if schedule not in SCHEDULES:
         raise UsageError(f"invalid --schedule {schedule!r}: use {', '.join(SCHEDULES)}")
     if scores not in SCORES:
@@ -209,7 +218,7 @@ def prune(path: str | Path, *, sparsity: float, steps: int | None = None, schedu
     except BaseException:  # nothing trained yet: leave no half-made run behind (the folder was new or empty)
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    callback = PruneCallback(sparsity, start, max(1, int(PRUNE_FRACTION * steps)), schedule, scores)
+    callback = PruneCallback(sparsity, start, max(1, int(PRUNE_FRACTION * steps)), schedule, scores, finetune_seed)
     try:
         execute(plan, callbacks=[callback], progress=False)
     finally:
@@ -235,7 +244,7 @@ def prune(path: str | Path, *, sparsity: float, steps: int | None = None, schedu
               "target_sparsity": sparsity, "schedule": schedule, "scores": scores, "steps": steps, "start_step": start,
               "prune_steps": callback.prune_steps, "policy_weights": total, "policy_weights_zero": zeros,
               "sparsity_reached": zeros / total, "dense": reports["dense"], "pruned": reports["pruned"],
-              "episodes": episodes or dense.config.eval_episodes, "seed": seed}
+              "episodes": episodes or dense.config.eval_episodes, "seed": seed, "finetune_seed": finetune_seed}
     # a ratio of negative returns (Pendulum) would read backwards: none then
     report["return_ratio"] = (reports["pruned"]["mean_return"] / reports["dense"]["mean_return"]
                               if reports["dense"]["mean_return"] > 0 else None)

@@ -101,6 +101,38 @@ def test_dqn_prunes_and_plays(tmp_path, capsys):
     assert played["algo"] == "dqn" and played["global_step"] == 3000
 
 
+def test_finetune_seed_is_the_seed_of_the_compression_step(tmp_path, capsys):
+    """Without --finetune-seed a prune repeats its run's own continuation exactly; with it, the
+    fine-tuning (and so the pruned network) differs by seed and repeats for the same seed."""
+    from safetensors.torch import load_file
+
+    assert main(["train", "dqn", "--env", "rlbase/CartPole-v1", "--total-timesteps", "2000", "--learning-starts",
+                 "500", "--log-dir", str(tmp_path), "--run-name", "dqn"]) == 0
+
+    def pruned(name: str, *flags: str) -> dict:
+        out = tmp_path / name
+        assert main(["prune", str(tmp_path / "dqn"), "--sparsity", "0.5", "--steps", "1000", "--episodes", "1",
+                     "--out", str(out), *flags]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["finetune_seed"] == (int(flags[1]) if flags else None)
+        newest = max((out / "checkpoints").glob("step_*"), key=lambda d: int(d.name.split("_")[1]))
+        assert int(newest.name.split("_")[1]) == 3000  # the copied run's step 2000, then the fine-tuning
+        tensors = load_file(newest / "model.safetensors")
+        return {k: v for k, v in tensors.items() if k.startswith("q.")}
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    default_a, default_b = pruned("d0"), pruned("d1")
+    seed1, seed1_again, seed2 = (pruned("s1", "--finetune-seed", "1"), pruned("s1b", "--finetune-seed", "1"),
+                                 pruned("s2", "--finetune-seed", "2"))
+    assert same(default_a, default_b) and same(seed1, seed1_again)
+    assert not same(seed1, seed2) and not same(seed1, default_a)
+    capsys.readouterr()
+    assert main(["prune", str(tmp_path / "dqn"), "--sparsity", "0.5", "--finetune-seed", "-1"]) == 2
+    assert "--finetune-seed" in one_error_line(capsys)
+
+
 def test_bad_inputs_are_one_line(ppo_teacher, tmp_path, capsys):
     for sparsity in ("0", "1.5", "1", "nan"):
         assert main(["prune", str(ppo_teacher), "--sparsity", sparsity, "--out", str(tmp_path / "x")]) == 2
