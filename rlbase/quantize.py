@@ -177,8 +177,12 @@ def load_quantized(path: str | Path) -> QuantizedAgent:
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def collect_states(net: nn.Module, env: Any, steps: int, seed: int) -> Obs:
-    """`steps` x num_envs observations the (fp32) acting path visits, concatenated on the CPU."""
-    obs, _ = env.reset(seed=seed)
+    """`steps` x num_envs observations the (fp32) acting path visits, concatenated on the CPU.
+
+    The envs are reset with `seed * num_envs`: vector envs seed their copies `s, s+1, ...`, so
+    with `seed` itself adjacent seeds would share all but one env, and a greedy rollout on them
+    (ALE: the env is the only randomness) would calibrate on the same states."""
+    obs, _ = env.reset(seed=seed * env.num_envs)
     seen = []
     for _ in range(steps):
         seen.append(obs_map(lambda x: x.cpu(), obs))
