@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlbase.obs import Obs, assign, obs_map
+from rlbase.obs import Obs, obs_map
 
 
 class ReplaySample(NamedTuple):

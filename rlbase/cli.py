@@ -16,12 +16,13 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import sys
 import threading
 import warnings
 
 from rlbase import __version__
-from rlbase.errors import RlbaseError, RlbaseWarning, UsageError
+from rlbase.errors import INTERRUPT, RlbaseError, RlbaseWarning, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -353,9 +354,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
         _default(message, category, filename, lineno, file, line)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT: remember it (see rlbase.errors.INTERRUPT), then interrupt as Python does."""
+    INTERRUPT.requested = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     threading.excepthook = _thread_exception
+    INTERRUPT.requested = False
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigint = signal.signal(signal.SIGINT, _interrupt) if in_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         if args.command in ("plot", "report", *COMPRESS_COMMANDS):

@@ -30,7 +30,7 @@ from torch import nn
 
 from rlbase.checkpoint import (CHECKPOINTS, Checkpoint, atomic_write_text, load_module, optimizer_from_tensors,
                                optimizer_to_tensors, save_checkpoint)
-from rlbase.errors import RlbaseError, UsageError
+from rlbase.errors import INTERRUPT, RlbaseError, UsageError
 from rlbase.safefiles import disk_error
 from rlbase.guards import CheckedEnv, NonFiniteError, first_nonfinite_tensor, first_nonfinite_value
 from rlbase.stats import RecentEpisodes
@@ -329,6 +329,8 @@ class Run:
         """Count `steps` env steps; when due, log (`scalars()` gives the agent's own values, read
         from the device only then), run the callbacks and checkpoint. False: stop training."""
         self.global_step += steps
+        if INTERRUPT.requested:  # a Ctrl-C whose KeyboardInterrupt was lost (rlbase.errors.INTERRUPT)
+            raise KeyboardInterrupt
         cfg = self.config
         if self.logger is not None:
             self.logger.progress(self.global_step)

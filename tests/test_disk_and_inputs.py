@@ -247,3 +247,26 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     # Interrupted before training: no run dir; interrupted in training: a resumable checkpoint.
     for run_dir in runs.iterdir() if runs.exists() else []:
         json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+
+
+def test_a_lost_ctrl_c_still_stops_training(tmp_path):
+    """A Ctrl-C whose KeyboardInterrupt a finaliser swallowed still stops the run at the next step,
+    with a checkpoint: the command line's SIGINT handler also sets rlbase.errors.INTERRUPT."""
+    from rlbase.checkpoint import load_checkpoint
+    from rlbase.errors import INTERRUPT
+    from rlbase.lifecycle import TrainingInterrupted, train
+
+    def lose_it(run) -> None:  # as if the handler had run and its exception had been dropped
+        if run.global_step >= 400:
+            INTERRUPT.requested = True
+
+    values = {"env_id": "rlbase/CartPole-v1", "num_envs": 4, "hidden_sizes": (16,), "learning_starts": 100,
+              "buffer_size": 2000, "total_timesteps": 1_000_000}
+    try:
+        with pytest.raises(TrainingInterrupted) as stop:
+            train("dqn", values, run_dir=tmp_path / "r", callbacks=lose_it)
+    finally:
+        INTERRUPT.requested = False
+    assert stop.value.step == 404 and stop.value.signal == 2
+    _, state, _ = load_checkpoint(tmp_path / "r")
+    assert state["step"] == 404
