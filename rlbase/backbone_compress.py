@@ -308,8 +308,7 @@ def export_command(args: argparse.Namespace) -> int:
     from rlbase import __version__
     from rlbase.compress import output_dir, write_report
     from rlbase.deploy import MODEL_FILE, onnx_session
-    from rlbase.export import MIN_IDENTICAL, OUTPUT_TOLERANCE, export_onnx
-    from rlbase.safefiles import atomic_write_bytes, disk_error
+    from rlbase.export import MIN_IDENTICAL, OUTPUT_TOLERANCE, export_onnx, removed_if_left_empty, write_model
 
     refuse_flags("export", {"--best": args.best, "--episodes": args.episodes is not None})
     art = read_artifact(args.path)
@@ -324,9 +323,9 @@ def export_command(args: argparse.Namespace) -> int:
                 "backbone": json.dumps({k: art.spec[k] for k in ("name", "hidden_sizes", "activation",
                                                                   "observation_space", "out_dim")}),
                 "inputs": json.dumps(["obs"]), "outputs": json.dumps(["features", "outputs"])}
-    out_existed = args.out is not None and Path(args.out).exists()
+    existed = args.out is not None and Path(args.out).exists()  # before output_dir makes it
     out = output_dir(args.path, None, "export", args.out, base=out_base(args.path))
-    try:
+    with removed_if_left_empty(out, existed):
         data = export_onnx(_Features(model).eval(), val.inputs[:2], ["obs"], args.opset, metadata,
                            output_names=("features", "outputs"))
         session = onnx_session(data, "the exported model")
@@ -361,14 +360,7 @@ def export_command(args: argparse.Namespace) -> int:
             raise RlbaseError(f"onnxruntime disagrees with torch on {count} held-out inputs (outputs differ by up to "
                               f"{parity['max_abs_diff']:.3g}, tolerance {parity['tolerance']:.3g}): {MODEL_FILE} not "
                               f"written; details in {out}/report.json")
-        try:
-            atomic_write_bytes(out / MODEL_FILE, data)
-        except OSError as exc:
-            raise disk_error(exc, "the ONNX model", out / MODEL_FILE) from None
-    except BaseException:
-        if not out_existed and out.exists() and not any(out.iterdir()):
-            out.rmdir()
-        raise
+        write_model(out, data)
     write_report(out, report)
     print(f"rlbase: exported backbone {art.spec['name']} + {art.data['task']} head to {out / MODEL_FILE}: "
           f"{len(data):,} bytes, opset {args.opset}, inputs obs, outputs features and outputs")

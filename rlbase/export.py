@@ -308,9 +308,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if net.kind == "gaussian":  # its state-independent std: `rlbase eval` can sample as the torch policy does
         metadata["log_std"] = json.dumps(net.log_std.detach().cpu().reshape(-1).tolist())
-    out_existed = args.out is not None and Path(args.out).exists()
+    existed = args.out is not None and Path(args.out).exists()  # before output_dir makes it
     out = output_dir(args.path, checkpoint, "export", args.out)
-    try:
+    with removed_if_left_empty(out, existed):
         data = export_onnx(net, take(observations, slice(0, 2)), names, args.opset, metadata)
         session = onnx_session(data, "the exported model")
         parity = check_parity(net, session, observations, names, net.kind) if samples else None
@@ -327,16 +327,7 @@ def run(args: argparse.Namespace) -> int:
                               f"{parity['max_abs_diff_outputs']:.3g}, tolerance {parity['output_tolerance']:.3g}"
                               + (f"; identical actions {parity['identical_actions']:.1%}" if "identical_actions"
                                  in parity else "") + f"): {MODEL_FILE} not written; details in {out}/report.json")
-        try:
-            atomic_write_bytes(out / MODEL_FILE, data)
-        except OSError as exc:
-            from rlbase.safefiles import disk_error
-
-            raise disk_error(exc, "the ONNX model", out / MODEL_FILE) from None
-    except BaseException:
-        if not out_existed and out.exists() and not any(out.iterdir()):
-            out.rmdir()
-        raise
+        write_model(out, data)
     print(f"rlbase: exported {agent.name} {cfg.env_id} ({net.kind}, {parameter_count(net):,} parameters) to "
           f"{out / MODEL_FILE}: {len(data):,} bytes, opset {args.opset}, inputs {', '.join(names)}")
     if parity is not None:
@@ -358,3 +349,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"rlbase: report in {out}/report.json; play it with: rlbase eval {out / MODEL_FILE}")
     return 0
 
+
+
+@contextmanager
+def removed_if_left_empty(out: Path, existed: bool) -> Iterator[None]:
+    """On any failure inside, remove the output folder `out` if this command made it and left it
+    empty (nothing half-made stays behind)."""
+    try:
+        yield
+    except BaseException:
+        if not existed and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def write_model(out: Path, data: bytes) -> None:
+    """`out/model.onnx`, written atomically; a disk fault is one line."""
+    from rlbase.safefiles import disk_error
+
+    try:
+        atomic_write_bytes(out / MODEL_FILE, data)
+    except OSError as exc:
+        raise disk_error(exc, "the ONNX model", out / MODEL_FILE) from None
