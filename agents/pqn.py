@@ -124,7 +124,7 @@ def build_q_network(cfg: PQNConfig, spec: BackboneSpec, observation_space: gym.s
     if not isinstance(action_space, gym.spaces.Discrete):
         raise UsageError(f"PQN needs a discrete action space; got {action_space}")
     backbone = build_backbone(spec.name, observation_space, spec.hidden_sizes, spec.activation,
-                              layer_norm=cfg.layer_norm)
+                              layer_norm=cfg.layer_norm, width=spec.width)
     return QNetwork(backbone, int(action_space.n))
 
 

@@ -243,9 +243,9 @@ class Algorithm:
             self._owns_env = False
 
 
-NETWORK_FIELDS = ("env_id", "env_kwargs", "gym_packages", "backbone", "hidden_sizes", "activation", "dueling",
-                  "shared_backbone", "normalize_obs", "normalize_reward", "action_bounds", "frame_stack", "num_envs",
-                  "buffer_size", "n_step", "prioritized_replay")
+NETWORK_FIELDS = ("env_id", "env_kwargs", "gym_packages", "backbone", "hidden_sizes", "backbone_width", "activation",
+                  "dueling", "shared_backbone", "normalize_obs", "normalize_reward", "action_bounds", "frame_stack",
+                  "num_envs", "buffer_size", "n_step", "prioritized_replay")
 """Config fields a checkpoint's tensors depend on (networks, normalisation, replay layout, env batch)."""
 
 

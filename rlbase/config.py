@@ -62,6 +62,9 @@ class CommonConfig:
     """Learning-rate multiplier for the pretrained backbone when fine-tuning it."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the mlp backbone."""
+    backbone_width: float = 1.0
+    """Width multiplier of the nature_cnn and impala_cnn backbones: their channels and features times
+    this (parameters scale about as its square; `rlbase distill` sizes CNN students with it)."""
     activation: str = "relu"
     """Activation of the mlp backbone: relu or tanh."""
     log_interval: int = 10_000
@@ -500,5 +503,6 @@ def validate_common(cfg: CommonConfig) -> None:
     check(cfg.backbone == "auto" or cfg.backbone in BACKBONES or "=" in cfg.backbone, "backbone",
           f"unknown backbone {cfg.backbone!r}; choose from auto, {', '.join(BACKBONES)}")
     check(cfg.backbone_lr_scale >= 0, "backbone_lr_scale", f"must be >= 0, got {cfg.backbone_lr_scale}")
+    check(0 < cfg.backbone_width <= 16, "backbone_width", f"must be in (0, 16], got {cfg.backbone_width}")
     check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",
           f"use auto, cpu or cuda, got {cfg.device!r}")

@@ -7,9 +7,11 @@ the actor's backbone, policy head and log-std (not the critic). The choice:
 - `--hidden-sizes`: those mlp widths;
 - else the teacher's widths scaled by one factor, found by bisection, so the acting parameters come
   closest to `--width-fraction` of the teacher's;
-- a fixed-size backbone (a CNN) has no width to scale: the registered backbone for the observation
-  space whose student is closest to the target among those smaller than the teacher, else an mlp
-  with fitted widths; a Dict teacher without widths needs a per-key `--backbone`.
+- a CNN that scales (nature_cnn, impala_cnn: `--backbone-width`): the same CNN with its channels
+  and features multiplied by the width that comes closest to the fraction (a multiple of 1/32);
+- another fixed-size backbone has no width to scale: the registered backbone for the observation
+  space whose student (a scalable CNN at its fitted width) is closest to the target among those
+  smaller than the teacher, else an mlp with fitted widths; a Dict teacher without widths needs a per-key `--backbone`.
 """
 
 from __future__ import annotations
@@ -61,8 +63,14 @@ def acting_tensors(algo: str, network: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def acting_parameters(algo: str, cfg: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> int:
-    with torch.random.fork_rng():  # building draws initial weights: leave the global RNG alone
-        network = build_network(algo, cfg, observation_space, action_space)
+    """The acting parameters of `cfg`'s network, counted on the meta device (shapes only: no memory,
+    no initialisation; sizing a student builds dozens of candidate networks)."""
+    try:
+        with torch.device("meta"):
+            network = build_network(algo, cfg, observation_space, action_space)
+    except (NotImplementedError, RuntimeError):  # an op without a meta kernel: build it for real
+        with torch.random.fork_rng():  # building draws initial weights: leave the global RNG alone
+            network = build_network(algo, cfg, observation_space, action_space)
     return sum(p.numel() for p in acting_tensors(algo, network).values())
 
 
@@ -95,6 +103,10 @@ def student_config(algo: str, teacher_cfg: Any, args: argparse.Namespace, observ
                          action_space)
     if fitted is not None:  # the backbone has mlp layers
         return (*fitted, teacher_size)
+    if args.backbone is None or args.width_fraction is not None:
+        widened = _fit_backbone_width(algo, base, target, observation_space, action_space)
+        if widened is not None:  # a scalable CNN
+            return (*widened, teacher_size)
     if args.backbone is not None or isinstance(observation_space, gym.spaces.Dict):
         if args.backbone is None:
             key = next(iter(observation_space.spaces))
@@ -130,20 +142,52 @@ def _fit_widths(algo: str, base: Any, widths: tuple[int, ...], target: float, ob
     return scaled(best), size(best)
 
 
+WIDTH_STEP = 32
+"""`_fit_backbone_width` picks multipliers k / WIDTH_STEP: whole channels for nature_cnn's 32 and 64."""
+
+
+def _fit_backbone_width(algo: str, base: Any, target: float, observation_space: gym.spaces.Space,
+                        action_space: gym.spaces.Space) -> tuple[Any, int] | None:
+    """(`base` with the `backbone_width` whose acting parameters come closest to `target`, that count),
+    or None when the backbone has no scalable CNN (`rlbase.backbones.SCALABLE`)."""
+    from rlbase import transfer
+    from rlbase.backbones import SCALABLE
+
+    spec = transfer.parse(base, observation_space, with_weights=False)
+    if not any(name in SCALABLE for name in (spec.key_names.values() if spec.key_names else [spec.name])):
+        return None
+
+    def scaled(k: int) -> Any:
+        return dataclasses.replace(base, backbone_width=k / WIDTH_STEP)
+
+    def size(k: int) -> int:
+        return acting_parameters(algo, scaled(k), observation_space, action_space)
+
+    low, high = 1, WIDTH_STEP * 16
+    if size(low) >= target:
+        return scaled(low), size(low)
+    while low < high:  # the smallest multiplier whose size reaches the target
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if size(mid) < target else (low, mid)
+    best = min({max(1, low - 1), low}, key=lambda k: abs(math.log(size(k) / target)))
+    return scaled(best), size(best)
+
+
 def _smaller_backbone(algo: str, base: Any, teacher_cfg: Any, target: float, teacher_size: int,
                       observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> tuple[Any, int]:
     """A fixed-size backbone (a CNN) has no width to scale: the registered convolutional backbone for
-    the space whose student is closest to `target` parameters among those smaller than the teacher,
-    else an mlp with widths fitted to `target`."""
+    the space whose student (a scalable one at its fitted width) is closest to `target` parameters
+    among those smaller than the teacher, else an mlp with widths fitted to `target`."""
     from rlbase.backbones import BACKBONES
 
     candidates = []
     for name, (_, accepts, _) in BACKBONES.items():
         if name in (teacher_cfg.backbone, "mlp") or not accepts(observation_space):
             continue
-        cfg = dataclasses.replace(base, backbone=name)
+        cfg = dataclasses.replace(base, backbone=name, backbone_width=1.0)
         try:
-            count = acting_parameters(algo, cfg, observation_space, action_space)
+            fitted = _fit_backbone_width(algo, cfg, target, observation_space, action_space)
+            cfg, count = fitted or (cfg, acting_parameters(algo, cfg, observation_space, action_space))
         except (UsageError, RuntimeError, ValueError):
             continue
         if count < teacher_size:

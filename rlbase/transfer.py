@@ -39,6 +39,8 @@ class BackboneSpec:
     """Widths of mlp backbones."""
     activation: str
     """Activation of mlp backbones."""
+    width: float = 1.0
+    """Width multiplier of the scalable CNNs (`rlbase.backbones.SCALABLE`)."""
     key_names: dict[str, str] = field(default_factory=dict, hash=False)
     """Backbone name per observation key of a Dict space ({} for a single backbone)."""
     weights: dict[str | None, str] = field(default_factory=dict, hash=False)
@@ -52,7 +54,7 @@ class BackboneSpec:
         """A freshly initialised backbone for `space`."""
         from rlbase.backbones import build_backbone
 
-        return build_backbone(self.name, space, self.hidden_sizes, self.activation)
+        return build_backbone(self.name, space, self.hidden_sizes, self.activation, width=self.width)
 
 
 def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> BackboneSpec:
@@ -67,10 +69,27 @@ def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> Backb
     if cfg.backbone_lr_scale < 0:
         raise UsageError(f"invalid --backbone-lr-scale: must be >= 0, got {cfg.backbone_lr_scale}")
     key_names = backbone_names(cfg.backbone, space) if isinstance(space, gym.spaces.Dict) else {}
-    return BackboneSpec(name=resolve_backbone_name(cfg.backbone, space), hidden_sizes=tuple(cfg.hidden_sizes),
-                        activation=cfg.activation, key_names=key_names,
+    name = resolve_backbone_name(cfg.backbone, space)
+    width = float(getattr(cfg, "backbone_width", 1.0))
+    if width != 1.0:
+        _check_width(cfg, list(key_names.values()) if key_names else [name])
+    return BackboneSpec(name=name, hidden_sizes=tuple(cfg.hidden_sizes), activation=cfg.activation, width=width,
+                        key_names=key_names,
                         weights=_weights_by_key(cfg, space) if with_weights else {},
                         freeze=cfg.freeze_backbone, lr_scale=cfg.backbone_lr_scale)
+
+
+def _check_width(cfg: Any, names: list[str]) -> None:
+    """UsageError unless --backbone-width has a scalable CNN to widen and no pretrained weights, whose
+    widths are the artifact's."""
+    from rlbase.backbones import SCALABLE
+
+    if not any(name in SCALABLE for name in names):
+        raise UsageError(f"--backbone-width {cfg.backbone_width:g} scales only {' and '.join(SCALABLE)}, but the "
+                         f"backbone is {', '.join(names)}; use --hidden-sizes for an mlp")
+    if (cfg.backbone_weights or "").strip():
+        raise UsageError(f"--backbone-width {cfg.backbone_width:g} cannot change a pretrained backbone "
+                         "(--backbone-weights): its widths are the artifact's")
 
 
 def resolve(cfg: Any, space: gym.spaces.Space) -> tuple[Any, BackboneSpec]:

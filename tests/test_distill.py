@@ -41,10 +41,9 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(gaussian_kl(mean_s, log_s, mean_t, log_t), expected)
 
 
-@pytest.mark.parametrize("backbone, fraction", [("mlp", 0.25), ("mlp", 0.0625), ("impala_cnn", 0.25)])
+@pytest.mark.parametrize("backbone, fraction", [("mlp", 0.25), ("mlp", 0.0625)])
 def test_student_size_is_about_the_fraction_asked(backbone, fraction):
-    """An mlp teacher's widths are scaled; a fixed-size CNN teacher (no width to scale, no smaller
-    registered CNN for a small grid) gets an mlp student of about the size asked."""
+    """An mlp teacher's widths are scaled to about the size asked."""
     import argparse
 
     import gymnasium as gym
@@ -59,6 +58,39 @@ def test_student_size_is_about_the_fraction_asked(backbone, fraction):
     assert student.backbone == "mlp" and student.seed == 3 and student.backbone_weights == ""
     assert 0.8 * fraction <= student_size / teacher_size <= 1.2 * fraction
     assert student.hidden_sizes[0] == student.hidden_sizes[1] < 256
+
+
+@pytest.mark.parametrize("algo, backbone, shape, fraction, expected", [
+    ("ppo", "nature_cnn", (4, 84, 84), 0.5, "nature_cnn"), ("ppo", "nature_cnn", (4, 84, 84), 0.0625, "nature_cnn"),
+    ("dqn", "nature_cnn", (4, 84, 84), 0.25, "nature_cnn"), ("ppo", "impala_cnn", (3, 11, 11), 0.25, "impala_cnn"),
+    ("ppo", "resnet", (3, 11, 11), 0.25, "impala_cnn")])
+def test_cnn_teacher_gets_a_narrower_cnn(algo, backbone, shape, fraction, expected):
+    """nature_cnn and impala_cnn scale with --backbone-width: the student is the teacher's CNN at
+    the multiplier (k/32) whose acting parameters come closest to the fraction; a CNN that does not
+    scale (resnet) gets the scalable one that does. Sizes are counted on real networks here (the
+    sizing counts them on the meta device)."""
+    import argparse
+
+    import gymnasium as gym
+    from rlbase.agents import get_agent
+
+    from rlbase.distill import student_config
+    from rlbase.distill_student import acting_tensors, build_network
+
+    space, actions = gym.spaces.Box(0, 255, shape, np.uint8), gym.spaces.Discrete(4)
+    teacher = get_agent(algo).Config(env_id="rlbase/Maze-v0", backbone=backbone)
+    args = argparse.Namespace(backbone=None, hidden_sizes=None, width_fraction=fraction, seed=1)
+    student, student_size, teacher_size = student_config(algo, teacher, args, space, actions)
+    assert student.backbone == expected and student.backbone_width < 1
+    assert (student.backbone_width * 32).is_integer()
+    real = sum(p.numel() for p in acting_tensors(algo, build_network(algo, student, space, actions)).values())
+    assert real == student_size
+    assert 0.8 * fraction <= student_size / teacher_size <= 1.25 * fraction
+    # --backbone picks another CNN as it is, unless --width-fraction is also given
+    other = "impala_cnn" if backbone == "nature_cnn" else "resnet"
+    fixed, _, _ = student_config(algo, teacher, argparse.Namespace(backbone=other, hidden_sizes=None,
+                                                                   width_fraction=None, seed=1), space, actions)
+    assert fixed.backbone == other and fixed.backbone_width == 1.0
 
 
 @pytest.fixture(scope="module")

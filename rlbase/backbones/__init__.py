@@ -27,7 +27,7 @@ from rlbase.errors import UsageError
 __all__ = [
     "FiLMCNN",
     "ACTIVATIONS", "BACKBONES", "Backbone", "ImpalaCNN", "MLP", "MultiInputBackbone", "NatureCNN", "ResNet",
-    "TextEncoder", "ViT", "backbone_names", "build_backbone", "check_backbone", "default_backbone",
+    "SCALABLE", "TextEncoder", "ViT", "backbone_names", "build_backbone", "check_backbone", "default_backbone",
     "input_scale", "is_grid_space", "is_image_space", "is_token_space", "observation_kind", "resolve_backbone_name",
 ]
 
@@ -43,20 +43,26 @@ def is_grid_space(space: gym.spaces.Space) -> bool:
 
 
 def _build_mlp(space: gym.spaces.Box, hidden_sizes: tuple[int, ...] = (256, 256), activation: str = "relu",
-               layer_norm: bool = False) -> MLP:
+               layer_norm: bool = False, width: float = 1.0) -> MLP:
     return MLP(space, hidden_sizes, activation, layer_norm=layer_norm)
 
 
 def _ignoring_sizes(cls: Callable[..., Backbone], normalizable: bool = False) -> Callable[..., Backbone]:
     """A builder for a backbone with fixed sizes: `hidden_sizes` and `activation` shape only the mlp;
-    `layer_norm` reaches the backbones that take it (`normalizable`: nature_cnn, impala_cnn). The
-    others have their own normalisation (resnet: GroupNorm; vit, text: LayerNorm) or none (film_cnn)."""
+    `layer_norm` and the width multiplier `width` reach the backbones that take them (`normalizable`:
+    nature_cnn, impala_cnn; `SCALABLE`). The others have their own normalisation (resnet: GroupNorm;
+    vit, text: LayerNorm) or none (film_cnn), and fixed widths."""
     if normalizable:
-        return lambda space, hidden_sizes=None, activation=None, layer_norm=False: cls(space, layer_norm=layer_norm)
-    return lambda space, hidden_sizes=None, activation=None, layer_norm=False: cls(space)
+        return lambda space, hidden_sizes=None, activation=None, layer_norm=False, width=1.0: cls(
+            space, layer_norm=layer_norm, width=width)
+    return lambda space, hidden_sizes=None, activation=None, layer_norm=False, width=1.0: cls(space)
 
 
-# name -> (builder(space, hidden_sizes, activation, layer_norm), accepts(space), what it needs, for error messages)
+SCALABLE = ("nature_cnn", "impala_cnn")
+"""Convolutional backbones whose channels and features scale with a width multiplier (--backbone-width)."""
+
+
+# name -> (builder(space, hidden_sizes, activation, layer_norm, width), accepts(space), what it needs, for error messages)
 BACKBONES: dict[str, tuple[Callable[..., Backbone], Callable[[gym.spaces.Space], bool], str]] = {
     "mlp": (_build_mlp, lambda space: isinstance(space, gym.spaces.Box), "a Box observation space"),
     "nature_cnn": (_ignoring_sizes(NatureCNN, normalizable=True), is_image_space, "image observations of shape (C, H, W) with H, W >= 36"),
@@ -176,19 +182,21 @@ def resolve_backbone_name(name: str, observation_space: gym.spaces.Space) -> str
 
 
 def build_backbone(name: str, observation_space: gym.spaces.Space, hidden_sizes: tuple[int, ...] = (256, 256),
-                   activation: str = "relu", layer_norm: bool = False) -> Backbone:
+                   activation: str = "relu", layer_norm: bool = False, width: float = 1.0) -> Backbone:
     """Build backbone `name` (or the default for the space when `name` is `auto`).
 
     `hidden_sizes` and `activation` shape the mlp backbone (in a Dict, every mlp sub-backbone);
     the other backbones have fixed sizes. `layer_norm` puts a LayerNorm before each hidden
     activation of the mlp and nature_cnn (impala_cnn: before its last one); off by default, so
-    other agents' networks and checkpoints are unchanged. A Dict space gives a `MultiInputBackbone`.
+    other agents' networks and checkpoints are unchanged. `width` multiplies the channels and
+    features of the `SCALABLE` CNNs (the others ignore it, as they ignore `hidden_sizes`). A Dict
+    space gives a `MultiInputBackbone`.
     """
     if isinstance(observation_space, gym.spaces.Dict):
         names = backbone_names(name, observation_space)
         return MultiInputBackbone({key: build_backbone(sub_name, observation_space[key], hidden_sizes, activation,
-                                                       layer_norm)
+                                                       layer_norm, width)
                                    for key, sub_name in names.items()})
     name = _check_single(name, observation_space)
     return BACKBONES[name][0](observation_space, hidden_sizes=hidden_sizes, activation=activation,
-                              layer_norm=layer_norm)
+                              layer_norm=layer_norm, width=width)

@@ -63,6 +63,11 @@ def norm_layer(layer_norm: bool, shape: int | tuple[int, ...]) -> list[nn.Module
     return [nn.LayerNorm(shape)] if layer_norm else []
 
 
+def scaled_width(units: int, width: float) -> int:
+    """`units` times the width multiplier `width`, rounded, at least 1."""
+    return max(1, round(units * width))
+
+
 def input_scale(space: gym.spaces.Box) -> float | None:
     """1/high for uint8 pixels (0..255 -> [0, 1]); None (use as is) for one-hot grids and floats."""
     if space.dtype == np.uint8 and float(np.max(space.high)) > 1:
@@ -100,14 +105,18 @@ class NatureCNN(Backbone):
     Runs in channels_last, which is faster for these convolutions on CPU (oneDNN) and GPU.
     `layer_norm`: a LayerNorm over each conv output (channels and positions together) and over the
     512 features, before each ReLU, as in PQN's Atari network (Gallici et al. 2025).
+    `width` multiplies every layer's channels and the features (rounded, at least 1): the
+    parameters scale about as width**2 (a student for `rlbase distill`).
     """
 
-    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512, layer_norm: bool = False):
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512, layer_norm: bool = False,
+                 width: float = 1.0):
         super().__init__()
         layers: list[nn.Module] = []
         x = torch.zeros(1, *observation_space.shape)
+        features_dim = scaled_width(features_dim, width)
         for out_channels, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
-            conv = nn.Conv2d(x.shape[1], out_channels, kernel, stride=stride)
+            conv = nn.Conv2d(x.shape[1], scaled_width(out_channels, width), kernel, stride=stride)
             with torch.no_grad():
                 x = conv(x)
             layers += [conv, *norm_layer(layer_norm, tuple(x.shape[1:])), nn.ReLU()]
@@ -136,15 +145,17 @@ class ImpalaCNN(Backbone):
     """The IMPALA CNN (Espeholt et al., 2018): three stages of conv, max-pool and two residual blocks.
 
     Padded 3x3 convolutions and stride-2 pools work from tiny grids (a 7x7 maze) to 64x64 frames;
-    the standard choice for procedurally generated levels (Procgen).
+    the standard choice for procedurally generated levels (Procgen). `width` multiplies the channels
+    of every stage and the features, as for `NatureCNN`.
     """
 
     def __init__(self, observation_space: gym.spaces.Box, channels: tuple[int, ...] = (16, 32, 32),
-                 features_dim: int = 256, layer_norm: bool = False):
+                 features_dim: int = 256, layer_norm: bool = False, width: float = 1.0):
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = observation_space.shape[0]
-        for out_channels in channels:
+        features_dim = scaled_width(features_dim, width)
+        for out_channels in (scaled_width(c, width) for c in channels):
             layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1),
                        nn.MaxPool2d(3, stride=2, padding=1),
                        _ResidualBlock(out_channels), _ResidualBlock(out_channels)]
