@@ -336,8 +336,10 @@ def run(args: argparse.Namespace) -> int:
         from rlbase.safefiles import atomic_write_text
 
         atomic_write_text(out / DISTILL_FILE, json.dumps(setting_values, indent=2, allow_nan=False))
+        shape = (f"width {cfg.backbone_width:g}" if cfg.backbone_width != 1.0
+                 else f"hidden {','.join(map(str, cfg.hidden_sizes))}")
         print(f"rlbase: distilling {algo} on {teacher_cfg.env_id}: teacher {teacher_size:,} acting parameters -> "
-              f"student {student_size:,} ({cfg.backbone}, hidden {','.join(map(str, cfg.hidden_sizes))}), "
+              f"student {student_size:,} ({cfg.backbone}, {shape}), "
               f"{settings.steps:,} steps on {num_envs} envs ({device}); run dir {out}", flush=True)
         logger = RunLogger(out, settings.steps, hparams=setting_values, progress=False)
         started = time.perf_counter()
@@ -370,11 +372,12 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "command": "distill", "status": "done", "algo": algo, "env_id": teacher_cfg.env_id,
         "teacher": {"path": str(args.path), "checkpoint": str(trained.checkpoint), "backbone": teacher_cfg.backbone,
-                    "hidden_sizes": list(teacher_cfg.hidden_sizes), "acting_parameters": teacher_size,
+                    "hidden_sizes": list(teacher_cfg.hidden_sizes), "backbone_width": teacher_cfg.backbone_width,
+                    "acting_parameters": teacher_size,
                     "acting_bytes": teacher_bytes, "parameters": compress.parameter_count(teacher_net),
                     "eval": _returns(teacher_eval)},
         "student": {"checkpoint": str(checkpoint), "backbone": cfg.backbone, "hidden_sizes": list(cfg.hidden_sizes),
-                    "acting_parameters": student_size, "acting_bytes": student_bytes,
+                    "backbone_width": cfg.backbone_width, "acting_parameters": student_size, "acting_bytes": student_bytes,
                     "parameters": compress.parameter_count(student_net), "eval": _returns(student_eval)},
         "parameter_ratio": teacher_size / student_size, "bytes_ratio": teacher_bytes / student_bytes,
         "return_ratio": (student_eval["mean_return"] / teacher_eval["mean_return"]
