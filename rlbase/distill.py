@@ -1,9 +1,12 @@
 """`rlbase distill RUN`: train a smaller student from a trained agent.
 
 Policy distillation (Rusu et al. 2016, "Policy Distillation") on the states the student itself
-visits, DAgger-style (Ross et al. 2011): the envs are rolled out with the student's greedy
-actions (the teacher's, with probability beta, early on: beta falls linearly from 1 to 0 over the
-first `--beta-decay` of the steps), every visited state is labelled with the teacher's outputs and
+visits, DAgger-style (Ross et al. 2011): the envs are rolled out with the student acting as it
+will be evaluated (`--rollout-policy eval`, the default: the teacher config's evaluation policy,
+sampled actions where it samples, as the Atari and maze presets do, epsilon-greedy at
+`eval_epsilon` for Q-networks; `greedy`: the greedy action), the teacher acting instead with
+probability beta early on (beta falls linearly from 1 to 0 over the first `--beta-decay` of the
+steps), every visited state is labelled with the teacher's outputs and
 kept in an aggregated dataset, and the student is fitted to those labels between rollouts.
 
 The loss, per state:
@@ -88,6 +91,12 @@ class DistillSettings:
     """States kept in the aggregated dataset (the oldest are replaced)."""
     beta_decay: float
     """Fraction of the steps over which beta (the chance the teacher acts) falls from 1 to 0."""
+    rollout_policy: str
+    """How the rollouts act: eval (the teacher config's evaluation policy) or greedy."""
+    sample_actions: bool
+    """The rollouts sample from the policy (policy-gradient agents whose evaluation samples)."""
+    epsilon: float
+    """Chance of a uniform random action in the rollouts (Q-networks: the evaluation's epsilon)."""
     max_grad_norm: float
     """Gradient-norm clip (0 disables it)."""
     seed: int
@@ -164,6 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta-decay", type=float, default=0.2,
                         help="fraction of the steps over which the teacher's share of actions falls from 1 to 0 "
                              "(0: the student acts from the start; default 0.2)")
+    parser.add_argument("--rollout-policy", choices=("eval", "greedy"), default="eval",
+                        help="how the rollouts act: eval, the teacher config's evaluation policy (sampled actions "
+                             "where it samples, epsilon-greedy at its eval_epsilon for DQN and PQN), so the student "
+                             "learns on the states it will be evaluated on; or greedy (default: eval)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip, 0 disables (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the student and its rollouts (default 0)")
     parser.add_argument("--eval-episodes", type=int, default=None,
@@ -221,6 +234,11 @@ def settings_from(args: argparse.Namespace, algo: str, teacher_cfg: Any, observa
         value_coef=0.0 if value_based(algo) else (args.value_coef if args.value_coef is not None else 0.5),
         learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs or 4,
         buffer_size=math.ceil(buffer_size / num_envs) * num_envs, beta_decay=args.beta_decay,
+        rollout_policy=args.rollout_policy,
+        sample_actions=args.rollout_policy == "eval" and not value_based(algo)
+        and not getattr(teacher_cfg, "eval_deterministic", True),
+        epsilon=float(getattr(teacher_cfg, "eval_epsilon", 0.0)) if args.rollout_policy == "eval" and value_based(algo)
+        else 0.0,
         max_grad_norm=args.max_grad_norm, seed=args.seed,
         eval_episodes=args.eval_episodes or teacher_cfg.eval_episodes,
         log_interval=args.log_interval or max(1, args.steps // 50))

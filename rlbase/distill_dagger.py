@@ -77,6 +77,19 @@ class PolicyView:
             return outputs.argmax(-1)
         return self.dist.mode(torch.cat([outputs, outputs], -1) if self.gaussian else outputs)
 
+    def act(self, outputs: torch.Tensor, sample: bool, epsilon: float, generator: torch.Generator) -> torch.Tensor:
+        """The action the agent's evaluation policy takes: sampled from the policy (`sample`), or
+        greedy, replaced by a uniform random action with probability `epsilon` (Q-networks)."""
+        if sample and not self.is_q:
+            params = torch.cat([outputs, self.log_std().expand_as(outputs)], -1) if self.gaussian else outputs
+            return self.dist.sample(params, generator)
+        greedy = self.mode(outputs)
+        if epsilon > 0 and self.is_q:
+            explore = torch.rand(greedy.shape, device=greedy.device, generator=generator) < epsilon
+            random = torch.randint(int(self.action_space.n), greedy.shape, device=greedy.device, generator=generator)
+            greedy = torch.where(explore, random, greedy)
+        return greedy
+
     def env_actions(self, actions: torch.Tensor) -> torch.Tensor:
         if self.is_q:
             return actions
@@ -141,18 +154,20 @@ def distill(algo: str, teacher: PolicyView, student: PolicyView, preprocess: Any
             for _ in range(settings.rollout_steps):
                 x = preprocess(obs)
                 teacher_out = teacher.outputs(x)
+                student_out = student.outputs(x)
                 teacher_actions = teacher.mode(teacher_out)
-                student_actions = student.mode(student.outputs(x))
+                student_actions = student.mode(student_out)
                 if student.gaussian:  # how far apart the two agents' actions are, in the env's units
                     gap = student.env_actions(student_actions) - student.env_actions(teacher_actions)
                     agreement.add(gap.abs().mean() * num_envs, num_envs)
                 else:  # the share of states where both pick the same action
                     agreement.add((student_actions == teacher_actions).reshape(num_envs, -1).all(-1).sum(), num_envs)
-                actions = student_actions
+                # act as the evaluation will (agreement above compares the greedy actions)
+                actions = student.act(student_out, settings.sample_actions, settings.epsilon, generator)
                 if beta > 0:
                     teacher_acts = torch.rand(num_envs, device=device, generator=generator) < beta
-                    actions = torch.where(teacher_acts.reshape(-1, *[1] * (actions.dim() - 1)), teacher_actions,
-                                          student_actions)
+                    chosen = teacher.act(teacher_out, settings.sample_actions, settings.epsilon, generator)
+                    actions = torch.where(teacher_acts.reshape(-1, *[1] * (actions.dim() - 1)), chosen, actions)
                 rows = slice(cursor, cursor + num_envs)
                 assign(states, rows, x)
                 labels[rows] = teacher_out

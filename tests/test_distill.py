@@ -250,3 +250,45 @@ def test_bad_teachers_are_one_line(ppo_teacher, tmp_path, capsys):
     occupied.mkdir()
     (occupied / "file").write_text("x")
     assert "--out" in error([str(ppo_teacher), "--out", str(occupied)], 2)
+
+
+def test_rollouts_act_as_the_evaluation_does():
+    """--rollout-policy eval (the default): a policy evaluated by sampling is rolled out sampling, a
+    Q-network epsilon-greedy at the config's eval_epsilon; greedy: the greedy action."""
+    import argparse
+
+    import gymnasium as gym
+    from rlbase.agents import get_agent
+
+    from rlbase.distill import settings_from
+    from rlbase.distill_dagger import PolicyView
+    from rlbase.distill_student import build_network
+
+    space, actions = gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(3)
+
+    def settings(algo, rollout_policy, **cfg):
+        teacher = get_agent(algo).Config(env_id="rlbase/CartPole-v1", **cfg)
+        args = argparse.Namespace(value_coef=None, buffer_size=None, hidden_sizes=None, width_fraction=None,
+                                  backbone=None, steps=1000, rollout_steps=16, temperature=None, learning_rate=1e-3,
+                                  batch_size=256, epochs=None, beta_decay=0.2, rollout_policy=rollout_policy,
+                                  max_grad_norm=1.0, seed=0, eval_episodes=None, log_interval=None)
+        return settings_from(args, algo, teacher, space, 8)
+
+    assert settings("ppo", "eval", eval_deterministic=False).sample_actions
+    assert not settings("ppo", "eval", eval_deterministic=True).sample_actions
+    assert not settings("ppo", "greedy", eval_deterministic=False).sample_actions
+    assert settings("dqn", "eval", eval_epsilon=0.05).epsilon == 0.05
+    assert settings("dqn", "greedy", eval_epsilon=0.05).epsilon == 0.0
+
+    cfg = get_agent("ppo").Config(env_id="rlbase/CartPole-v1")
+    view = PolicyView("ppo", build_network("ppo", cfg, space, actions), actions, cfg.action_bounds)
+    logits = torch.tensor([[0.0, 0.1, 0.0]]).repeat(3000, 1)
+    generator = torch.Generator().manual_seed(0)
+    sampled = view.act(logits, True, 0.0, generator)
+    counts = torch.bincount(sampled, minlength=3).double() / 3000
+    assert torch.allclose(counts, logits.softmax(-1)[0].double(), atol=0.03)
+    assert (view.act(logits, False, 0.0, generator) == 1).all()
+    q_cfg = get_agent("dqn").Config(env_id="rlbase/CartPole-v1")
+    q_view = PolicyView("dqn", build_network("dqn", q_cfg, space, actions), actions, "clip")
+    explored = q_view.act(logits, True, 0.3, generator)  # a Q-network never samples: greedy, or random at epsilon
+    assert 0.15 < (explored != 1).double().mean() < 0.25  # 0.3 x 2/3 of random actions differ from the greedy one
