@@ -34,7 +34,7 @@ from rlbase.envs import TensorVecEnv
 from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
 from rlbase.obs import assign
-from rlbase.optim import Optimizer, make_adam
+from rlbase.optim import Optimizer, annealed_lr, make_adam
 from rlbase.run import Run
 from rlbase.transfer import BackboneSpec
 
@@ -47,6 +47,10 @@ class PGConfig(CommonConfig):
     """Optimiser learning rate (annealed linearly to 0 with --anneal-lr)."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over training."""
+    lr_restart_step: int = 0
+    """Environment step from which the learning-rate annealing runs from --learning-rate to 0 at
+    --total-timesteps (0: the whole run). A resume may set it (with --learning-rate), e.g. to train on
+    past the end of an annealed run: `rlbase prune` restarts the annealing at its fine-tuning."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
     num_steps: int = 128
@@ -84,6 +88,7 @@ class PGConfig(CommonConfig):
 def validate_pg(cfg: PGConfig) -> None:
     validate_common(cfg)
     check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
+    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
     check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
     check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
     check(0.0 <= cfg.gae_lambda <= 1.0, "gae_lambda", f"must be in [0, 1], got {cfg.gae_lambda}")
@@ -203,7 +208,7 @@ def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Run, update: UpdateFn,
 
     obs = normalizer.observation(run.start())
     while not run.done:
-        lr = cfg.learning_rate * (1.0 - counters["rollouts"] / num_rollouts if cfg.anneal_lr else 1.0)
+        lr = annealed_lr(cfg, counters["rollouts"], num_rollouts, batch)
         transfer.set_learning_rate(optimizer, lr)  # pretrained backbone groups: lr * --backbone-lr-scale
 
         # ---- collect one rollout ------------------------------------------------------------

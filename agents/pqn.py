@@ -34,7 +34,7 @@ from rlbase.envs import TensorVecEnv
 from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
 from rlbase.obs import Obs, assign, take
-from rlbase.optim import gradient_step, make_adam
+from rlbase.optim import annealed_lr, gradient_step, make_adam
 from rlbase.run import Run
 from rlbase.transfer import BackboneSpec
 
@@ -49,6 +49,10 @@ class PQNConfig(CommonConfig):
     """Adam learning rate (annealed linearly to 0 with --anneal-lr)."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over training."""
+    lr_restart_step: int = 0
+    """Environment step from which the learning-rate annealing runs from --learning-rate to 0 at
+    --total-timesteps (0: the whole run). A resume may set it (with --learning-rate), e.g. to train on
+    past the end of an annealed run: `rlbase prune` restarts the annealing at its fine-tuning."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
     num_steps: int = 128
@@ -78,6 +82,7 @@ class PQNConfig(CommonConfig):
 def validate(cfg: PQNConfig) -> None:
     validate_common(cfg)
     check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
+    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
     check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
     check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
     check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
@@ -227,7 +232,7 @@ def train(cfg: PQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 
     obs = run.start()
     while not run.done:
-        lr = cfg.learning_rate * (1.0 - counters["rollouts"] / num_rollouts if cfg.anneal_lr else 1.0)
+        lr = annealed_lr(cfg, counters["rollouts"], num_rollouts, batch)
         transfer.set_learning_rate(optimizer, lr)  # pretrained backbone groups: lr * --backbone-lr-scale
 
         # ---- collect one rollout ------------------------------------------------------------

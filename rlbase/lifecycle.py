@@ -140,9 +140,10 @@ def plan_config(cfg: Any, *, env: TensorVecEnv | None = None, resume: Checkpoint
 RESUMABLE_CHANGES = frozenset({
     "total_timesteps", "log_interval", "checkpoint_interval", "eval_freq", "eval_episodes", "eval_epsilon",
     "eval_deterministic", "device", "torch_threads", "compile", "save_buffer", "check_env_values", "log_dir",
-    "run_name"})
+    "run_name", "learning_rate", "lr_restart_step"})
 """Config fields `--resume` may change: the schedule (total steps, stretching the lr and exploration
-schedules with it), the log, checkpoint and evaluation cadences, and where and how it computes.
+schedules with it; the learning rate and where its annealing starts), the log, checkpoint and
+evaluation cadences, and where and how it computes.
 Every other field shapes the networks, the optimiser, the replay or rollout layout, the env batch
 or the data, and is refused with one line naming it."""
 

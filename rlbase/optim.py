@@ -173,6 +173,18 @@ class Adam:
 Optimizer = Adam | torch.optim.Optimizer
 
 
+def annealed_lr(cfg: Any, rollouts: int, num_rollouts: int, batch: int) -> float:
+    """The learning rate of rollout number `rollouts` (of `num_rollouts`, `batch` env steps each):
+    `cfg.learning_rate`, annealed linearly to 0 at the last rollout with `cfg.anneal_lr`, the
+    annealing starting at env step `cfg.lr_restart_step` (0: the run's start; a resume may move it,
+    as `rlbase prune` does so that its fine-tuning does not inherit a learning rate annealed to ~0)."""
+    if not cfg.anneal_lr:
+        return cfg.learning_rate
+    start = min(cfg.lr_restart_step // batch, num_rollouts - 1)
+    done = max(0, rollouts - start) / max(1, num_rollouts - start)
+    return cfg.learning_rate * max(0.0, 1.0 - done)
+
+
 def make_adam(params: Iterable[Any], lr: float, eps: float) -> Adam:
     """The agents' Adam; `params` is a list of parameters or of parameter groups."""
     return Adam(params, lr=lr, eps=eps)

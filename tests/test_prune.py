@@ -87,6 +87,47 @@ def test_ppo_pruned_to_90_percent_keeps_its_return(ppo_teacher, tmp_path, capsys
     assert any(out.glob("events.out.tfevents*"))
     played = eval_report(out, capsys, episodes=5)
     assert played["mean_return"] >= 0.95 * report["dense"]["mean_return"]
+    # the fine-tuning's annealing restarts from a tenth of the run's learning rate, not from the ~0 its
+    # schedule ended at
+    teacher_cfg = json.loads((ppo_teacher / "config.json").read_text())["config"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["train/learning_rate"] for r in records
+             if r.get("global_step", 0) > report["start_step"] and "train/learning_rate" in r]
+    assert rates and 0.05 * teacher_cfg["learning_rate"] < rates[0] <= 0.1 * teacher_cfg["learning_rate"]
+    assert rates == sorted(rates, reverse=True) and report["learning_rate"] == 0.1 * teacher_cfg["learning_rate"]
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["lr_restart_step"] == report["start_step"] and report["lr_annealed_from"] == report["start_step"]
+
+
+def test_erk_keeps_small_layers_denser_and_the_total_exact():
+    from rlbase.prune import erk_densities
+
+    weights = [torch.randn(32, 4, 8, 8), torch.randn(64, 32, 4, 4), torch.randn(512, 3136), torch.randn(4, 512)]
+    densities = erk_densities([w.shape for w in weights], 0.9)
+    sizes = [w.numel() for w in weights]
+    assert abs(sum(d * n for d, n in zip(densities, sizes)) - 0.1 * sum(sizes)) < 1.0
+    assert densities[3] == 1.0  # the small head would keep more than all of it: whole
+    assert densities[0] > densities[1] > densities[2]  # by sum(shape) / prod(shape)
+    masks = global_masks(weights, 0.9, "erk")
+    assert sum(int((m == 0).sum()) for m in masks) == round(0.9 * sum(sizes))
+    for w, m, d in zip(weights, masks, densities):  # within a layer, the largest |w| are kept
+        kept = m.bool()
+        assert abs(float(kept.double().mean()) - d) < 0.01
+        if 0 < kept.sum() < w.numel():
+            assert w.abs()[kept].min() >= w.abs()[~kept].max()
+
+
+def test_annealed_lr_restarts_where_asked():
+    from types import SimpleNamespace
+
+    from rlbase.optim import annealed_lr
+
+    cfg = SimpleNamespace(learning_rate=1.0, anneal_lr=True, lr_restart_step=0)
+    assert [annealed_lr(cfg, r, 4, 10) for r in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    cfg.lr_restart_step = 20  # rollouts 2 and 3 of 4: a fresh annealing over the last two
+    assert [annealed_lr(cfg, r, 4, 10) for r in (2, 3)] == [1.0, 0.5]
+    cfg.anneal_lr = False
+    assert annealed_lr(cfg, 3, 4, 10) == 1.0
 
 
 def test_dqn_prunes_and_plays(tmp_path, capsys):
