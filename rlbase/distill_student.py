@@ -132,14 +132,21 @@ def _fit_widths(algo: str, base: Any, widths: tuple[int, ...], target: float, ob
 
     if size(1) == size(first):
         return None
-    low, high = 1, max(first, 1)
+    high = max(first, 1)
     while size(high) < target and high < 1 << 16:  # a target above the widths given (a CNN teacher's size)
         high *= 2
-    while low < high:  # the smallest width whose size reaches the target
+    best = _closest(size, high, target)
+    return scaled(best), size(best)
+
+
+def _closest(size: Any, high: int, target: float) -> int:
+    """The integer k in [1, high] whose `size(k)` (non-decreasing in k) is closest to `target` in
+    ratio: the smallest k that reaches it, found by bisection, or the one below."""
+    low = 1
+    while low < high:
         mid = (low + high) // 2
         low, high = (mid + 1, high) if size(mid) < target else (low, mid)
-    best = min({max(1, low - 1), low}, key=lambda w: abs(math.log(size(w) / target)))
-    return scaled(best), size(best)
+    return min({max(1, low - 1), low}, key=lambda k: abs(math.log(size(k) / target)))
 
 
 WIDTH_STEP = 32
@@ -163,13 +170,7 @@ def _fit_backbone_width(algo: str, base: Any, target: float, observation_space: 
     def size(k: int) -> int:
         return acting_parameters(algo, scaled(k), observation_space, action_space)
 
-    low, high = 1, WIDTH_STEP * 16
-    if size(low) >= target:
-        return scaled(low), size(low)
-    while low < high:  # the smallest multiplier whose size reaches the target
-        mid = (low + high) // 2
-        low, high = (mid + 1, high) if size(mid) < target else (low, mid)
-    best = min({max(1, low - 1), low}, key=lambda k: abs(math.log(size(k) / target)))
+    best = _closest(size, WIDTH_STEP * 16, target)
     return scaled(best), size(best)
 
 
