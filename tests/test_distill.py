@@ -219,6 +219,7 @@ def test_dict_observations(tmp_path, capsys):
     (["--temperature", "nan"], 2, "--temperature"),
     (["--steps", "0"], 2, "--steps"),
     (["--beta-decay", "2"], 2, "--beta-decay"),
+    (["--rollout-policy", "random"], 2, "--rollout-policy"),
 ])
 def test_bad_flags_are_one_line(ppo_teacher, tmp_path, capsys, flags, code, words):
     capsys.readouterr()

@@ -180,6 +180,12 @@ def test_bad_inputs_are_one_line(ppo_teacher, tmp_path, capsys):
         assert "--sparsity" in one_error_line(capsys)
     assert main(["prune", str(ppo_teacher), "--sparsity", "0.5", "--steps", "0"]) == 2
     assert "--steps" in one_error_line(capsys)
+    for rate in ("0", "-1e-3", "nan", "inf"):
+        assert main(["prune", str(ppo_teacher), "--sparsity", "0.5", "--learning-rate", rate,
+                     "--out", str(tmp_path / "x")]) == 2
+        assert "--learning-rate" in one_error_line(capsys)
+    assert main(["prune", str(ppo_teacher), "--sparsity", "0.5", "--scores", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "--scores" in one_error_line(capsys)
     assert main(["prune", str(tmp_path / "missing"), "--sparsity", "0.5"]) == 1
     assert "does not exist" in one_error_line(capsys)
     checkpoint = next((ppo_teacher / "checkpoints").glob("step_*"))
