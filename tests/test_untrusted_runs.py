@@ -82,6 +82,8 @@ CONFIG_CASES = [
     ("dueling", "yes", "field dueling must be true or false"),
     ("env_kwargs", [1, 2], "field env_kwargs must be an object"),
     ("no_such_field", 1, "unknown option(s) no_such_field"),
+    ("backbone_width", -0.5, "invalid backbone-width: must be in (0, 16]"),
+    ("backbone_width", "wide", "field backbone_width must be a number"),
 ]
 
 
@@ -93,6 +95,14 @@ def test_hand_edited_config_json_is_one_line_on_eval_and_resume(capsys, run, fie
         code, lines = cli(capsys, *args)
         one_error_line(code, lines, message)
     assert (run / "config.json").read_bytes() == before, "a failed resume rewrote config.json"
+
+
+def test_a_config_json_from_before_a_field_existed_takes_its_default(capsys, run):
+    """Runs written before backbone_width (or any later field) existed load with the default."""
+    edit_json(run / "config.json", lambda data: {**data, "config": {k: v for k, v in data["config"].items()
+                                                                     if k != "backbone_width"}})
+    code, lines = cli(capsys, "eval", run, "--episodes", "1")
+    assert code == 0, lines
 
 
 @pytest.mark.parametrize("content, message", [
