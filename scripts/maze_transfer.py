@@ -45,6 +45,8 @@ EXPERIMENTS = {
         "pretrain": ["--train-samples", "50000", "--val-samples", "5000", "--epochs", "6"],
         "train": ["--shared-backbone", "--total-timesteps", "300000", "--log-interval", "8192"],
         "thresholds": [0.3, 0.4, 0.5],
+        # From scratch, PPO had not left a random policy's level after 300k steps: its own, longer budget.
+        "scratch_timesteps": 1_500_000,
         "warmup": 2 * 484 * 64,  # twice the time limit (4 * 11**2 steps) of each of the 64 envs
         "arms": {"frozen": {"freeze_backbone": True}, "finetune": {"backbone_lr_scale": 0.1},
                  "frozen_position": {"freeze_backbone": True}, "frozen_exit": {"freeze_backbone": True}, "scratch": {}},
@@ -103,7 +105,9 @@ def main() -> None:
                         help="return thresholds (default: the experiment's)")
     parser.add_argument("--report", action="store_true",
                         help="only report on finished runs (their metrics and saved eval reports)")
-    parser.add_argument("--total-timesteps", type=int, default=None)
+    parser.add_argument("--total-timesteps", type=int, default=None, help="every arm's budget (default: the experiment's)")
+    parser.add_argument("--scratch-timesteps", type=int, default=None,
+                        help="the scratch arm's budget (default: the experiment's, long enough to reach the thresholds)")
     parser.add_argument("--episodes", type=int, default=200, help="held-out evaluation episodes per run")
     parser.add_argument("--workdir", default="transfer_runs")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -116,6 +120,7 @@ def main() -> None:
                "train": [a for a in exp["train"] if a not in ("--total-timesteps", "300000", "1200000")]
                + ["--num-envs", "8", "--num-steps", "16", "--log-interval", "128"], "warmup": 0}
         args.total_timesteps = args.total_timesteps or 512
+        args.scratch_timesteps = args.scratch_timesteps or 1024
         args.episodes = min(args.episodes, 4)
     thresholds = args.thresholds or exp["thresholds"]
     work = Path(args.workdir).resolve() / args.experiment
@@ -136,7 +141,8 @@ def main() -> None:
 
     sweep_dir = work / "sweep"
     if not args.report:
-        run_sweep(exp, arms, args.seeds, artifacts, work, sweep_dir, args.total_timesteps)
+        scratch_budget = args.scratch_timesteps or (None if args.total_timesteps else exp.get("scratch_timesteps"))
+        run_sweep(exp, arms, args.seeds, artifacts, work, sweep_dir, args.total_timesteps, scratch_budget)
     trials = json.loads((sweep_dir / "trials.json").read_text())
     results = []
     for arm in arms:
@@ -158,17 +164,18 @@ def main() -> None:
     if not results:
         raise SystemExit(f"no finished runs in {sweep_dir}")
 
-    budget = max((r["curve"][-1][0] for r in results if r["curve"]), default=0)
     summary = summarize(results, thresholds)
+    budgets = {arm: max((r["curve"][-1][0] for r in results if r["arm"] == arm and r["curve"]), default=0)
+               for arm in summary}
     for t in thresholds:
-        cells = [f"{arm} {fmt_steps(summary[arm][str(t)], budget)}" for arm in summary]
+        cells = [f"{arm} {fmt_steps(summary[arm][str(t)], budgets[arm])}" for arm in summary]
         print(f"steps to a sustained ep_rew_mean >= {t} (median over seeds): " + ", ".join(cells))
         scratch = summary.get("scratch", {}).get(str(t))
         for arm in exp["arm_tasks"]:
             pre = summary.get(arm, {}).get(str(t))
             if pre is not None and "scratch" in summary:
                 bound = "" if scratch is not None else " at most (scratch never reached it)"
-                print(f"  {arm}/scratch: {pre / (scratch if scratch is not None else budget):.2f}{bound}")
+                print(f"  {arm}/scratch: {pre / (scratch if scratch is not None else budgets['scratch']):.2f}{bound}")
     for arm in summary:
         print(f"{arm}: held-out {', '.join(k for k in results[0] if k.startswith('eval_'))} per seed: "
               + "; ".join(", ".join(str(r[k]) for k in r if k.startswith("eval_")) for r in results if r["arm"] == arm))
@@ -178,9 +185,10 @@ def main() -> None:
 
 
 def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifacts: dict[str, Path], work: Path,
-              sweep_dir: Path, total_timesteps: int | None) -> None:
+              sweep_dir: Path, total_timesteps: int | None, scratch_timesteps: int | None = None) -> None:
     """The experiment as one `rlbase sweep`: its arms are the space's cases, crossed with the seeds
-    (a sweep already started is resumed; a finished one is left as it is)."""
+    and run in the order of `arms` (a sweep already started is resumed; a finished one is left as
+    it is). `scratch_timesteps` gives the scratch arm its own budget."""
     import yaml
 
     if (sweep_dir / "sweep.json").exists():
@@ -194,9 +202,11 @@ def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifacts: dict[str,
             values["backbone_weights"] = str(artifacts[exp["arm_tasks"][arm]])
         if arm == "blanked":  # the instruction replaced by padding: what a policy that cannot read achieves
             values["env_kwargs"] = {**{k: yaml.safe_load(v) for k, v in base_kwargs.items()}, "blank_mission": True}
+        if arm == "scratch" and scratch_timesteps:
+            values["total_timesteps"] = scratch_timesteps
         cases[arm] = values
     space_file = work / "arms.yaml"
-    space_file.write_text(yaml.safe_dump({"cases": cases}, sort_keys=True))
+    space_file.write_text(yaml.safe_dump({"cases": cases}, sort_keys=False))
     train = list(exp["train"]) + (["--total-timesteps", str(total_timesteps)] if total_timesteps else [])
     rlbase("sweep", "ppo", "--env", exp["env"], *(["--env-kwargs", exp["env_kwargs"]] if exp["env_kwargs"] else []),
            *train, "--space", str(space_file), "--seeds", ",".join(map(str, seeds)), "--log-dir", str(work),

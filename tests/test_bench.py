@@ -55,6 +55,9 @@ def test_transfer_experiment_is_one_sweep_quick(tmp_path):
                for e in trials.values()}
     assert configs["frozen"]["freeze_backbone"] and configs["frozen"]["backbone_weights"].endswith("pretrained-maze-action")
     assert not configs["scratch"]["backbone_weights"] and not configs["scratch"]["freeze_backbone"]
+    # The scratch arm runs on its own, longer budget (--quick: 1024 steps against the others' 512).
+    assert (configs["scratch"]["total_timesteps"], configs["frozen"]["total_timesteps"]) == (1024, 512)
+    assert [e["case"] for e in sorted(trials.values(), key=lambda e: e["run_dir"])] == ["scratch", "frozen"]
     assert {e["status"] for e in trials.values()} == {"TERMINATED"}
 
 
