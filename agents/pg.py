@@ -24,8 +24,8 @@ from torch import nn
 from rlbase.agents.distributions import (Categorical, DiagGaussian, MultiCategorical,  # noqa: F401
                                          env_actions, make_distribution)
 # Re-exported: the agents and tests reach the rollout side through this module too.
-from rlbase.agents.rollout import (Normalizer, RolloutStorage, RunningMeanStd,  # noqa: F401
-                                   compute_gae, explained_variance)
+from rlbase.agents.rollout import (ALL_ROWS, Normalizer, RolloutStorage, RunningMeanStd,  # noqa: F401
+                                   compute_gae, explained_variance, play_rollout)
 from rlbase import transfer
 from rlbase.agents import Agent, Policy
 from rlbase.checkpoint import load_module
@@ -83,6 +83,10 @@ class PGConfig(CommonConfig):
     """Normalised rewards are clipped to [-clip_reward, clip_reward]."""
     eval_deterministic: bool = True
     """`rlbase eval` plays the mode (discrete) or mean (continuous) action instead of sampling."""
+    split_envs: bool = False
+    """Step the training envs in two halves, alternately: one half's emulators run in their threads
+    while the agent acts for the other (EnvPool's async mode). For envs that step in threads of their
+    own (Atari ids); needs --num-envs >= 2."""
 
 
 def validate_pg(cfg: PGConfig) -> None:
@@ -99,6 +103,7 @@ def validate_pg(cfg: PGConfig) -> None:
     check(cfg.clip_obs > 0, "clip_obs", "must be positive")
     check(cfg.clip_reward > 0, "clip_reward", "must be positive")
     check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
+    check(not cfg.split_envs or cfg.num_envs >= 2, "split_envs", f"needs --num-envs >= 2, got {cfg.num_envs}")
     check(abs(cfg.log_std_init) <= 20, "log_std_init", f"must be in [-20, 20] (a std of e^x), got {cfg.log_std_init}")
 
 
@@ -206,6 +211,30 @@ def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Run, update: UpdateFn,
     num_rollouts = max(1, math.ceil(cfg.total_timesteps / batch))
     metrics: dict[str, torch.Tensor] = {}
 
+    def act(t: int, rows: slice, obs: Any) -> tuple[torch.Tensor, Callable[[], None]]:
+        params, value = act_model(obs)
+        actions = dist.sample(params, generator)
+
+        def store() -> None:
+            assign(storage.obs, (t, rows), obs)
+            storage.actions[t, rows] = actions
+            storage.logprobs[t, rows] = dist.log_prob(params, actions)
+            storage.values[t, rows] = value
+
+        return env_actions(dist, actions, action_space), store
+
+    def observe(t: int, rows: slice, result: tuple[Any, ...]) -> Any:
+        next_obs, rewards, terminated, truncated, info = result
+        dones = terminated | truncated
+        train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
+        storage.rewards[t, rows] = normalizer.reward(train_rewards, dones, rows)
+        storage.train_ends[t, rows] = train_terminal | truncated
+        # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
+        storage.truncated[t, rows] = truncated & ~train_terminal
+        assign(storage.final_obs, (t, rows), normalizer.observation(info["final_obs"], update=False))
+        run.record_episodes(info, dones, None if rows == ALL_ROWS else rows)
+        return normalizer.observation(next_obs)  # the env already reset ended episodes
+
     obs = normalizer.observation(run.start())
     while not run.done:
         lr = annealed_lr(cfg, counters["rollouts"], num_rollouts, batch)
@@ -214,28 +243,7 @@ def train_loop(cfg: PGConfig, env: TensorVecEnv, run: Run, update: UpdateFn,
         # ---- collect one rollout ------------------------------------------------------------
         model.eval()
         with torch.no_grad():
-            for t in range(cfg.num_steps):
-                params, value = act_model(obs)
-                actions = dist.sample(params, generator)
-                env.step_async(env_actions(dist, actions, action_space))
-                timer.mark("act")
-                assign(storage.obs, t, obs)
-                storage.actions[t] = actions
-                storage.logprobs[t] = dist.log_prob(params, actions)
-                storage.values[t] = value
-                timer.mark("store")
-                next_obs, rewards, terminated, truncated, info = env.step_wait()
-                timer.mark("env")
-                dones = terminated | truncated
-                train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
-                storage.rewards[t] = normalizer.reward(train_rewards, dones)
-                storage.train_ends[t] = train_terminal | truncated
-                # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
-                storage.truncated[t] = truncated & ~train_terminal
-                assign(storage.final_obs, t, normalizer.observation(info["final_obs"], update=False))
-                run.record_episodes(info, dones)
-                obs = normalizer.observation(next_obs)  # the env already reset ended episodes
-                timer.mark("store")
+            obs = play_rollout(env, cfg.num_steps, obs, act, observe, timer)
             storage.bootstrap_truncated(model.value, cfg.gamma)
             storage.compute_returns(model.value(obs), cfg.gamma, cfg.gae_lambda)
         timer.mark("learn")

@@ -26,7 +26,7 @@ from torch import nn
 from rlbase import transfer
 from rlbase.agents import Agent, Policy
 from rlbase.agents.dqn import QActingNet, select_actions
-from rlbase.agents.rollout import RolloutStorage
+from rlbase.agents.rollout import ALL_ROWS, RolloutStorage, play_rollout
 from rlbase.backbones import build_backbone
 from rlbase.checkpoint import load_module
 from rlbase.config import CommonConfig, check, validate_common
@@ -77,6 +77,10 @@ class PQNConfig(CommonConfig):
     layer_norm: bool = True
     """LayerNorm before each hidden activation of the mlp and nature_cnn backbones (impala_cnn: before
     its last one): what keeps PQN stable without a target network. resnet, vit and text normalise already."""
+    split_envs: bool = False
+    """Step the training envs in two halves, alternately: one half's emulators run in their threads
+    while the agent acts for the other (EnvPool's async mode). For envs that step in threads of their
+    own (Atari ids); needs --num-envs >= 2."""
 
 
 def validate(cfg: PQNConfig) -> None:
@@ -96,6 +100,7 @@ def validate(cfg: PQNConfig) -> None:
     for name in ("exploration_initial_eps", "exploration_final_eps"):
         value = getattr(cfg, name)
         check(0.0 <= value <= 1.0, name, f"epsilon must be in [0, 1], got {value}")
+    check(not cfg.split_envs or cfg.num_envs >= 2, "split_envs", f"needs --num-envs >= 2, got {cfg.num_envs}")
     check(not (cfg.layer_norm and cfg.backbone_weights), "layer_norm",
           "pretrained backbones (--backbone-weights) have no LayerNorm layers; add --no-layer-norm")
 
@@ -230,6 +235,32 @@ def train(cfg: PQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
         values.update({k: float(v) for k, v in metrics.items()})
         return values
 
+    def act(t: int, rows: slice, obs: Obs) -> tuple[torch.Tensor, Any]:
+        nonlocal epsilon
+        # Epsilon follows the steps within the rollout too (as in DQN), not only per rollout.
+        epsilon = linear_epsilon(cfg, run.global_step + t * env.num_envs)
+        q_values = act_q(obs)
+        actions = epsilon_greedy(q_values, epsilon, generator)
+
+        def store() -> None:
+            assign(storage.obs, (t, rows), obs)
+            storage.actions[t, rows] = actions
+            storage.values[t, rows] = q_values.max(dim=1).values
+
+        return actions, store
+
+    def observe(t: int, rows: slice, result: tuple[Any, ...]) -> Obs:
+        next_obs, rewards, terminated, truncated, info = result
+        dones = terminated | truncated
+        train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
+        storage.rewards[t, rows] = train_rewards
+        storage.train_ends[t, rows] = train_terminal | truncated
+        # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
+        storage.truncated[t, rows] = truncated & ~train_terminal
+        assign(storage.final_obs, (t, rows), info["final_obs"])
+        run.record_episodes(info, dones, None if rows == ALL_ROWS else rows)
+        return next_obs  # CRUCIAL: the env already reset ended episodes; final_obs is stored apart
+
     obs = run.start()
     while not run.done:
         lr = annealed_lr(cfg, counters["rollouts"], num_rollouts, batch)
@@ -237,29 +268,7 @@ def train(cfg: PQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 
         # ---- collect one rollout ------------------------------------------------------------
         with torch.no_grad():
-            for t in range(cfg.num_steps):
-                # Epsilon follows the steps within the rollout too (as in DQN), not only per rollout.
-                epsilon = linear_epsilon(cfg, run.global_step + t * env.num_envs)
-                q_values = act_q(obs)
-                actions = epsilon_greedy(q_values, epsilon, generator)
-                env.step_async(actions)
-                timer.mark("act")
-                assign(storage.obs, t, obs)
-                storage.actions[t] = actions
-                storage.values[t] = q_values.max(dim=1).values
-                timer.mark("store")
-                next_obs, rewards, terminated, truncated, info = env.step_wait()
-                timer.mark("env")
-                dones = terminated | truncated
-                train_rewards, train_terminal = env.training_signal(rewards, terminated, info)
-                storage.rewards[t] = train_rewards
-                storage.train_ends[t] = train_terminal | truncated
-                # Gymnasium's TimeLimit also flags truncation on a terminal last step: terminal wins.
-                storage.truncated[t] = truncated & ~train_terminal
-                assign(storage.final_obs, t, info["final_obs"])
-                run.record_episodes(info, dones)
-                obs = next_obs  # CRUCIAL: the env already reset ended episodes; final_obs is stored apart
-                timer.mark("store")
+            obs = play_rollout(env, cfg.num_steps, obs, act, observe, timer)
             # The eager network: truncated rows come in batches of any size (no recompiles).
             compute_targets(storage, q, obs, cfg.gamma, cfg.q_lambda)
         timer.mark("learn")

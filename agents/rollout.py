@@ -7,7 +7,7 @@ Everything here lives on the env's device; nothing reads values back to the host
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import gymnasium as gym
 import torch
@@ -79,12 +79,13 @@ class Normalizer:
         scaled = (obs - self.obs.mean) / torch.sqrt(self.obs.var + 1e-8)
         return scaled.clamp(-self.cfg.clip_obs, self.cfg.clip_obs).to(torch.float32)
 
-    def reward(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+    def reward(self, rewards: torch.Tensor, dones: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Scaled rewards of one step of the envs `rows` (all of them by default)."""
         if self.ret is None:
             return rewards
-        self.discounted = self.discounted * self.cfg.gamma + rewards
-        self.ret.update(self.discounted)
-        self.discounted = self.discounted.masked_fill(dones, 0.0)
+        discounted = self.discounted[rows] * self.cfg.gamma + rewards
+        self.ret.update(discounted)
+        self.discounted[rows] = discounted.masked_fill(dones, 0.0)
         scaled = rewards / torch.sqrt(self.ret.var + 1e-8)
         return scaled.clamp(-self.cfg.clip_reward, self.cfg.clip_reward).to(torch.float32)
 
@@ -185,3 +186,70 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.T
     """1 - Var[target - predicted] / Var[target] (nan when the target is constant), on the device."""
     var = target.var()
     return torch.where(var > 0, 1 - (target - predicted).var() / var, torch.full_like(var, float("nan")))
+
+
+# --------------------------------------------------------------------------------------------
+# Playing a rollout: one env batch, or two halves stepped alternately
+# --------------------------------------------------------------------------------------------
+ALL_ROWS = slice(None)
+Act = Callable[[int, slice, Obs], tuple[torch.Tensor, Callable[[], None]]]
+Observe = Callable[[int, slice, tuple[Any, ...]], Obs]
+
+
+def play_rollout(env: Any, num_steps: int, obs: Obs, act: Act, observe: Observe, timer: Any) -> Obs:
+    """Play `num_steps` steps of every env from `obs`; return the observations after the last one.
+
+    `act(t, rows, obs)` chooses the actions of the envs `rows` at step t and returns them in the
+    env's format with a `store()` that writes what the rollout keeps of that choice (called once
+    the step is under way); `observe(t, rows, result)` writes what the step `result` (`step_wait`'s
+    five values, those rows only) teaches and returns the rows' next observations.
+
+    A `SplitVecEnv` (`--split-envs`) is played half by half, alternately: half A's step runs in its
+    threads while the agent observes half B's previous step and acts for B, and B's runs while A's
+    is observed and acted on, so the emulators and the forward passes overlap (EnvPool's async
+    mode). Every env still steps `num_steps` times in step order, so the rollout has the same
+    layout; only the random draws come in another order. The stage timer's marks are the same:
+    `act`, `store`, `env`.
+    """
+
+    def start(index: int, t: int, rows: slice, rows_obs: Obs) -> None:
+        actions, store = act(t, rows, rows_obs)
+        env.step_group_async(index, actions)
+        timer.mark("act")
+        store()
+        timer.mark("store")
+
+    def finish(index: int, t: int, rows: slice) -> Obs:
+        result = env.step_group_wait(index)
+        timer.mark("env")
+        rows_obs = observe(t, rows, result)
+        timer.mark("store")
+        return rows_obs
+
+    groups = getattr(env, "groups", None)
+    if groups is None:
+        for t in range(num_steps):
+            actions, store = act(t, ALL_ROWS, obs)
+            env.step_async(actions)
+            timer.mark("act")
+            store()
+            timer.mark("store")
+            result = env.step_wait()
+            timer.mark("env")
+            obs = observe(t, ALL_ROWS, result)
+            timer.mark("store")
+        return obs
+    a, b = groups
+    obs_a, obs_b = take(obs, a), take(obs, b)
+    start(0, 0, a, obs_a)
+    for t in range(num_steps):
+        if t > 0:
+            obs_b = finish(1, t - 1, b)
+        start(1, t, b, obs_b)
+        obs_a = finish(0, t, a)
+        if t + 1 < num_steps:
+            start(0, t + 1, a, obs_a)
+    obs_b = finish(1, num_steps - 1, b)
+    if isinstance(obs_a, dict):
+        return {key: torch.cat([obs_a[key], obs_b[key]]) for key in obs_a}
+    return torch.cat([obs_a, obs_b])

@@ -14,7 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["TensorVecEnv", "EpisodeStats", "make_vec_env", "check_env_id", "import_env_modules", "plain_env_id",
+__all__ = ["TensorVecEnv", "EpisodeStats", "SplitVecEnv", "make_vec_env", "check_env_id", "import_env_modules", "plain_env_id",
            "is_atari", "is_native", "NATIVE_ENVS"]
 
 # rlbase's own envs: id -> (module, batched class, single-instance class, default keyword arguments).
@@ -53,7 +53,7 @@ def plain_env_id(env_id: str) -> str:
 register_envs()
 
 # Names defined in submodules that import torch: loaded on first use (`from rlbase.envs import make_vec_env`).
-_LAZY = {"TensorVecEnv": "rlbase.envs.core", "EpisodeStats": "rlbase.envs.core",
+_LAZY = {"TensorVecEnv": "rlbase.envs.core", "EpisodeStats": "rlbase.envs.core", "SplitVecEnv": "rlbase.envs.core",
          "make_vec_env": "rlbase.envs.make", "make_native_vec_env": "rlbase.envs.make",
          "check_env_id": "rlbase.envs.make", "import_env_modules": "rlbase.envs.make"}
 

@@ -22,6 +22,7 @@ class AtariVecEnv(TensorVecEnv):
     """`num_envs` Atari games stepped by ale-py's C++ threads; observations and rewards on `device`."""
 
     render_fps = AGENT_STEP_FPS  # this backend cannot render; the value matches the video path's
+    steps_in_threads = True  # ale-py's C++ threads step between send and recv
 
     def __init__(self, env_id: str, num_envs: int, device: torch.device, *,
                  sticky_actions: float = GAME_OPTIONS["sticky_actions"],

@@ -63,6 +63,10 @@ class TensorVecEnv:
     """Frames per second of what `render()` returns, for videos (one frame per agent step)."""
     env_kwargs: dict[str, Any] | None = None
     """The keyword arguments `make_vec_env` built it with (None for envs built otherwise)."""
+    steps_in_threads: bool = False
+    """`step_async` returns at once and the envs step in threads of their own (ale-py's C++ vector
+    env), so the caller's work between `step_async` and `step_wait` overlaps the stepping; what
+    `SplitVecEnv` needs to pay off."""
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
@@ -131,3 +135,78 @@ class HostToDevice:
 def actions_to_numpy(actions: torch.Tensor) -> np.ndarray:
     """The one unavoidable sync of host-side envs: actions must reach the host to be stepped."""
     return actions.detach().to("cpu").numpy()
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate the halves' tensors (or dicts of tensors: observations, infos) along the env axis."""
+    if isinstance(parts[0], dict):
+        return {key: _cat([part[key] for part in parts]) for key in parts[0]}
+    return torch.cat(parts)
+
+
+class SplitVecEnv(TensorVecEnv):
+    """`num_envs` envs as two vector envs, the halves, that an agent can step alternately
+    (`--split-envs` of the on-policy agents): while one half's envs step in their own threads, the
+    agent runs its forward pass for the other half, as EnvPool's async mode does.
+
+    Rows `groups[0]` are the first half's envs, rows `groups[1]` the second's. `reset`, `step`,
+    `step_async` and `step_wait` step both halves at once, so everything else (evaluation during
+    training, callbacks) sees one env of `num_envs`; `step_group_async(i, actions)` and
+    `step_group_wait(i)` step half `i` alone. The second half is reset with `seed + groups[1].start`,
+    so backends that seed env `k` with `seed + k` (ale-py) play the envs an unsplit env would.
+    """
+
+    def __init__(self, halves: list[TensorVecEnv]):
+        if len(halves) != 2:
+            raise ValueError(f"SplitVecEnv takes two halves, got {len(halves)}")
+        first = halves[0]
+        for other in halves[1:]:
+            if (other.env_id, other.device, other.single_observation_space, other.single_action_space) != (
+                    first.env_id, first.device, first.single_observation_space, first.single_action_space):
+                raise ValueError("the halves of a SplitVecEnv must be the same env on the same device")
+        self.halves = list(halves)
+        self.env_id, self.device = first.env_id, first.device
+        self.single_observation_space, self.single_action_space = first.single_observation_space, first.single_action_space
+        self.frame_stack, self.outcome_keys, self.render_fps = first.frame_stack, first.outcome_keys, first.render_fps
+        self.steps_in_threads = all(half.steps_in_threads for half in halves)
+        sizes = [half.num_envs for half in halves]
+        self.num_envs = sum(sizes)
+        self.groups = [slice(0, sizes[0]), slice(sizes[0], self.num_envs)]
+
+    def reset(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        results = [half.reset(None if seed is None else seed + group.start)
+                   for half, group in zip(self.halves, self.groups)]
+        infos = [info for _, info in results]
+        keys = set(infos[0]).intersection(*infos[1:])
+        return _cat([obs for obs, _ in results]), {key: _cat([info[key] for info in infos]) for key in keys}
+
+    def step(self, actions: torch.Tensor):
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        for index, group in enumerate(self.groups):
+            self.step_group_async(index, actions[group])
+
+    def step_wait(self):
+        results = [self.step_group_wait(index) for index in range(len(self.groups))]
+        return tuple(_cat([result[k] for result in results]) for k in range(5))
+
+    def step_group_async(self, index: int, actions: torch.Tensor) -> None:
+        """Start a step of half `index` with its envs' actions (rows `groups[index]`)."""
+        self.halves[index].step_async(actions)
+
+    def step_group_wait(self, index: int):
+        """The results of half `index`'s step, its rows only."""
+        return self.halves[index].step_wait()
+
+    def training_signal(self, rewards: torch.Tensor, terminated: torch.Tensor,
+                        info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.halves[0].training_signal(rewards, terminated, info)  # elementwise; both halves' settings
+
+    def render(self) -> list[np.ndarray]:
+        return [frame for half in self.halves for frame in half.render()]
+
+    def close(self) -> None:
+        for half in self.halves:
+            half.close()

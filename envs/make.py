@@ -100,7 +100,7 @@ def check_env_id(env_id: str, gym_packages: tuple[str, ...] = ()) -> str:
 
 def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bool = False,
                  split: str = "train", env_kwargs: dict[str, Any] | None = None,
-                 gym_packages: tuple[str, ...] = (), **options: Any) -> TensorVecEnv:
+                 gym_packages: tuple[str, ...] = (), halves: bool = False, **options: Any) -> TensorVecEnv:
     """Build the `TensorVecEnv` for `env_id` on `device`.
 
     `options` are the Atari settings (`rlbase.envs.atari.GAME_OPTIONS` and `TRAINING_OPTIONS`:
@@ -111,6 +111,8 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
     go to the env's constructor (native and other Gymnasium ids).
     `env_id` may name a user module, Gymnasium's `module:EnvId-v0`, and `gym_packages` packages
     to import first; both register envs on import (see `import_env_modules`).
+    `halves=True` builds the envs as the two halves of a `SplitVecEnv` (`--split-envs`), for backends
+    that step in threads of their own; another backend is a UsageError.
     """
     known = (*GAME_OPTIONS, *TRAINING_OPTIONS)
     unknown = sorted(set(options) - set(known))
@@ -118,9 +120,31 @@ def make_vec_env(env_id: str, num_envs: int, device: torch.device, *, render: bo
         raise TypeError(f"make_vec_env got unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
     env_id = check_env_id(env_id, gym_packages)
     env_kwargs = dict(env_kwargs or {})
-    env = _make(env_id, num_envs, device, render, split, env_kwargs, options)
+    if halves:
+        env = _make_halves(env_id, num_envs, device, render, split, env_kwargs, options)
+    else:
+        env = _make(env_id, num_envs, device, render, split, env_kwargs, options)
     env.env_kwargs = env_kwargs  # so a run handed this env can rebuild it (evaluation envs)
     return env
+
+
+def _make_halves(env_id: str, num_envs: int, device: torch.device, render: bool, split: str,
+                 env_kwargs: dict[str, Any], options: dict[str, Any]) -> TensorVecEnv:
+    from rlbase.envs.core import SplitVecEnv
+
+    if num_envs < 2:
+        raise UsageError(f"--split-envs needs --num-envs >= 2, got {num_envs}")
+    first = _make(env_id, num_envs // 2, device, render, split, env_kwargs, options)
+    if not first.steps_in_threads:
+        first.close()
+        raise UsageError(f"--split-envs needs envs that step in threads of their own (Atari ids); {env_id} steps "
+                         "in the agent's thread, where halves would only add work")
+    try:
+        second = _make(env_id, num_envs - num_envs // 2, device, render, split, env_kwargs, options)
+    except BaseException:
+        first.close()
+        raise
+    return SplitVecEnv([first, second])
 
 
 def _make(env_id: str, num_envs: int, device: torch.device, render: bool, split: str, env_kwargs: dict[str, Any],

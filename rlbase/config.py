@@ -359,8 +359,9 @@ def make_env(cfg: CommonConfig, num_envs: int, device: Any, *, training: bool = 
     Atari settings; `training=False` gives the eval split with full, unclipped episodes."""
     from rlbase.envs import make_vec_env
 
+    halves = training and not render and bool(getattr(cfg, "split_envs", False))  # the on-policy agents' --split-envs
     return make_vec_env(cfg.env_id, num_envs, device, render=render, gym_packages=tuple(cfg.gym_packages),
-                        **env_options(cfg, training))
+                        halves=halves, **env_options(cfg, training))
 
 
 def to_json(config: Any) -> str:

@@ -83,9 +83,9 @@ class CheckedEnv:
         self._record("observation", obs)
         return obs, info
 
-    def _checked(self, result: tuple) -> tuple:
+    def _checked(self, result: tuple, advance: bool = True) -> tuple:
         obs, rewards = result[0], result[1]
-        self._steps += 1
+        self._steps += advance
         self._record("observation", obs)
         self._record("reward", rewards)
         return result
@@ -98,6 +98,12 @@ class CheckedEnv:
 
     def step_wait(self) -> tuple:
         return self._checked(self.env.step_wait())
+
+    def step_group_async(self, index: int, actions: torch.Tensor) -> None:  # a SplitVecEnv's halves
+        self.env.step_group_async(index, actions)
+
+    def step_group_wait(self, index: int) -> tuple:
+        return self._checked(self.env.step_group_wait(index), advance=index == 0)  # a step starts with half 0
 
     def problem(self) -> str | None:
         """"observation is non-finite at step N" for the first bad value so far, or None (one host read)."""

@@ -140,7 +140,7 @@ def plan_config(cfg: Any, *, env: TensorVecEnv | None = None, resume: Checkpoint
 RESUMABLE_CHANGES = frozenset({
     "total_timesteps", "log_interval", "checkpoint_interval", "eval_freq", "eval_episodes", "eval_epsilon",
     "eval_deterministic", "device", "torch_threads", "compile", "save_buffer", "check_env_values", "log_dir",
-    "run_name", "learning_rate", "lr_restart_step"})
+    "run_name", "learning_rate", "lr_restart_step", "split_envs"})
 """Config fields `--resume` may change: the schedule (total steps, stretching the lr and exploration
 schedules with it; the learning rate and where its annealing starts), the log, checkpoint and
 evaluation cadences, and where and how it computes.
@@ -211,6 +211,9 @@ def _complete(agent: Agent, cfg: Any, env: TensorVecEnv | None, make_eval_env: C
     owns_env = env is None
     if env is None:
         env = make_env(cfg, cfg.num_envs, resolve_device(cfg.device))
+    elif getattr(cfg, "split_envs", False) and getattr(env, "groups", None) is None:
+        raise UsageError("split_envs=True needs the env in two halves: pass a rlbase.envs.SplitVecEnv, "
+                         "or let rlbase build the env")
     try:
         space = env.single_observation_space
         if user_values is not None:

@@ -317,9 +317,10 @@ class Run:
         self.timer.restart()  # the loop's first stage starts here, not at set-up
         return obs
 
-    def record_episodes(self, info: dict[str, Any], dones: torch.Tensor) -> None:
-        """Count the episodes that ended at this step (returns and lengths stay on the device)."""
-        self.episodes.add(info["episode_return"], info["episode_length"], dones)
+    def record_episodes(self, info: dict[str, Any], dones: torch.Tensor, rows: slice | None = None) -> None:
+        """Count the episodes that ended at this step (returns and lengths stay on the device);
+        `rows`: the step was of those envs only (a half of a `SplitVecEnv`)."""
+        self.episodes.add(info["episode_return"], info["episode_length"], dones, rows)
 
     @property
     def done(self) -> bool:

@@ -25,11 +25,19 @@ class RecentEpisodes:
         self.stage_dones = torch.zeros(stage_steps, num_envs, dtype=torch.bool, device=device)
         self.staged = 0
 
-    def add(self, episode_return: torch.Tensor, episode_length: torch.Tensor, dones: torch.Tensor) -> None:
+    def add(self, episode_return: torch.Tensor, episode_length: torch.Tensor, dones: torch.Tensor,
+            rows: slice | None = None) -> None:
+        """One step's episode totals and done mask; `rows`: of those envs only (a half of a
+        `SplitVecEnv`), the others counted as not done in this staging row."""
         i = self.staged
-        self.stage_returns[i] = episode_return
-        self.stage_lengths[i] = episode_length
-        self.stage_dones[i] = dones
+        if rows is None:
+            self.stage_dones[i] = dones
+        else:
+            self.stage_dones[i] = False
+            self.stage_dones[i, rows] = dones
+        index = i if rows is None else (i, rows)
+        self.stage_returns[index] = episode_return
+        self.stage_lengths[index] = episode_length
         self.staged += 1
         if self.staged == self.stage_returns.shape[0]:
             self.flush()
