@@ -35,11 +35,16 @@ def first_nonfinite_value(values: dict[str, Any]) -> str | None:
 
 def first_nonfinite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first floating-point tensor holding NaN or infinity, or None (one host read
-    for all of them together; a second pass only when one is found)."""
+    per device for all of its tensors together: a checkpoint holds CUDA weights and CPU counters)."""
     floats = [(name, t) for name, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
     if not floats:
         return None
-    flags = torch.stack([torch.isfinite(t).all() for _, t in floats])
+    by_device: dict[torch.device, list[int]] = {}
+    for index, (_, t) in enumerate(floats):
+        by_device.setdefault(t.device, []).append(index)
+    flags = torch.empty(len(floats), dtype=torch.bool)
+    for indices in by_device.values():
+        flags[indices] = torch.stack([torch.isfinite(floats[i][1]).all() for i in indices]).cpu()
     if bool(flags.all()):
         return None
     return floats[int((~flags).nonzero()[0, 0])][0]
