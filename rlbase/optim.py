@@ -163,9 +163,13 @@ class Adam:
                 raise ValueError(f"parameter group {index}: the saved step counts differ ({sorted(steps)})")
             self._counts[index] = int(steps.pop())
             self._steps[index] = torch.tensor(float(self._counts[index]), dtype=torch.float32, device=params[0].device)
+            # In each parameter's own layout (channels_last convolutions): the fused kernel takes
+            # moments only with their parameter's strides, and saved tensors come back contiguous.
             self._moments[index] = (
-                [entry["exp_avg"].to(p.device, p.dtype).clone() for p, entry in zip(params, entries)],
-                [entry["exp_avg_sq"].to(p.device, p.dtype).clone() for p, entry in zip(params, entries)])
+                [torch.empty_like(p, memory_format=torch.preserve_format).copy_(entry["exp_avg"])
+                 for p, entry in zip(params, entries)],
+                [torch.empty_like(p, memory_format=torch.preserve_format).copy_(entry["exp_avg_sq"])
+                 for p, entry in zip(params, entries)])
 
 
 # What the agents and the run's checkpoints accept as an optimiser: this Adam, or a torch.optim one

@@ -155,3 +155,41 @@ def test_training_an_agent_does_not_import_torch_dynamo():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=fused_here)])
+def test_moments_load_in_the_layout_of_channels_last_parameters(fused):
+    """Checkpoints hold contiguous tensors; a channels_last convolution's moments must come back in
+    its own layout, or the fused kernel refuses them (found resuming a CNN run on CUDA)."""
+    from safetensors.torch import load, save
+
+    def conv_net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 2)).to(memory_format=torch.channels_last)
+
+    def step(net, opt, seed):
+        torch.manual_seed(seed)
+        net(torch.randn(5, 4, 6, 6).to(memory_format=torch.channels_last)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    net = conv_net()
+    assert not net[0].weight.is_contiguous()
+    ours = Adam(net.parameters(), lr=1e-2, fused=fused)
+    step(net, ours, 1)
+    state = ours.state_dict()
+    # Through safetensors, as a checkpoint stores them: contiguous on the way back.
+    moments = load(save({f"{k}.{n}": v[n].contiguous() for k, v in state["state"].items() for n in ("exp_avg", "exp_avg_sq")}))
+    saved = {"param_groups": state["param_groups"],
+             "state": {k: {"step": v["step"], "exp_avg": moments[f"{k}.exp_avg"], "exp_avg_sq": moments[f"{k}.exp_avg_sq"]}
+                       for k, v in state["state"].items()}}
+    resumed_net = conv_net()
+    resumed_net.load_state_dict(net.state_dict())
+    resumed = Adam(resumed_net.parameters(), lr=1e-2, fused=fused)
+    resumed.load_state_dict(saved)
+    exp_avgs, exp_avg_sqs = resumed._moments[0]
+    for p, m, v in zip(resumed_net.parameters(), exp_avgs, exp_avg_sqs):
+        assert m.stride() == v.stride() == p.stride()
+    step(net, ours, 2)
+    step(resumed_net, resumed, 2)  # the fused kernel took them
+    assert same_params(net, resumed_net)
