@@ -205,13 +205,16 @@ class PendulumVecEnv(NativeVecEnv):
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
         self.single_action_space = gym.spaces.Box(-self.max_torque, self.max_torque, shape=(1,), dtype=np.float32)
         self.state = torch.zeros(num_envs, 2, dtype=torch.float32, device=self.device)  # (th, thdot)
+        # Start states: u in [0, 1) mapped to th in [-pi, pi), thdot in [-1, 1). Made once: a tensor
+        # built from host values at every reset would be a host-to-device copy per step on CUDA.
+        self._start_scale = torch.tensor([2 * math.pi, 2.0], device=self.device)
+        self._start_shift = torch.tensor([math.pi, 1.0], device=self.device)
 
     def _reset_envs(self, mask: torch.Tensor) -> None:
         # 64 random bits per env (see NativeVecEnv.episode_bits) as two uniforms on a 2**-24 grid.
         halves = self.episode_bits().view(torch.int32).view(self.num_envs, 2)
         u = (halves >> 8).to(torch.float32).mul_(1.0 / (1 << 24)).add_(0.5)  # [-0.5, 0.5) -> [0, 1)
-        fresh = u.mul_(torch.tensor([2 * math.pi, 2.0], device=self.device)).sub_(
-            torch.tensor([math.pi, 1.0], device=self.device))  # th in [-pi, pi), thdot in [-1, 1)
+        fresh = u.mul_(self._start_scale).sub_(self._start_shift)  # th in [-pi, pi), thdot in [-1, 1)
         if self.device.type == "mps":  # no complex dtype there
             self.state = torch.where(mask[:, None], fresh, self.state)
             return
