@@ -174,7 +174,8 @@ def test_episode_window_and_reward_scaling_by_rows():
 @pytest.mark.parametrize("algo", ["ppo", "pqn"])
 def test_split_training_on_atari(tmp_path, algo):
     values = {"env_id": "ALE/Breakout-v5", "total_timesteps": 256, "num_envs": 4, "num_steps": 32, "log_interval": 128,
-              "atari_max_episode_steps": 40, "split_envs": True, "log_dir": str(tmp_path), "run_name": "split",
+              "atari_max_episode_steps": 40, "split_envs": True, "time_stages": "on", "log_dir": str(tmp_path),
+              "run_name": "split",
               "num_minibatches": 2}
     if algo == "ppo":
         values["update_epochs"] = 1

@@ -57,7 +57,7 @@ def test_dqn_logs_stage_shares_and_timing_does_not_change_training(tmp_path):
 
 def test_ppo_logs_stage_shares_by_default_on_cpu(tmp_path):
     values = {"env_id": "CartPole-v1", "total_timesteps": 1024, "num_envs": 4, "num_steps": 128, "log_interval": 512,
-              "log_dir": str(tmp_path), "run_name": "ppo"}
+              "device": "cpu", "log_dir": str(tmp_path), "run_name": "ppo"}  # the CPU default, also where CUDA is
     train("ppo", values)
     logged = records(tmp_path / "ppo")
     assert len(logged) == 2 and "time/log" in logged[1]
