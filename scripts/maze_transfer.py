@@ -43,7 +43,9 @@ EXPERIMENTS = {
         "env": "rlbase/Maze-v0", "env_kwargs": "size=11,obs_mode=pixels",
         "task": "maze-action", "backbone": "nature_cnn",
         "pretrain": ["--train-samples", "50000", "--val-samples", "5000", "--epochs", "6"],
-        "train": ["--shared-backbone", "--total-timesteps", "300000", "--log-interval", "8192"],
+        # A checkpoint every 100k steps: an interrupted experiment resumes its runs from there.
+        "train": ["--shared-backbone", "--total-timesteps", "300000", "--log-interval", "8192",
+                  "--checkpoint-interval", "100000"],
         "thresholds": [0.3, 0.4, 0.5],
         # From scratch, PPO had not left a random policy's level after 300k steps: its own, longer budget.
         "scratch_timesteps": 1_500_000,
@@ -58,7 +60,7 @@ EXPERIMENTS = {
         "env": "rlbase/MazeGoTo-v0", "env_kwargs": "",
         "task": "goto-text", "backbone": "text",
         "pretrain": ["--train-samples", "20000", "--val-samples", "2000", "--epochs", "4"],
-        "train": ["--total-timesteps", "1200000", "--log-interval", "16384"],
+        "train": ["--total-timesteps", "1200000", "--log-interval", "16384", "--checkpoint-interval", "200000"],
         "thresholds": [0.4, 0.5, 0.6],
         "warmup": 2 * 128 * 64,  # twice the time limit (2 * 8**2 steps) of each of the 64 envs
         "arms": {"scratch": {}, "frozen": {"freeze_backbone": True}, "blanked": {}},
