@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algos", nargs="+", default=["ppo", "pqn"], choices=["ppo", "pqn", "a2c"])
     parser.add_argument("--num-envs", nargs="+", type=int, default=[8], help="env batch sizes to measure")
-    parser.add_argument("--rollouts", type=int, default=6, help="rollouts per run (the first is not timed)")
+    parser.add_argument("--rollouts", type=int, default=6, help="rollouts per run (the first is not timed; at least 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median ratio is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: rlbase's default)")

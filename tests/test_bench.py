@@ -96,3 +96,17 @@ def test_bench_qheads_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_text().strip(), "the JSON rows are empty"
     assert "c51" in proc.stdout and "qrdqn" in proc.stdout
+
+
+def test_bench_split_runs_both_ways(tmp_path):
+    """scripts/bench_split.py: each agent trains unsplit and split in the same round (tiny budget)."""
+    out = tmp_path / "split.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_split.py"), "--algos", "pqn", "--num-envs", "2",
+                           "--rollouts", "2", "--rounds", "1", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| pqn x2 |" in proc.stdout
+    entry = json.loads(out.read_text())["results"]["pqn x2"]
+    assert len(entry["one"]) == len(entry["split"]) == len(entry["ratios"]) == 1
+    assert entry["one"][0] > 0 and entry["split"][0] > 0
+    assert "env" in entry["shares_split"]  # the CPU times the stages, split runs included
