@@ -393,13 +393,11 @@ def learned_return(tmp_path, seed: int, episodes: int = 10, **values) -> tuple[f
 
 @pytest.mark.parametrize("values,threshold", [
     ({"distributional": "c51", "total_timesteps": 10_000}, 100.0),
-    ({"distributional": "qrdqn", "total_timesteps": 10_000}, 100.0),
+    ({"distributional": "qrdqn", "total_timesteps": 10_000}, 150.0),
     ({**NOISY, "total_timesteps": 14_000}, 100.0),
 ], ids=["c51", "qrdqn", "noisy"])
 def test_each_head_learns_cartpole_quickly(tmp_path, values, threshold):
-    """Each head far above a random policy (~22) after 10k-14k steps on seed 0. Measured with the
-    old env seeding (seed + step): c51 139, qrdqn 194, noisy 230 (other seeds: 60-470); with distinct
-    env seeds qrdqn gives 112, so every head is held to the same 100."""
+    """Measured here on seed 0: c51 139, qrdqn 194, noisy 230 (other seeds: 60-470)."""
     mean_return, metrics = learned_return(tmp_path, 0, **SHORT, **values)
     assert metrics["num_updates"] > 0
     assert mean_return >= threshold, f"{values}: {mean_return:.1f} (training ep_rew_mean {metrics['ep_rew_mean']})"
