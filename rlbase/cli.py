@@ -279,7 +279,9 @@ def _sweep(args: argparse.Namespace) -> int:
                          name=name)
         from rlbase.checkpoint import atomic_write_text
 
-        atomic_write_text(sweep_dir / "sweep.json", json.dumps(dataclasses.asdict(spec), indent=1, sort_keys=True))
+        # Not sort_keys: the order of the space's `cases` is the order of the trials, and a resume
+        # draws them again from this file.
+        atomic_write_text(sweep_dir / "sweep.json", json.dumps(dataclasses.asdict(spec), indent=1))
         rows = run_sweep(spec, sweep_dir, address=args.address, announce=_say)
     done = sum(row["status"] == "TERMINATED" for row in rows)
     _say(f"rlbase: sweep done: {plural(done, 'trial')} finished of {len(rows)}; results in {sweep_dir}/results.csv"

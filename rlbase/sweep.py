@@ -203,6 +203,35 @@ class _TrialTable:
         self.write()
 
 
+def _random_trials(spec: SweepSpec, parsed: dict[str, Any], sweep_dir: Path) -> list[dict[str, Any]]:
+    """Grid and random search's trials, drawn up front, each with its run dir (`runs/tNNNN`, by position)."""
+    trials = draw_trials(parsed, spec.seeds, spec.num_samples, spec.search_seed)
+    for index, trial in enumerate(trials):
+        trial["run_dir"] = str((sweep_dir / "runs" / f"t{index:04d}").resolve())
+    return trials
+
+
+def _check_run_dirs(trials: list[dict[str, Any]]) -> None:
+    """A resume draws the trials again from sweep.json: each run dir already written must hold the
+    run of the trial it is assigned to (its seed and the trial's values), or the resume would
+    continue one trial's run under another's name. A sweep.json written before the space's case
+    order was kept (rlbase wrote its keys sorted) can fail this; its trials cannot be matched safely."""
+    from rlbase.run import CONFIG_FILE, read_config
+
+    for trial in trials:
+        run_dir = Path(trial["run_dir"])
+        if not (run_dir / CONFIG_FILE).exists():
+            continue
+        _, saved = read_config(run_dir)
+        wanted = {"seed": trial["seed"], **trial["values"]}
+        for field, value in wanted.items():
+            if field in saved and value != "auto" and \
+                    json.dumps(saved[field], sort_keys=True) != json.dumps(value, sort_keys=True):
+                raise RlbaseError(f"{run_dir} was run with {field}={saved[field]!r} but its trial in sweep.json has "
+                                  f"{field}={value!r}: the trials no longer match their run dirs, so the sweep cannot "
+                                  "be resumed safely")
+
+
 def _tune_callback(table: _TrialTable) -> Any:
     from ray.tune import Callback
 
@@ -251,15 +280,15 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, r
         _TrialTable(sweep_dir, {}, spec.metric, spec.mode)
     threads = max(1, int(spec.cpus_per_trial))
     common = {"__algo": spec.algo, "__base": spec.base, "__sweep_dir": str(sweep_dir.resolve()), "__threads": threads}
+    if resume and spec.search == "random":
+        _check_run_dirs(_random_trials(spec, parsed, sweep_dir))  # before Ray starts: a bad sweep is one line
     start_ray(address)
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback  # Tune's result.json only: the runs log for themselves
 
     searcher, param_space, num_samples = None, dict(common), 1
     if spec.search == "random":
-        trials = draw_trials(parsed, spec.seeds, spec.num_samples, spec.search_seed)
-        for index, trial in enumerate(trials):
-            trial["run_dir"] = str((sweep_dir / "runs" / f"t{index:04d}").resolve())
+        trials = _random_trials(spec, parsed, sweep_dir)
         todo = [t for t in trials if table.entries.get(Path(t["run_dir"]).name, {}).get("status") != FINISHED]
         if not todo:
             return write_results(sweep_dir, spec, table)

@@ -183,7 +183,8 @@ def test_report_and_plot_read_the_sweep(grid_sweep, tmp_path):
 
 
 def test_a_sweep_of_cases(tmp_path):
-    (tmp_path / "arms.yaml").write_text("cases:\n  plain: {}\n  shared: {shared_backbone: true}\n")
+    # Not in alphabetical order: the trials follow the file's order, on the first run and on a resume.
+    (tmp_path / "arms.yaml").write_text("cases:\n  shared: {shared_backbone: true}\n  plain: {}\n")
     proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "1024", "--space", "arms.yaml", "--log-dir", tmp_path,
                    "--name", "arms", cwd=tmp_path, timeout=600)
     assert_ok(proc)
@@ -192,6 +193,17 @@ def test_a_sweep_of_cases(tmp_path):
     for row in rows:
         config = json.loads((Path(row["run_dir"]) / "config.json").read_text())["config"]
         assert config["shared_backbone"] is (row["case"] == "shared")
+    assert trials(tmp_path / "arms")["t0000"]["case"] == "shared"
+    sweep_file = tmp_path / "arms" / "sweep.json"
+    assert list(json.loads(sweep_file.read_text())["space"]["cases"]) == ["shared", "plain"]
+    assert_ok(run_cli("sweep", "--resume", tmp_path / "arms", cwd=tmp_path, timeout=600))  # nothing left to do
+    # A sweep.json whose cases come in another order than its runs were made in (rlbase wrote its keys
+    # sorted before): the resume refuses, instead of continuing one arm's runs under another's name.
+    spec = json.loads(sweep_file.read_text())
+    spec["space"]["cases"] = dict(sorted(spec["space"]["cases"].items()))
+    sweep_file.write_text(json.dumps(spec))
+    line = assert_one_line_error(run_cli("sweep", "--resume", tmp_path / "arms", cwd=tmp_path, timeout=600), 1)
+    assert "no longer match their run dirs" in line and "shared_backbone" in line
 
 
 def test_a_sweep_with_evaluation_optimises_the_evaluation(tmp_path):
@@ -279,18 +291,52 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
     # ~/.ray, shared with any other cluster of this user).
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    started = subprocess.run([ray_exe, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                             capture_output=True, text=True, timeout=180, env=env)
-    assert started.returncode == 0, started.stderr[-2000:]
+    # `ray start --block` in a session of its own, stopped by signalling that session: `ray stop`
+    # would stop every Ray cluster on the machine, a user's own experiments included.
+    head = subprocess.Popen([ray_exe, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
+        deadline = time.monotonic() + 180
+        while not _accepts_connections(port):
+            assert head.poll() is None, f"ray start exited with {head.returncode}: {head.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the Ray head did not open its port within 180 s"
+            time.sleep(0.5)
         proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "1024", "--seeds", "0-1", "--address",
                        f"127.0.0.1:{port}", "--log-dir", tmp_path, "--name", "cluster", cwd=tmp_path, timeout=600)
         assert_ok(proc)
         table = trials(tmp_path / "cluster")
         assert len(table) == 2 and {e["status"] for e in table.values()} == {"TERMINATED"}
     finally:
-        subprocess.run([ray_exe, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        _stop_session(head)
+
+
+def _accepts_connections(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_session(head: subprocess.Popen) -> None:
+    """SIGTERM to the head's session (ray start and the processes it started), SIGKILL after 30 s."""
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            head.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # ray start is gone; make sure nothing of its session is left
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
 
 
 @pytest.mark.parametrize("sweep_json,trials_json,code,fragment", [
