@@ -267,7 +267,10 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # address="local": a Ray of its own, even where `ray start` left a cluster on this machine
+            # (plain ray.init() would join that one, and go down with it).
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RlbaseError(f"cannot start Ray{f' at {address}' if address else ''}: {str(exc).splitlines()[0]}") from None
 
