@@ -122,7 +122,9 @@ def distill(algo: str, teacher: PolicyView, student: PolicyView, preprocess: Any
 
     device, num_envs = env.device, env.num_envs
     capacity = settings.buffer_size
-    obs, _ = env.reset(seed=settings.seed)
+    from rlbase.run import env_seed
+
+    obs, _ = env.reset(seed=env_seed(settings.seed))  # distinct envs for distinct --seed values
     sample = preprocess(obs)  # stored as the networks take it (normalised observations: float32)
     states = allocate(env.single_observation_space, (capacity,), device,
                       sample.dtype if torch.is_tensor(sample) else None)

@@ -62,7 +62,9 @@ def test_ppo_pruned_to_90_percent_keeps_its_return(ppo_teacher, tmp_path, capsys
     from rlbase.checkpoint import load_checkpoint
 
     out = tmp_path / "pruned"
-    assert main(["prune", str(ppo_teacher), "--sparsity", "0.9", "--steps", "15000", "--out", str(out),
+    # 60k fine-tuning steps: this teacher (seed 1) kept 500 at 90% after 60k, but fell to 184 after 15k
+    # and 297 after 30k (BENCHMARKS.md, "Pruned"); the teachers of seeds 2 and 3 keep 500 after 15k
+    assert main(["prune", str(ppo_teacher), "--sparsity", "0.9", "--steps", "60000", "--out", str(out),
                  "--episodes", "5"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert abs(report["sparsity_reached"] - 0.9) <= 0.01
@@ -72,7 +74,7 @@ def test_ppo_pruned_to_90_percent_keeps_its_return(ppo_teacher, tmp_path, capsys
     assert report["dense"]["nonzero_parameters"] == report["dense"]["parameters"]
     # the zeros are in the checkpoint, as dense tensors; the critic is not pruned
     tensors, state, _ = load_checkpoint(out)
-    assert state["step"] >= 45_000 + 15_000 - 1024
+    assert state["step"] >= 45_000 + 60_000 - 1024
     policy = [v for k, v in tensors.items() if k.startswith(("model.actor_backbone.", "model.policy_head."))
               and k.endswith("weight")]
     zeros = sum(int((w == 0).sum()) for w in policy)
