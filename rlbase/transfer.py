@@ -4,7 +4,8 @@
 - `--backbone NAME` (or `KEY=NAME,...` for Dict observations) picks the feature extractor;
 - `--backbone-weights DIR` (or `KEY=DIR,...`) starts it from pretrained artifacts (`rlbase pretrain`);
 - `--freeze-backbone` keeps those backbones fixed (the agent trains only its heads);
-- `--backbone-lr-scale X` fine-tunes them at X times the learning rate.
+- `--backbone-lr-scale X` fine-tunes them at X times the learning rate;
+- `--feature-norm` puts a trained LayerNorm between the backbone and the heads (`FeatureNorm`).
 
 `resolve` runs once per fresh run, before the run directory exists: it checks every artifact
 against the env's observation space and writes the canonical names back into the config
@@ -49,12 +50,33 @@ class BackboneSpec:
     """Keep the pretrained parts (the whole backbone when there are no weights) fixed."""
     lr_scale: float = 1.0
     """Learning-rate multiplier of the pretrained parts when fine-tuned."""
+    feature_norm: bool = False
+    """Follow the backbone with a trained LayerNorm of its features (`FeatureNorm`)."""
 
     def build(self, space: gym.spaces.Space) -> nn.Module:
-        """A freshly initialised backbone for `space`."""
+        """A freshly initialised backbone for `space` (wrapped in `FeatureNorm` with --feature-norm)."""
         from rlbase.backbones import build_backbone
 
-        return build_backbone(self.name, space, self.hidden_sizes, self.activation, width=self.width)
+        backbone = build_backbone(self.name, space, self.hidden_sizes, self.activation, width=self.width)
+        return FeatureNorm(backbone) if self.feature_norm else backbone
+
+
+class FeatureNorm(nn.Module):
+    """A backbone followed by a LayerNorm of its features (`--feature-norm`): `inner` is the backbone
+    (what --backbone-weights loads and --freeze-backbone freezes), `norm` is trained with the heads."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.out_dim = inner.out_dim
+        self.norm = nn.LayerNorm(inner.out_dim)
+
+    def forward(self, obs):
+        return self.norm(self.inner(obs))
+
+
+def _inner(backbone: nn.Module) -> nn.Module:
+    return backbone.inner if isinstance(backbone, FeatureNorm) else backbone
 
 
 def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> BackboneSpec:
@@ -76,7 +98,8 @@ def parse(cfg: Any, space: gym.spaces.Space, with_weights: bool = True) -> Backb
     return BackboneSpec(name=name, hidden_sizes=tuple(cfg.hidden_sizes), activation=cfg.activation, width=width,
                         key_names=key_names,
                         weights=_weights_by_key(cfg, space) if with_weights else {},
-                        freeze=cfg.freeze_backbone, lr_scale=cfg.backbone_lr_scale)
+                        freeze=cfg.freeze_backbone, lr_scale=cfg.backbone_lr_scale,
+                        feature_norm=bool(getattr(cfg, "feature_norm", False)))
 
 
 def _check_width(cfg: Any, names: list[str]) -> None:
@@ -187,7 +210,9 @@ def _artifact_name(spec: dict[str, Any], path: str, wanted: str, cfg: Any, space
 
 def pretrained_parts(spec: BackboneSpec, backbone: nn.Module) -> list[nn.Module]:
     """The modules of `backbone` that --backbone-weights initialises (all of it when no weights are
-    named: --freeze-backbone then freezes the randomly initialised backbone, a common baseline)."""
+    named: --freeze-backbone then freezes the randomly initialised backbone, a common baseline); never
+    the LayerNorm of --feature-norm."""
+    backbone = _inner(backbone)
     if not spec.weights or None in spec.weights:
         return [backbone]
     return [backbone.sub_backbones[key] for key in spec.weights]
@@ -197,6 +222,7 @@ def load(spec: BackboneSpec, backbone: nn.Module, space: gym.spaces.Space) -> No
     """Copy the artifact weights of `spec` into `backbone` (built from the same spec)."""
     from rlbase.backbones.artifact import load_backbone_weights
 
+    backbone = _inner(backbone)
     for key, path in spec.weights.items():
         if key is None:
             load_backbone_weights(backbone, path, spec.name, space)

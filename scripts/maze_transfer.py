@@ -16,7 +16,8 @@ Experiments:
   `finetune` (--backbone-lr-scale 0.1). The goal: the pretrained arms reach a threshold in
   <= 50% of the steps from scratch. `maze-action` is the policy itself (behaviour cloning), so two
   more frozen arms start from perception tasks that are not: `frozen_position` (`maze-position`,
-  the agent's square) and `frozen_exit` (`maze-exit-direction`, where the exit lies).
+  the agent's square) and `frozen_exit` (`maze-exit-direction`, where the exit lies). The `_ln`
+  arms repeat the frozen ones with `--feature-norm` (a trained LayerNorm on the frozen features).
 - `goto`: rlbase/MazeGoTo-v0; the text encoder pretrained on `goto-text`, arms `scratch` (text
   encoder trained by RL), `frozen`, and `blanked` (the instruction replaced by padding: what a
   policy that cannot read achieves). Held-out success of the language arms must be well above
@@ -51,10 +52,17 @@ EXPERIMENTS = {
         "scratch_timesteps": 1_500_000,
         "warmup": 2 * 484 * 64,  # twice the time limit (4 * 11**2 steps) of each of the 64 envs
         "arms": {"frozen": {"freeze_backbone": True}, "finetune": {"backbone_lr_scale": 0.1},
-                 "frozen_position": {"freeze_backbone": True}, "frozen_exit": {"freeze_backbone": True}, "scratch": {}},
+                 "frozen_position": {"freeze_backbone": True}, "frozen_exit": {"freeze_backbone": True}, "scratch": {},
+                 # The frozen arms again with --feature-norm: the three pretraining tasks leave features of
+                 # very different scales (RMS 0.23 / 12 / 2.3 for action / position / exit direction), and
+                 # unnormalised, the position features wreck PPO's first update (value loss 23, KL 0.47).
+                 "frozen_ln": {"freeze_backbone": True, "feature_norm": True},
+                 "frozen_position_ln": {"freeze_backbone": True, "feature_norm": True},
+                 "frozen_exit_ln": {"freeze_backbone": True, "feature_norm": True}},
         # The pretraining task of each pretrained arm (the others train from scratch).
         "arm_tasks": {"frozen": "maze-action", "finetune": "maze-action", "frozen_position": "maze-position",
-                      "frozen_exit": "maze-exit-direction"},
+                      "frozen_exit": "maze-exit-direction", "frozen_ln": "maze-action",
+                      "frozen_position_ln": "maze-position", "frozen_exit_ln": "maze-exit-direction"},
     },
     "goto": {
         "env": "rlbase/MazeGoTo-v0", "env_kwargs": "",

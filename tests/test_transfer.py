@@ -284,3 +284,48 @@ def test_rollout_storage_holds_dict_observations():
     assert storage.obs["image"].shape == (5, 2, 2, 3, 3)
     flat = storage.flat()["obs"]
     assert flat["mission"].shape == (10, 4)
+
+
+def test_feature_norm_normalises_a_frozen_backbone_and_trains_only_the_norm_and_heads(maze_artifact, tmp_path):
+    """--feature-norm: the LayerNorm sits between the frozen pretrained backbone and the heads, trains
+    with the heads, and goes through the checkpoint, evaluation, resume and ONNX export unchanged."""
+    proc = run_cli("train", "ppo", "--env", "rlbase/Maze-v0", "--env-kwargs", "size=7,obs_mode=grid",
+                   "--backbone-weights", maze_artifact, "--freeze-backbone", "--feature-norm", "--num-envs", "4",
+                   "--num-steps", "32", "--total-timesteps", "256", "--log-dir", tmp_path, "--run-name", "normed",
+                   cwd=tmp_path)
+    assert_ok(proc)
+    run = tmp_path / "normed"
+    tensors = checkpoint_tensors(run)
+    for prefix in ("model.actor_backbone.inner.", "model.critic_backbone.inner."):
+        for key, value in artifact_weights(maze_artifact).items():
+            assert torch.equal(tensors[prefix + key], value), prefix + key  # loaded and frozen
+    norm = tensors["model.actor_backbone.norm.weight"]
+    assert norm.shape == (256,) and not torch.equal(norm, torch.ones_like(norm))  # trained
+    assert_ok(run_cli("eval", run, "--episodes", "2", cwd=tmp_path))
+    assert_ok(run_cli("train", "ppo", "--resume", run, "--total-timesteps", "512", cwd=tmp_path))
+    assert latest_state(run)["step"] == 512
+    onnx = tmp_path / "normed.onnx"
+    assert_ok(run_cli("export", run, "--out", onnx, cwd=tmp_path))
+    assert onnx.exists() and onnx.stat().st_size > 0
+
+
+def test_feature_norm_gives_unit_scale_features_and_is_off_by_default(maze_artifact):
+    env = make_vec_env("rlbase/Maze-v0", 8, CPU, env_kwargs=dict(MAZE_GRID))
+    obs, _ = env.reset(seed=3)
+    plain_cfg = ppo.PPOConfig(env_id="rlbase/Maze-v0", env_kwargs=dict(MAZE_GRID), backbone="impala_cnn")
+    plain = transfer.parse(plain_cfg, env.single_observation_space).build(env.single_observation_space)
+    assert not isinstance(plain, transfer.FeatureNorm)  # the default network is unchanged
+    cfg = ppo.PPOConfig(**{**plain_cfg.__dict__, "feature_norm": True, "backbone_weights": str(maze_artifact),
+                           "freeze_backbone": True})
+    spec = transfer.parse(cfg, env.single_observation_space)
+    backbone = spec.build(env.single_observation_space)
+    parts = transfer.prepare(spec, [backbone], env.single_observation_space, fresh=True)
+    assert parts == [backbone.inner]  # the artifact loads into the backbone, and only it is frozen
+    assert not any(p.requires_grad for p in backbone.inner.parameters())
+    assert all(p.requires_grad for p in backbone.norm.parameters())
+    with torch.no_grad():
+        features = backbone(obs)
+    env.close()
+    assert features.shape == (8, backbone.out_dim)
+    assert torch.allclose(features.mean(-1), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(features.pow(2).mean(-1), torch.ones(8), atol=1e-2)
