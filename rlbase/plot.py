@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlbase.errors import UsageError
-from rlbase.runs import RunRecord, default_metric, find_runs, group_runs, parse_group_by
+from rlbase.runs import PRETRAIN, RunRecord, default_metric, find_runs, group_runs, parse_group_by
 
 if TYPE_CHECKING:
     import numpy as np
@@ -150,7 +150,8 @@ def draw(runs: list[RunRecord], tags: list[str] | None = None, *, x: str = "step
         if drawn == 0:  # the tag exists, but no run has it against this x axis
             raise UsageError(f"nothing to plot for {tag} against {X_LABELS[x]}"
                              + (" (no run logged 'time' with it)" if x == "time" else ""))
-        ax.set_xlabel(X_LABELS[x])
+        pretraining = x == "steps" and all(run.algo == PRETRAIN for run in runs)
+        ax.set_xlabel("training samples seen" if pretraining else X_LABELS[x])
         ax.set_ylabel(tag)
         if x == "steps":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1M rather than an offset 1e6

@@ -23,9 +23,13 @@ from rlbase.errors import UsageError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SWEEP_FILE = "sweep.json"
+PRETRAIN = "pretrain"
+"""The `algo` of an `rlbase pretrain` run (its curves: val/accuracy or val/mse, train/loss, against samples seen)."""
 IGNORED_FIELDS = ("seed", "run_name", "log_dir", "device", "torch_threads", "total_timesteps", "log_interval",
-                  "checkpoint_interval", "eval_freq", "eval_episodes", "save_buffer")
-"""Config fields that do not make two runs different experiments (grouping ignores them)."""
+                  "checkpoint_interval", "eval_freq", "eval_episodes", "save_buffer",
+                  "out", "task")
+"""Config fields that do not make two runs different experiments (grouping ignores them; a pretraining
+run's `out` is its folder, and its `task` stands as its env id)."""
 
 
 @dataclass
@@ -96,9 +100,14 @@ def read_run(path: Path) -> RunRecord:
         raise UsageError(f"{path} is not an rlbase run directory (no {CONFIG_FILE})") from None
     except (OSError, ValueError, UnicodeDecodeError):
         raise UsageError(f"{file} is not readable JSON") from None
+    if isinstance(payload, dict) and "algo" not in payload and isinstance(payload.get("task"), str) \
+            and isinstance(payload.get("backbone"), str):
+        # an `rlbase pretrain` run: its config is flat; the task stands where an env id would
+        return RunRecord(path, PRETRAIN, {**payload, "env_id": payload["task"]})
     if not isinstance(payload, dict) or not isinstance(payload.get("algo"), str) \
             or not isinstance(payload.get("config"), dict):
-        raise UsageError(f"{file} is not an rlbase run config (needs 'algo' and 'config')")
+        raise UsageError(f"{file} is not an rlbase run config (needs 'algo' and 'config', or a pretraining "
+                         "run's 'task' and 'backbone')")
     return RunRecord(path, payload["algo"], payload["config"])
 
 
@@ -183,7 +192,11 @@ def _show(value: Any) -> str:
 
 
 def default_metric(runs: list[RunRecord]) -> str:
-    """`eval/mean_reward` when every run logged evaluations, else `rollout/ep_rew_mean`."""
+    """`eval/mean_reward` when every run logged evaluations; for pretraining runs their held-out
+    `val/accuracy` (classification) or `val/mse` (regression); else `rollout/ep_rew_mean`."""
     if runs and all("eval/mean_reward" in run.tags() for run in runs):
         return "eval/mean_reward"
+    for tag in ("val/accuracy", "val/mse"):
+        if runs and all(run.algo == PRETRAIN and tag in run.tags() for run in runs):
+            return tag
     return "rollout/ep_rew_mean"

@@ -270,3 +270,28 @@ def test_threshold_counts_runs_and_the_steps_to_reach_it(tmp_path, capsys):
     assert run(report_args(str(tmp_path), "--threshold", "5")) == 0
     table = capsys.readouterr().out
     assert "reached >= 5" in table and "| 2/3 | 1/3 |" in table
+
+
+def test_pretraining_runs_report_and_plot_their_held_out_accuracy(tmp_path, capsys):
+    """`rlbase pretrain` folders (a flat config.json with task and backbone) are runs to report and
+    plot: grouped by task, their held-out val/accuracy by default, against training samples seen."""
+    from rlbase.cli import main
+    from rlbase.plot import draw
+    from rlbase.pretrain import PretrainConfig, pretrain
+
+    for seed in (0, 1):
+        pretrain(PretrainConfig(task="maze-exit-direction", backbone="mlp", hidden_sizes=(32,),
+                                env_kwargs={"size": 7, "obs_mode": "grid"}, train_samples=256, val_samples=128,
+                                epochs=2, batch_size=64, seed=seed, out=str(tmp_path / f"exit{seed}"),
+                                device="cpu"), progress=False)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "val/accuracy"
+    (group,) = report["groups"]
+    assert group["n_runs"] == 2 and group["key"] == {"algo": "pretrain", "env_id": "maze-exit-direction"}
+    finals = [json.loads((tmp_path / f"exit{s}" / "metrics.jsonl").read_text().splitlines()[-1])["val/accuracy"]
+              for s in (0, 1)]
+    assert group["final"]["mean"] == pytest.approx(sum(finals) / 2)
+    fig = draw(find_runs([tmp_path]))
+    assert fig.axes[0].get_xlabel() == "training samples seen" and fig.axes[0].get_ylabel() == "val/accuracy"
