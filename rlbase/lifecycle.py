@@ -148,6 +148,14 @@ Every other field shapes the networks, the optimiser, the replay or rollout layo
 or the data, and is refused with one line naming it."""
 
 
+class RunFinished(UsageError):
+    """`--resume` of a run whose newest checkpoint already holds all of its `total_timesteps`."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"{run_dir} already reached {step} steps; pass a larger --total-timesteps to continue")
+        self.step = step
+
+
 def plan_resume(run_dir: str | Path, algo: str, values: dict[str, Any]) -> Plan:
     """Continue the run in `run_dir` from its newest complete checkpoint; `values` may change the
     fields in RESUMABLE_CHANGES (the changes are recorded in config.json once the checkpoint has
@@ -175,7 +183,7 @@ def plan_resume(run_dir: str | Path, algo: str, values: dict[str, Any]) -> Plan:
     resume = load_checkpoint(run_dir, resolve_device(cfg.device), with_buffer=True)
     step = resume.state["step"]
     if step >= cfg.total_timesteps:
-        raise UsageError(f"{run_dir} already reached {step} steps; pass a larger --total-timesteps to continue")
+        raise RunFinished(run_dir, step)
     p = _complete(agent, cfg, None, None, resume=resume, run_dir=run_dir)
     p.changes = {field: list(pair) for field, pair in changed.items()}
     return p

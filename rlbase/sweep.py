@@ -82,7 +82,7 @@ def run_trial(spec: dict[str, Any]) -> None:
     """Tune's function trainable: train (or resume) the trial's rlbase run, reporting as it goes."""
     from ray import tune
 
-    from rlbase.lifecycle import execute, plan, plan_resume
+    from rlbase.lifecycle import RunFinished, execute, plan, plan_resume
 
     trial = dict(spec["trial"]) if "trial" in spec else {}
     if "__trial_index__" in spec:  # optuna + Repeater: the seed of this repeat
@@ -96,8 +96,12 @@ def run_trial(spec: dict[str, Any]) -> None:
         import shutil
 
         shutil.rmtree(run_dir)
-    p = plan_resume(run_dir, algo, {"total_timesteps": values["total_timesteps"]} if "total_timesteps" in values
-                    else {}) if resuming else plan(algo, values)
+    try:
+        p = plan_resume(run_dir, algo, {"total_timesteps": values["total_timesteps"]} if "total_timesteps" in values
+                        else {}) if resuming else plan(algo, values)
+    except RunFinished as finished:  # it ended, but the driver died before Tune recorded that: report it
+        tune.report(_final_from_files(run_dir, finished.step))
+        return
     callback = _TuneReport(tune.report)
     try:
         metrics = execute(p, run_dir=run_dir, callbacks=[callback], progress=False)
@@ -110,6 +114,25 @@ def run_trial(spec: dict[str, Any]) -> None:
         if row["step"] == metrics["global_step"]:
             final["eval/mean_reward"] = row["mean_return"]
     tune.report(final)
+
+
+def _final_from_files(run_dir: Path, step: int) -> dict[str, Any]:
+    """The final report of a trial whose run already finished, from its metrics.jsonl: the newest
+    rollout return and the newest evaluation, as `_TuneReport` would have carried them."""
+    from rlbase.runs import METRICS_FILE, read_metrics
+
+    final: dict[str, Any] = {"global_step": step, "done": True, "run_dir": str(run_dir)}
+    for record in read_metrics(run_dir / METRICS_FILE):
+        if record["global_step"] > step:  # logged after the checkpoint by an attempt that then died
+            continue
+        finite = {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and math.isfinite(v)}
+        if "rollout/ep_rew_mean" in finite:
+            final["rollout/ep_rew_mean"] = finite["rollout/ep_rew_mean"]
+        if "eval/mean_reward" in finite:
+            final = {k: v for k, v in final.items() if not k.startswith("eval/")}
+            final.update({k: v for k, v in finite.items() if k.startswith("eval/")})
+    return final
 
 
 # --------------------------------------------------------------------------------------------
