@@ -35,7 +35,7 @@ from rlbase.envs import TensorVecEnv
 from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
 from rlbase.obs import batch_size, space_dtype
-from rlbase.optim import gradient_step, make_adam
+from rlbase.optim import annealed_lr, gradient_step, make_adam
 from rlbase.run import Run
 from rlbase.stats import DeviceMean
 from rlbase.transfer import BackboneSpec
@@ -47,7 +47,15 @@ class DQNConfig(CommonConfig):
     """DQN hyperparameters (defaults: the Nature/CleanRL Atari values)."""
 
     learning_rate: float = 1e-4
-    """Adam learning rate."""
+    """Adam learning rate (annealed linearly to 0 with --anneal-lr)."""
+    anneal_lr: bool = False
+    """Anneal the learning rate linearly to 0 over training (Nature DQN keeps it constant). A
+    Q-network that solved its task can still drift away from it late in a run; an annealed rate
+    settles it."""
+    lr_restart_step: int = 0
+    """Environment step from which the learning-rate annealing runs from --learning-rate to 0 at
+    --total-timesteps (0: the whole run). A resume may set it (with --learning-rate), e.g. to train on
+    past the end of an annealed run: `rlbase prune` restarts the annealing at its fine-tuning."""
     adam_eps: float = 1e-8
     """Adam epsilon."""
     buffer_size: int = 1_000_000
@@ -112,6 +120,7 @@ class DQNConfig(CommonConfig):
 def validate(cfg: DQNConfig) -> None:
     validate_common(cfg)
     check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
+    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
     check(cfg.buffer_size >= cfg.batch_size, "buffer_size", "must be at least --batch-size")
     check(cfg.batch_size > 0, "batch_size", f"must be positive, got {cfg.batch_size}")
     check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
@@ -284,9 +293,15 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
         def loss_fn(q: QNetwork, target: QNetwork, batch: ReplaySample, double_q: bool, weighted: bool):
             return distributional_loss(q, target, batch, double_q, weighted, cfg.quantile_kappa)
 
+    # The annealing counts vector steps (num_envs env steps each), as PPO and PQN count rollouts.
+    num_vector_steps = -(-cfg.total_timesteps // env.num_envs)
+
+    def learning_rate() -> float:
+        return annealed_lr(cfg, run.global_step // env.num_envs, num_vector_steps, env.num_envs)
+
     def scalars(epsilon: float) -> dict[str, float]:
         """The SB3 tags, read from the device once per log interval."""
-        values = {"rollout/exploration_rate": epsilon, "train/learning_rate": cfg.learning_rate,
+        values = {"rollout/exploration_rate": epsilon, "train/learning_rate": learning_rate(),
                   "train/n_updates": counters["num_updates"]}
         if loss_mean.count:
             values["train/loss"], values["train/q_values"] = loss_mean.read(), q_mean.read()
@@ -311,6 +326,8 @@ def train(cfg: DQNConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
             beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, run.global_step / cfg.total_timesteps)
             num_updates = counters["update_credit"] // cfg.train_freq
             counters["update_credit"] -= num_updates * cfg.train_freq
+            if cfg.anneal_lr and num_updates:  # pretrained backbone groups: lr * --backbone-lr-scale
+                transfer.set_learning_rate(optimizer, learning_rate())
             if cfg.prioritized_replay:  # each batch sees the priorities the previous update wrote
                 batches = (buffer.sample(cfg.batch_size, generator, beta) for _ in range(num_updates))
             else:  # nothing is added between this step's updates: draw all their batches at once

@@ -54,6 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep is not None:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"{args.algo}-", dir=args.keep))
     try:
         for seed in args.seeds:

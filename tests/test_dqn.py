@@ -66,6 +66,42 @@ def test_cartpole_smoke(overrides):
         assert hasattr(q, "value") and hasattr(q, "advantage")
 
 
+def learning_rates_of_the_updates(monkeypatch, cfg: dqn.DQNConfig) -> list[float]:
+    seen = []
+    step = dqn.gradient_step
+    monkeypatch.setattr(dqn, "gradient_step",
+                        lambda optimizer, *args: seen.append(optimizer.param_groups[0]["lr"]) or step(optimizer, *args))
+    check_result(cfg, run_train(cfg))
+    assert len(seen) > 100  # (600 - 100) / 4 updates
+    return seen
+
+
+def test_learning_rate_annealed_over_the_vector_steps(monkeypatch):
+    cfg = tiny_cartpole(anneal_lr=True, num_envs=2)
+    lrs = learning_rates_of_the_updates(monkeypatch, cfg)
+    vector_steps = cfg.total_timesteps // cfg.num_envs
+    first = cfg.learning_rate * (1 - cfg.learning_starts / cfg.total_timesteps)  # learning starts at step 100
+    assert lrs[0] == pytest.approx(first, abs=2 * cfg.learning_rate / vector_steps)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[0] > lrs[-1]
+    assert 0 < lrs[-1] <= 2 * cfg.learning_rate / vector_steps  # ~0 at the end, never negative
+
+
+def test_learning_rate_annealing_restarts_where_asked(monkeypatch):
+    """As `rlbase prune` sets it: constant until `lr_restart_step`, then annealed to 0 from there."""
+    cfg = tiny_cartpole(anneal_lr=True, lr_restart_step=400)
+    lrs = learning_rates_of_the_updates(monkeypatch, cfg)
+    full = [lr for lr in lrs if lr == cfg.learning_rate]
+    # updates at env steps 100..399: one per train_freq steps; then a fresh annealing over the last 200
+    assert len(full) == pytest.approx((400 - cfg.learning_starts) / cfg.train_freq, abs=2)
+    assert all(lr < cfg.learning_rate for lr in lrs[len(full):]) and lrs[-1] < cfg.learning_rate / 100
+
+
+def test_learning_rate_constant_by_default(monkeypatch):
+    cfg = tiny_cartpole()
+    assert not cfg.anneal_lr
+    assert set(learning_rates_of_the_updates(monkeypatch, cfg)) == {cfg.learning_rate}
+
+
 def test_n_step_prioritized_actually_uses_priorities(monkeypatch):
     """The n-step + prioritized path samples with priorities and writes them back every update."""
     from rlbase.buffers import ReplayBuffer
@@ -190,7 +226,7 @@ def test_linear_epsilon_endpoints():
 
 @pytest.mark.parametrize("field,value", [
     ("total_timesteps", 0), ("exploration_final_eps", 1.5), ("tau", 0.0), ("n_step", 0),
-    ("gamma", 1.5), ("batch_size", 0), ("device", "tpu"),
+    ("gamma", 1.5), ("batch_size", 0), ("device", "tpu"), ("lr_restart_step", -1),
 ])
 def test_validate_rejects(field, value):
     cfg = tiny_cartpole(**{field: value})
