@@ -35,7 +35,8 @@ process's one-time warm-up costs).
    - `target_update_interval` is in env steps over all envs in both libraries (SB3 syncs every
      `target_update_interval // n_envs` vec steps, i.e. rounded down to whole vec steps).
      `n_step` maps to SB3's `n_steps`; a preset's dueling head or prioritized replay (SB3 has
-     neither) is turned off for every run, with a note.
+     neither) is turned off for every run, with a note. A preset's `anneal_lr` (CartPole-v1) gives
+     SB3 a learning-rate schedule linear to 0 as well.
    - SB3 DQN is not Double DQN, so rlbase runs with `double_q=False` (the headline ratio, same
      algorithm) and with its default `double_q=True` (one extra forward pass per update).
    - SB3 runs with n_envs=1 (how SB3 DQN is usually run) and with rlbase's num_envs.
@@ -124,7 +125,9 @@ def sb3_dqn(cfg, env, n_envs: int):
     atari = cfg.env_id.startswith("ALE/")
     model = DQN(
         "CnnPolicy" if atari else "MlpPolicy", env,
-        learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
+        # --anneal-lr: SB3's schedule of the remaining progress (1 -> 0), linear to 0 as rlbase's.
+        learning_rate=(lambda remaining: cfg.learning_rate * remaining) if cfg.anneal_lr else cfg.learning_rate,
+        buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
         batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
         train_freq=(train_freq, "step"), gradient_steps=gradient_steps,
         target_update_interval=cfg.target_update_interval, exploration_fraction=cfg.exploration_fraction,
