@@ -51,7 +51,7 @@ class DQNConfig(CommonConfig):
     anneal_lr: bool = False
     """Anneal the learning rate linearly to 0 over training (Nature DQN keeps it constant). A
     Q-network that solved its task can still drift away from it late in a run; an annealed rate
-    settles it."""
+    can settle it (on CartPole-v1: 17 of 20 seeds solve, 15 without; BENCHMARKS.md)."""
     lr_restart_step: int = 0
     """Environment step from which the learning-rate annealing runs from --learning-rate to 0 at
     --total-timesteps (0: the whole run). A resume may set it (with --learning-rate), e.g. to train on
