@@ -274,14 +274,15 @@ def _tune_callback(table: _TrialTable) -> Any:
     return TrialEvents()
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start Ray in this process (quiet, no dashboard)."""
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at `address`, or start Ray in this process (quiet, no dashboard). False where
+    this process was already connected to a Ray (the caller's own `ray.init`)."""
     try:
         import ray
     except ImportError:
         raise UsageError("rlbase sweep needs Ray Tune: pip install 'rlbase[sweep]'") from None
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rlbase runs log for themselves
     # Training points come before the first evaluation, and carry no eval/mean_reward yet.
@@ -296,6 +297,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
                      configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RlbaseError(f"cannot start Ray{f' at {address}' if address else ''}: {str(exc).splitlines()[0]}") from None
+    return True
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, resume: bool = False,
@@ -308,7 +310,20 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, r
     common = {"__algo": spec.algo, "__base": spec.base, "__sweep_dir": str(sweep_dir.resolve()), "__threads": threads}
     if resume and spec.search == "random":
         _check_run_dirs(_random_trials(spec, parsed, sweep_dir))  # before Ray starts: a bad sweep is one line
-    start_ray(address)
+    started = start_ray(address)
+    try:
+        return _run_tune(spec, sweep_dir, parsed, table, common, resume, announce)
+    finally:
+        if started:
+            # Stop the Ray processes this sweep started (joined to a cluster: only disconnect). Without
+            # it the console script's fast exit leaves Ray's agents running for about a minute.
+            import ray
+
+            ray.shutdown()
+
+
+def _run_tune(spec: SweepSpec, sweep_dir: Path, parsed: dict[str, Any], table: _TrialTable, common: dict[str, Any],
+              resume: bool, announce: Callable[[str], None] | None) -> list[dict[str, Any]]:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback  # Tune's result.json only: the runs log for themselves
 

@@ -22,7 +22,7 @@ from benchlib import rlbase_command, timed_command
 
 RAY_START = ("import time, ray\n"
              "t = time.perf_counter()\n"
-             "ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)\n"
+             "ray.init(address=\"local\", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)\n"
              "print(time.perf_counter() - t)\n"
              "ray.shutdown()\n")
 

@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import re
+import tempfile
+
 import pytest
 
 from rlbase.agents.ppo import PPOConfig
@@ -116,16 +119,52 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+# Ray's processes: its head (gcs_server, raylet), the log monitor, the agents and the workers (whose
+# process titles read ray::IDLE, ray::DashboardAgent, ray::ImplicitFunc, ...).
+RAY_PROCESS = re.compile(r"^ray::|/ray/core/src/ray/|ray/_private/log_monitor|ray/dashboard/|ray/_private/workers/")
+
+
+def ray_processes_started_since(t0: float) -> list[str]:
+    """Ray processes on this machine started at or after `t0` (time.time()), read from /proc."""
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime"))
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        started = boot + int(fields[19]) / ticks  # field 22 of stat: start time in clock ticks after boot
+        if started >= t0 - 1.0 and RAY_PROCESS.search(cmdline):  # btime has a resolution of 1 s
+            found.append(f"{pid}: {cmdline.strip()[:100]}")
+    return found
+
+
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory) -> Path:
-    """4 trials: 2 learning rates x 2 seeds, 2048 steps each."""
+    """4 trials: 2 learning rates x 2 seeds, 2048 steps each. Beside the sweep directory,
+    ray_after_exit.json lists the Ray processes of the sweep still running after its command ended."""
     root = tmp_path_factory.mktemp("sweeps")
     (root / "space.yaml").write_text("learning_rate: {grid: [0.001, 0.003]}\n")
+    started = time.time()
     proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
                    "--log-dir", root / "sweeps", "--name", "grid", cwd=root, timeout=600)
+    left = ray_processes_started_since(started) if Path("/proc/stat").exists() else None
+    (root / "ray_after_exit.json").write_text(json.dumps(left))
     assert_ok(proc)
     assert "4 trials finished of 4" in proc.stderr
     return root / "sweeps" / "grid"
+
+
+def test_a_finished_sweep_leaves_no_ray_process_behind(grid_sweep):
+    # The console script ends with os._exit; without ray.shutdown Ray's agents and the trial actor
+    # went on for about a minute after the command returned.
+    left = json.loads((grid_sweep.parent.parent / "ray_after_exit.json").read_text())
+    if left is None:
+        pytest.skip("needs /proc to list processes")
+    assert left == []
 
 
 def test_sweep_writes_results_and_ordinary_run_dirs(grid_sweep, tmp_path):
@@ -316,11 +355,18 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
     # ~/.ray, shared with any other cluster of this user).
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # A temp dir of its own: the head writes its address to TEMP_DIR/ray_current_cluster, and stopped by a
+    # signal it does not remove it; left in /tmp/ray, a plain ray.init() on this machine would try to
+    # join the dead cluster. Short, under /tmp: Ray's socket paths must fit in 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="rlray-", dir="/tmp")
     # `ray start --block` in a session of its own, stopped by signalling that session: `ray stop`
     # would stop every Ray cluster on the machine, a user's own experiments included.
     head = subprocess.Popen([ray_exe, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                             "--temp-dir", temp_dir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    address_file = Path("/tmp/ray/ray_current_cluster")
+    address_before = address_file.read_bytes() if address_file.exists() else None
     try:
         deadline = time.monotonic() + 180
         while not _accepts_connections(port):
@@ -332,8 +378,11 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
         assert_ok(proc)
         table = trials(tmp_path / "cluster")
         assert len(table) == 2 and {e["status"] for e in table.values()} == {"TERMINATED"}
+        assert (Path(temp_dir) / "ray_current_cluster").exists()
     finally:
         _stop_session(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert (address_file.read_bytes() if address_file.exists() else None) == address_before
 
 
 def _accepts_connections(port: int) -> bool:
