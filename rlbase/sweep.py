@@ -287,6 +287,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rlbase runs log for themselves
     # Training points come before the first evaluation, and carry no eval/mean_reward yet.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune's console output at verbose=0 is nothing with its classic reporter; its newer one still prints
+    # a configuration box and a results path. rlbase says what the sweep does and where it writes.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, configure_logging=False)

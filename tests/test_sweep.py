@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import re
 import tempfile
 
 import pytest
@@ -119,26 +118,19 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-# Ray's processes: its head (gcs_server, raylet), the log monitor, the agents and the workers (whose
-# process titles read ray::IDLE, ray::DashboardAgent, ray::ImplicitFunc, ...).
-RAY_PROCESS = re.compile(r"^ray::|/ray/core/src/ray/|ray/_private/log_monitor|ray/dashboard/|ray/_private/workers/")
-
-
-def ray_processes_started_since(t0: float) -> list[str]:
-    """Ray processes on this machine started at or after `t0` (time.time()), read from /proc."""
-    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                if line.startswith("btime"))
-    ticks = os.sysconf("SC_CLK_TCK")
+def processes_with_env(marker: str) -> list[str]:
+    """The processes on this machine whose environment holds `marker` (NAME=value), read from /proc: a
+    command run with it and the processes it started that inherit it (Ray's workers and trial actors do;
+    without ray.shutdown a sweep's trial actor outlived its command)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            if marker.encode() not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        started = boot + int(fields[19]) / ticks  # field 22 of stat: start time in clock ticks after boot
-        if started >= t0 - 1.0 and RAY_PROCESS.search(cmdline):  # btime has a resolution of 1 s
-            found.append(f"{pid}: {cmdline.strip()[:100]}")
+        found.append(f"{pid}: {cmdline.strip()[:100]}")
     return found
 
 
@@ -148,19 +140,27 @@ def grid_sweep(tmp_path_factory) -> Path:
     ray_after_exit.json lists the Ray processes of the sweep still running after its command ended."""
     root = tmp_path_factory.mktemp("sweeps")
     (root / "space.yaml").write_text("learning_rate: {grid: [0.001, 0.003]}\n")
-    started = time.time()
-    proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
-                   "--log-dir", root / "sweeps", "--name", "grid", cwd=root, timeout=600)
-    left = ray_processes_started_since(started) if Path("/proc/stat").exists() else None
+    marker = f"RLBASE_TEST_SWEEP={os.getpid()}-{time.time_ns()}"  # inherited by every process of the sweep
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(*marker.split("=", 1))
+        proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
+                       "--log-dir", root / "sweeps", "--name", "grid", cwd=root, timeout=600)
+    left = processes_with_env(marker) if Path("/proc/self/environ").exists() else None
     (root / "ray_after_exit.json").write_text(json.dumps(left))
+    (root / "stdout.txt").write_text(proc.stdout)
     assert_ok(proc)
     assert "4 trials finished of 4" in proc.stderr
     return root / "sweeps" / "grid"
 
 
+def test_the_sweep_prints_rlbase_lines_not_tunes_tables(grid_sweep):
+    # rlbase's lines go to stderr; Tune's own reporter (a configuration box, a results path) stays quiet.
+    assert (grid_sweep.parent.parent / "stdout.txt").read_text().strip() == ""
+
+
 def test_a_finished_sweep_leaves_no_ray_process_behind(grid_sweep):
     # The console script ends with os._exit; without ray.shutdown Ray's agents and the trial actor
-    # went on for about a minute after the command returned.
+    # went on after the command returned (ps: the agents for about a minute).
     left = json.loads((grid_sweep.parent.parent / "ray_after_exit.json").read_text())
     if left is None:
         pytest.skip("needs /proc to list processes")
