@@ -234,7 +234,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rlbase.space import load_space_file, parse_seeds, parse_space
-    from rlbase.sweep import SweepSpec, run_sweep
+    from rlbase.sweep import SweepSpec, planned_trials, run_sweep
 
     if args.resume:
         if args.algo:
@@ -284,9 +284,16 @@ def _sweep(args: argparse.Namespace) -> int:
         atomic_write_text(sweep_dir / "sweep.json", json.dumps(dataclasses.asdict(spec), indent=1))
         rows = run_sweep(spec, sweep_dir, address=args.address, announce=_say)
     done = sum(row["status"] == "TERMINATED" for row in rows)
-    _say(f"rlbase: sweep done: {plural(done, 'trial')} finished of {len(rows)}; results in {sweep_dir}/results.csv"
-         + (f", best config in {sweep_dir}/best_config.yaml" if (sweep_dir / "best_config.yaml").exists() else ""))
-    return 0 if done == len(rows) else 1
+    total = max(planned_trials(spec), len(rows))
+    best = f", best config in {sweep_dir}/best_config.yaml" if (sweep_dir / "best_config.yaml").exists() else ""
+    if done == total:
+        _say(f"rlbase: sweep done: {plural(done, 'trial')} finished of {total}; results in {sweep_dir}/results.csv{best}")
+        return 0
+    failed = sum(row["status"] == "ERROR" for row in rows)
+    _say(f"rlbase: sweep {'interrupted' if INTERRUPT.requested else 'not finished'}: {done} of {plural(total, 'trial')} "
+         f"finished{f', {failed} failed' if failed else ''}; results so far in {sweep_dir}/results.csv{best}; "
+         f"resume with: rlbase sweep --resume {sweep_dir}")
+    return 130 if INTERRUPT.requested else 1
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -15,7 +15,9 @@ A sweep directory (`<log_dir>/<name>/`):
 Trials report to Tune through a callback of the run (rlbase.callbacks), at every logged point and
 every evaluation. Grid and random search are drawn up front (random values from --search-seed), so a
 sweep interrupted by Ctrl-C or a killed driver resumes with `--resume SWEEP_DIR` from sweep.json and
-trials.json: finished trials are kept, the others continue from their own rlbase checkpoints.
+trials.json: finished trials are kept, the others continue from their own rlbase checkpoints. On
+Ctrl-C, Tune stops the trials and saves its state; the command then prints how many trials finished
+and the resume command, and exits 130 (a second Ctrl-C stops at once).
 Optuna (`--search optuna`, Tune's OptunaSearch, each suggestion played on every seed) samples as it
 goes; on resume, the finished trials are told to it and the unfinished ones are sampled again.
 Ray's own restore is not used: it unpickles files from the sweep directory.
@@ -39,6 +41,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -47,7 +50,7 @@ from typing import Any, Callable
 
 from rlbase.callbacks import Callback
 from rlbase.checkpoint import atomic_write_text
-from rlbase.errors import RlbaseError, UsageError
+from rlbase.errors import INTERRUPT, RlbaseError, UsageError
 from rlbase.space import CASES, draw_trials, parse_space
 
 SWEEP_FILE, TRIALS_FILE = "sweep.json", "trials.json"
@@ -362,8 +365,54 @@ def _run_tune(spec: SweepSpec, sweep_dir: Path, parsed: dict[str, Any], table: _
                                     reuse_actors=True),  # a new actor per trial would import torch again
         run_config=tune.RunConfig(name="ray", storage_path=str(sweep_dir.resolve()), verbose=0,
                                   callbacks=[_tune_callback(table), JsonLoggerCallback()]))
-    tuner.fit()
+    with _tune_messages(announce):
+        tuner.fit()
     return write_results(sweep_dir, spec, table)
+
+
+class _TuneMessages(logging.Filter):
+    """Tune's console messages about a Ctrl-C, in rlbase's words: Tune points to `Tuner.restore`, and
+    warns about trials that never reported. The first Ctrl-C still stops the sweep Tune's way (the
+    trials are stopped, the experiment state saved one last time); rlbase notes it (`INTERRUPT`), and
+    the command line then says how far the sweep got and how to resume it."""
+
+    def __init__(self, say: Callable[[str], None]):
+        super().__init__()
+        self.say = say
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if text.startswith("Stop signal received"):
+            INTERRUPT.requested = True
+            self.say("rlbase: interrupted: stopping the trials and saving the sweep (Ctrl-C again to stop at once)")
+            return False
+        return not text.startswith(("Experiment has been interrupted", "Trials did not complete",
+                                    "Failed to fetch metrics"))
+
+
+class _tune_messages:
+    LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+
+    def __init__(self, say: Callable[[str], None] | None):
+        import sys
+
+        self.filter = _TuneMessages(say or (lambda line: print(line, file=sys.stderr)))
+
+    def __enter__(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self.filter)
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self.filter)
+
+
+def planned_trials(spec: SweepSpec) -> int:
+    """How many trials the whole sweep has (a resumed one included)."""
+    if spec.search == "random":
+        return len(draw_trials(parse_space(spec.space, _config_cls(spec.algo)), spec.seeds, spec.num_samples,
+                               spec.search_seed))
+    return spec.num_samples * len(spec.seeds)
 
 
 def _config_cls(algo: str) -> type:

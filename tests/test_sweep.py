@@ -118,19 +118,18 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def processes_with_env(marker: str) -> list[str]:
-    """The processes on this machine whose environment holds `marker` (NAME=value), read from /proc: a
-    command run with it and the processes it started that inherit it (Ray's workers and trial actors do;
-    without ray.shutdown a sweep's trial actor outlived its command)."""
+def processes_of_session(sid: int) -> list[str]:
+    """The live processes of session `sid`, read from /proc: a command started in a session of its own
+    and everything it started (Ray's head, agents and workers stay in their driver's session)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if marker.encode() not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile, or not ours to read
+        except OSError:  # gone meanwhile
             continue
-        found.append(f"{pid}: {cmdline.strip()[:100]}")
+        if int(fields[3]) == sid and fields[0] != "Z":  # stat fields 6 (session) and 3 (state)
+            found.append(f"{pid}: {cmdline.strip()[:100]}")
     return found
 
 
@@ -140,12 +139,20 @@ def grid_sweep(tmp_path_factory) -> Path:
     ray_after_exit.json lists the Ray processes of the sweep still running after its command ended."""
     root = tmp_path_factory.mktemp("sweeps")
     (root / "space.yaml").write_text("learning_rate: {grid: [0.001, 0.003]}\n")
-    marker = f"RLBASE_TEST_SWEEP={os.getpid()}-{time.time_ns()}"  # inherited by every process of the sweep
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(*marker.split("=", 1))
-        proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--space", "space.yaml",
-                       "--log-dir", root / "sweeps", "--name", "grid", cwd=root, timeout=600)
-    left = processes_with_env(marker) if Path("/proc/self/environ").exists() else None
+    # The console script in a session of its own, as a user's shell starts it: the Ray processes it starts
+    # stay in that session, so what is left of it after it exits can be listed.
+    env = dict(os.environ, OMP_NUM_THREADS="1", NO_COLOR="1")
+    with subprocess.Popen([*rlbase_command(), "sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1",
+                           "--space", "space.yaml", "--log-dir", str(root / "sweeps"), "--name", "grid"],
+                          cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as popen:
+        stdout, stderr = popen.communicate(timeout=600)
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
+    left = None
+    if Path("/proc/self/stat").exists():
+        deadline = time.monotonic() + 5  # ray.shutdown has returned; a killed worker may still be exiting
+        while (left := processes_of_session(popen.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
     (root / "ray_after_exit.json").write_text(json.dumps(left))
     (root / "stdout.txt").write_text(proc.stdout)
     assert_ok(proc)
@@ -160,7 +167,7 @@ def test_the_sweep_prints_rlbase_lines_not_tunes_tables(grid_sweep):
 
 def test_a_finished_sweep_leaves_no_ray_process_behind(grid_sweep):
     # The console script ends with os._exit; without ray.shutdown Ray's agents and the trial actor
-    # went on after the command returned (ps: the agents for about a minute).
+    # went on after the command returned (ps: the actor for ~10 s, the agents for about a minute).
     left = json.loads((grid_sweep.parent.parent / "ray_after_exit.json").read_text())
     if left is None:
         pytest.skip("needs /proc to list processes")
@@ -320,6 +327,41 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         assert any(r["global_step"] > step for r in records) or step == 24576
     rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
     assert len(rows) == 4
+
+
+def test_ctrl_c_stops_the_sweep_and_says_how_to_resume(tmp_path):
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) once a trial has a
+    checkpoint: Tune stops the trials and saves its state; rlbase says how far the sweep got and how to
+    resume it (not Tune's Tuner.restore), exits 130, and --resume finishes the sweep."""
+    cmd = [*rlbase_command(), "sweep", "ppo", *TINY, "--total-timesteps", "24576", "--checkpoint-interval", "4096",
+           "--seeds", "0-1", "--log-dir", str(tmp_path), "--name", "c"]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sweep_dir = tmp_path / "c"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+            if any((sweep_dir / "runs" / f"t000{i}" / "checkpoints" / "latest.json").is_file() for i in range(2)):
+                os.killpg(driver.pid, signal.SIGINT)
+                break
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    if "sweep done" in err:
+        pytest.skip("the sweep finished before Ctrl-C (machine too fast or too slow)")
+    assert driver.returncode == 130, err
+    assert "Traceback" not in err and "Tuner.restore" not in err and "Failed to fetch" not in err, err
+    assert "rlbase: interrupted: stopping the trials" in err
+    assert f"of 2 trials finished; results so far in {sweep_dir}/results.csv" in err
+    assert err.rstrip().endswith(f"resume with: rlbase sweep --resume {sweep_dir}")
+    proc = run_cli("sweep", "--resume", sweep_dir, cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    assert "2 trials finished of 2" in proc.stderr
+    table = trials(sweep_dir)
+    assert {e["status"] for e in table.values()} == {"TERMINATED"} and {e["steps"] for e in table.values()} == {24576}
 
 
 def test_resume_of_a_trial_whose_run_ended_unrecorded(grid_sweep, tmp_path):
