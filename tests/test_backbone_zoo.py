@@ -106,6 +106,27 @@ def test_text_encoder_padding_float_ids_and_unknown_ids():
     assert torch.isfinite(net.tokens.weight.grad).all()
 
 
+def test_text_encoder_encodes_each_distinct_instruction_once_when_training():
+    """In training mode copies of a row are encoded once; features and gradients are those of
+    encoding every row (eval mode does)."""
+    torch.manual_seed(0)
+    net = build_backbone("text", token_space(vocab=12))
+    rows = torch.tensor([[2, 3, 4, 0, 0, 0], [5, 6, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    ids = rows[torch.tensor([0, 1, 0, 0, 2, 1, 0, 2])]  # 8 rows, 3 distinct
+    weights = torch.randn(8, 128)  # a different loss weight for each copy
+    encoded = []
+    net.encoder.register_forward_hook(lambda module, args, output: encoded.append(output.shape[0]))
+    params = list(net.parameters())
+    out = net.train()(ids)
+    grads = torch.autograd.grad((out * weights).sum(), params)
+    reference = net.eval()(ids)
+    reference_grads = torch.autograd.grad((reference * weights).sum(), params)
+    assert encoded == [3, 8]
+    assert torch.allclose(out, reference, atol=1e-6)
+    for grad, expected in zip(grads, reference_grads):
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_tokenizer_round_trip(tmp_path):
     tokenizer = Tokenizer.from_texts(MISSIONS)
     ids = tokenizer.encode("Go to the RED ball!", 8)

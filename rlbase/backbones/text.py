@@ -53,6 +53,18 @@ class TextEncoder(Backbone):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         ids = obs.round().long() if obs.is_floating_point() else obs.long()  # (batch, max_len)
         ids = torch.where((ids >= 0) & (ids < self.vocab_size), ids, UNK_ID)
+        if self.training and ids.shape[0] > 1:
+            # A training batch holds few distinct instructions (an env keeps its mission for a whole
+            # episode): encode each distinct row once and give its features to every copy (their
+            # gradients add up). Rows never interact, so this is the same function, a fraction of the
+            # cost. Training only: acting batches are small, and exporters need no data-dependent shapes.
+            distinct, copies = torch.unique(ids, dim=0, return_inverse=True)
+            if distinct.shape[0] < ids.shape[0]:
+                return self.encode(distinct)[copies]
+        return self.encode(ids)
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """The features of rows of in-vocabulary token ids (batch, max_len) -> (batch, features_dim)."""
         padding = ids == PAD_ID
         # Attention over nothing but masked keys is a softmax of -inf's (NaN): an all-padding row
         # attends to its first token instead, and the pooling below still leaves it out.
