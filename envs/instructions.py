@@ -63,16 +63,17 @@ def instruction_text(colour: int, obj: int, template: int, split: str) -> str:
     return SPLIT_TEMPLATES[split][template].format(colour=COLOURS[colour], object=OBJECTS[obj])
 
 
-EVAL_TARGETS = ("all", "heldout")
+EVAL_TARGETS = ("all", "heldout", "trained")
 
 
 def target_combinations(split: str, eval_targets: str = "all") -> list[int]:
     """The combinations an env of `split` draws its targets from: in training all but HELDOUT_TARGETS;
-    in evaluation all of them, or HELDOUT_TARGETS only (`eval_targets="heldout"`)."""
+    in evaluation all of them, HELDOUT_TARGETS only (`eval_targets="heldout"`: held-out pairs), or the
+    training targets only (`eval_targets="trained"`: held-out paraphrases of pairs seen in training)."""
     check_choice("split", split, SPLITS)
     check_choice("eval_targets", eval_targets, EVAL_TARGETS)
     heldout = [c * len(OBJECTS) + o for c, o in HELDOUT_TARGETS]
-    if split == "train":
+    if split == "train" or eval_targets == "trained":
         return [c for c in range(NUM_COMBOS) if c not in heldout]
     return heldout if eval_targets == "heldout" else list(range(NUM_COMBOS))
 

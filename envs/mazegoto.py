@@ -36,8 +36,9 @@ The instruction as text: `MazeGoToVecEnv.instruction(i)`; the single-instance en
 Train / eval split. Like the maze, each episode is a pure function of its level seed
 (`level_seeds`: even seeds train, odd seeds eval; `num_levels` restricts training to a finite set).
 The eval split additionally holds out language (rlbase.envs.instructions: paraphrases never used
-in training, and targets never the target in training with `eval_targets="heldout"`); the train
-split ignores `eval_targets`. `blank_mission=True` replaces every instruction by padding: the
+in training; with `eval_targets="heldout"` only targets never the target in training, with
+`eval_targets="trained"` only the training targets, so the two kinds of held-out language can be
+measured apart); the train split ignores `eval_targets`. `blank_mission=True` replaces every instruction by padding: the
 baseline of a policy that cannot read (it succeeds about 1 / num_objects of the time).
 
 Randomness and speed. A level seed gives a few 32-bit counter-based values (`random_bits`, stream

@@ -158,7 +158,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ev.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of each episode into DIR")
     ev.add_argument("--env-kwargs", metavar="KEY=VALUE,...", default=None,
-                    help="override env keyword arguments of the run for evaluation (e.g. eval_targets=held_out)")
+                    help="override env keyword arguments of the run for evaluation (e.g. eval_targets=heldout)")
     return parser
 
 

@@ -21,7 +21,9 @@ Experiments:
 - `goto`: rlbase/MazeGoTo-v0; the text encoder pretrained on `goto-text`, arms `scratch` (text
   encoder trained by RL), `frozen`, and `blanked` (the instruction replaced by padding: what a
   policy that cannot read achieves). Held-out success of the language arms must be well above
-  `blanked`.
+  `blanked`. Each run is evaluated on the eval split (paraphrases never trained on, all 18 pairs),
+  then on its two kinds of held-out language apart (`eval_paraphrases_*`: the pairs seen in
+  training; `eval_heldout_pairs_*`: the 4 pairs never the target in training).
 
 Steps to a threshold: the first logged point from which `rollout/ep_rew_mean` (mean return of the
 last 100 training episodes) stays at or above it for 3 points in a row, counting only points after
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -73,6 +76,9 @@ EXPERIMENTS = {
         "warmup": 2 * 128 * 64,  # twice the time limit (2 * 8**2 steps) of each of the 64 envs
         "arms": {"scratch": {}, "frozen": {"freeze_backbone": True}, "blanked": {}},
         "arm_tasks": {"frozen": "goto-text"},
+        # Beside the eval split as trained with (held-out paraphrases of all 18 pairs), each kind of
+        # held-out language apart: paraphrases of the pairs seen in training, and the held-out pairs.
+        "eval_splits": {"paraphrases": "eval_targets=trained", "heldout_pairs": "eval_targets=heldout"},
     },
 }
 SUSTAIN = 3  # logged points in a row at or above the threshold
@@ -169,6 +175,9 @@ def main() -> None:
                    "final_ep_rew_mean": curve[-1][1] if curve else None,
                    "eval_mean_return": round(report["mean_return"], 4),
                    **{f"eval_{k}": round(v, 4) for k, v in report["outcomes"].items()}, "curve": curve}
+            for split, kwargs in exp.get("eval_splits", {}).items():
+                split_report = evaluation(run_dir, seed, args.episodes, work, reuse=args.report, env_kwargs=kwargs)
+                row.update({f"eval_{split}_{k}": round(v, 4) for k, v in split_report["outcomes"].items()})
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     if not results:
@@ -223,13 +232,18 @@ def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifacts: dict[str,
            "--name", sweep_dir.name, cwd=work)
 
 
-def evaluation(run_dir: Path, seed: int, episodes: int, work: Path, reuse: bool) -> dict:
-    """`rlbase eval` of the final checkpoint on the held-out split (with `reuse`, the report it saved)."""
-    saved = sorted(run_dir.glob("eval_step_*.json"))
+def evaluation(run_dir: Path, seed: int, episodes: int, work: Path, reuse: bool, env_kwargs: str = "") -> dict:
+    """`rlbase eval` of the final checkpoint on the held-out split, its env changed by `env_kwargs`
+    (KEY=VALUE,...); with `reuse`, the report that evaluation saved in the run dir."""
+    # rlbase eval names the report eval_step_N.json, or eval_step_N_KEY-VALUE_....json for other env kwargs
+    suffix = "".join(f"_{item.replace('=', '-')}" for item in sorted(env_kwargs.split(","))) if env_kwargs else ""
+    saved = sorted(p for p in run_dir.glob("eval_step_*.json")
+                   if re.fullmatch(rf"eval_step_\d+{re.escape(suffix)}\.json", p.name))
     if reuse and saved:
         return json.loads(saved[-1].read_text())
-    return json.loads(rlbase("eval", str(run_dir), "--episodes", str(episodes), "--json",
-                             "--seed", str(1000 + seed), cwd=work).stdout.strip().splitlines()[-1])
+    kwargs = ["--env-kwargs", env_kwargs] if env_kwargs else []
+    return json.loads(rlbase("eval", str(run_dir), "--episodes", str(episodes), "--json", "--seed", str(1000 + seed),
+                             *kwargs, cwd=work).stdout.strip().splitlines()[-1])
 
 
 def summarize(results: list[dict], thresholds: list[float]) -> dict:

@@ -133,13 +133,14 @@ def test_train_split_never_uses_eval_templates_or_heldout_targets():
         obs = env._observe()
 
 
-@pytest.mark.parametrize("eval_targets", ["all", "heldout"])
+@pytest.mark.parametrize("eval_targets", ["all", "heldout", "trained"])
 def test_eval_split_uses_only_eval_templates(eval_targets):
     env = MazeGoToVecEnv(1, split="eval", eval_targets=eval_targets)
     lay = layout_np(env, torch.arange(3000) * 2 + 1)
     targets = set(zip(lay["colours"][:, 0], lay["types"][:, 0]))
     every = {(c, o) for c in range(6) for o in range(3)}
-    assert targets == (set(HELDOUT_TARGETS) if eval_targets == "heldout" else every)
+    expected = {"all": every, "heldout": set(HELDOUT_TARGETS), "trained": every - set(HELDOUT_TARGETS)}
+    assert targets == expected[eval_targets]
     assert set(lay["template"]) == set(range(len(EVAL_TEMPLATES)))
     vec = MazeGoToVecEnv(64, split="eval", eval_targets=eval_targets)
     obs, _ = vec.reset(seed=0)
