@@ -37,6 +37,7 @@ Search space file (YAML or JSON), one entry per config field:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -44,9 +45,10 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rlbase.callbacks import Callback
 from rlbase.checkpoint import atomic_write_text
@@ -390,21 +392,18 @@ class _TuneMessages(logging.Filter):
                                     "Failed to fetch metrics"))
 
 
-class _tune_messages:
-    LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
-
-    def __init__(self, say: Callable[[str], None] | None):
-        import sys
-
-        self.filter = _TuneMessages(say or (lambda line: print(line, file=sys.stderr)))
-
-    def __enter__(self) -> None:
-        for name in self.LOGGERS:
-            logging.getLogger(name).addFilter(self.filter)
-
-    def __exit__(self, *exc: object) -> None:
-        for name in self.LOGGERS:
-            logging.getLogger(name).removeFilter(self.filter)
+@contextlib.contextmanager
+def _tune_messages(say: Callable[[str], None] | None) -> Iterator[None]:
+    """`_TuneMessages` on Tune's two loggers while the sweep runs."""
+    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    messages = _TuneMessages(say or (lambda line: print(line, file=sys.stderr)))
+    for logger in loggers:
+        logger.addFilter(messages)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(messages)
 
 
 def planned_trials(spec: SweepSpec) -> int:
