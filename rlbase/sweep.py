@@ -38,9 +38,7 @@ Search space file (YAML or JSON), one entry per config field:
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -54,11 +52,11 @@ from rlbase.callbacks import Callback
 from rlbase.checkpoint import atomic_write_text
 from rlbase.errors import INTERRUPT, RlbaseError, UsageError
 from rlbase.space import CASES, draw_trials, parse_space
+from rlbase.sweep_runs import FINISHED, check_run_dirs, write_results
 
 SWEEP_FILE, TRIALS_FILE = "sweep.json", "trials.json"
 SEARCHES = ("random", "optuna")
 SCHEDULERS = ("fifo", "asha")
-FINISHED = "TERMINATED"
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,27 +237,6 @@ def _random_trials(spec: SweepSpec, parsed: dict[str, Any], sweep_dir: Path) -> 
     return trials
 
 
-def _check_run_dirs(trials: list[dict[str, Any]]) -> None:
-    """A resume draws the trials again from sweep.json: each run dir already written must hold the
-    run of the trial it is assigned to (its seed and the trial's values), or the resume would
-    continue one trial's run under another's name. A sweep.json written before the space's case
-    order was kept (rlbase wrote its keys sorted) can fail this; its trials cannot be matched safely."""
-    from rlbase.run import CONFIG_FILE, read_config
-
-    for trial in trials:
-        run_dir = Path(trial["run_dir"])
-        if not (run_dir / CONFIG_FILE).exists():
-            continue
-        _, saved = read_config(run_dir)
-        wanted = {"seed": trial["seed"], **trial["values"]}
-        for field, value in wanted.items():
-            if field in saved and value != "auto" and \
-                    json.dumps(saved[field], sort_keys=True) != json.dumps(value, sort_keys=True):
-                raise RlbaseError(f"{run_dir} was run with {field}={saved[field]!r} but its trial in sweep.json has "
-                                  f"{field}={value!r}: the trials no longer match their run dirs, so the sweep cannot "
-                                  "be resumed safely")
-
-
 def _tune_callback(table: _TrialTable) -> Any:
     from ray.tune import Callback
 
@@ -317,7 +294,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, r
     threads = max(1, int(spec.cpus_per_trial))
     common = {"__algo": spec.algo, "__base": spec.base, "__sweep_dir": str(sweep_dir.resolve()), "__threads": threads}
     if resume and spec.search == "random":
-        _check_run_dirs(_random_trials(spec, parsed, sweep_dir))  # before Ray starts: a bad sweep is one line
+        check_run_dirs(_random_trials(spec, parsed, sweep_dir))  # before Ray starts: a bad sweep is one line
     started = start_ray(address)
     try:
         return _run_tune(spec, sweep_dir, parsed, table, common, resume, announce)
@@ -445,53 +422,3 @@ def _optuna(spec: SweepSpec, parsed: dict[str, tuple[str, list[Any]]], table: _T
                             points_to_evaluate=points or None, evaluated_rewards=[e["last"] for e in finished] or None)
     total = spec.num_samples * len(spec.seeds)
     return Repeater(searcher, repeat=len(spec.seeds)), total - len(finished)
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
-def write_results(sweep_dir: Path, spec: SweepSpec, table: _TrialTable) -> list[dict[str, Any]]:
-    """results.json and results.csv (one row per trial) and best_config.yaml; returns the rows."""
-    import yaml
-
-    rows = []
-    for key, entry in sorted(table.entries.items()):
-        rows.append({"trial": key, "case": entry.get("case"), "status": entry.get("status"), "seed": entry.get("seed"),
-                     "values": entry.get("values", {}), f"final {spec.metric}": entry.get("last"),
-                     f"best {spec.metric}": entry.get("best"), "steps": entry.get("steps"),
-                     "seconds": entry.get("seconds"), "run_dir": entry.get("run_dir")})
-    atomic_write_text(sweep_dir / "results.json", json.dumps({"metric": spec.metric, "mode": spec.mode,
-                                                              "trials": rows}, indent=1))
-    fields = sorted({name for row in rows for name in row["values"]})
-    out = io.StringIO()
-    writer = csv.writer(out)
-    header = ["trial", "case", "status", "seed", *fields, f"final {spec.metric}", f"best {spec.metric}", "steps",
-              "seconds", "run_dir"]
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([row["trial"], row["case"] or "", row["status"], row["seed"], *(row["values"].get(f) for f in fields),
-                         row[f"final {spec.metric}"], row[f"best {spec.metric}"], row["steps"], row["seconds"],
-                         row["run_dir"]])
-    atomic_write_text(sweep_dir / "results.csv", out.getvalue())
-    best = best_values(rows, spec)
-    if best is not None:
-        header = (f"# Best of sweep {sweep_dir.name}: {spec.algo} on {spec.base.get('env_id')}, mean final "
-                  f"{spec.metric} {best[1]:.4g} over seeds {best[2]}.\n# rlbase train {spec.algo} --config "
-                  f"{sweep_dir / 'best_config.yaml'}\n")
-        values = {k: v for k, v in spec.base.items() if k not in ("seed", "run_name", "log_dir")}
-        values.update(best[0])
-        atomic_write_text(sweep_dir / "best_config.yaml", header + yaml.safe_dump(values, sort_keys=True))
-    return rows
-
-
-def best_values(rows: list[dict[str, Any]], spec: SweepSpec) -> tuple[dict[str, Any], float, list[int]] | None:
-    """(values, mean final metric over its seeds, seeds) of the best finished configuration."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row["status"] == FINISHED and row[f"final {spec.metric}"] is not None:
-            groups.setdefault(json.dumps(row["values"], sort_keys=True), []).append(row)
-    if not groups:
-        return None
-    scored = [(sum(r[f"final {spec.metric}"] for r in g) / len(g), key, g) for key, g in groups.items()]
-    mean, key, group = (max if spec.mode == "max" else min)(scored, key=lambda item: item[0])
-    return json.loads(key), mean, sorted(r["seed"] for r in group)

@@ -252,6 +252,49 @@ def test_a_sweep_of_cases(tmp_path):
     assert "no longer match their run dirs" in line and "shared_backbone" in line
 
 
+def test_resume_matches_runs_that_wrote_their_backbone_settings_per_key(tmp_path):
+    """A run on dict observations writes --backbone-weights DIR as "mission=DIR" and a backbone name as
+    one per key in its config.json; a resume still matches those runs to their trials."""
+    from rlbase.pretrain import PretrainConfig, pretrain
+
+    text = tmp_path / "text"
+    pretrain(PretrainConfig(task="goto-text", train_samples=256, val_samples=64, epochs=1, out=str(text),
+                            device="cpu"), progress=False)
+    (tmp_path / "arms.yaml").write_text(f"cases:\n  frozen: {{backbone_weights: {text}, freeze_backbone: true}}\n"
+                                        "  named: {backbone: mission=text}\n")
+    proc = run_cli("sweep", "ppo", "--env", "rlbase/MazeGoTo-v0", "--num-envs", "4", "--num-steps", "16",
+                   "--update-epochs", "1", "--num-minibatches", "1", "--total-timesteps", "128", "--space", "arms.yaml",
+                   "--log-dir", tmp_path, "--name", "arms", cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    saved = {e["case"]: json.loads((Path(e["run_dir"]) / "config.json").read_text())["config"]
+             for e in trials(tmp_path / "arms").values()}
+    assert saved["frozen"]["backbone_weights"] == f"mission={text}"
+    assert saved["named"]["backbone"] != "mission=text" and "mission=text" in saved["named"]["backbone"]
+    assert_ok(run_cli("sweep", "--resume", tmp_path / "arms", cwd=tmp_path, timeout=600))  # nothing left to do
+
+
+@pytest.mark.parametrize("field,saved,wanted,same", [
+    ("backbone_weights", "mission=/a", "/a", True),
+    ("backbone_weights", "mission=/a", "/b", False),
+    ("backbone_weights", "image=/a,mission=/a", "/a", False),  # one DIR goes to one key
+    ("backbone_weights", "mission=/a", "mission=/a", True),
+    ("backbone_weights", "image=/b,mission=/a", "mission=/a", False),
+    ("backbone", "image=film_cnn,mission=text", "text", True),
+    ("backbone", "image=film_cnn,mission=text", "mission=text", True),
+    ("backbone", "image=film_cnn,mission=text", "mission=mlp", False),
+    ("backbone", "image=film_cnn,mission=text", "resnet", False),
+    ("backbone", "nature_cnn", "impala_cnn", False),
+    ("learning_rate", 0.001, 0.001, True),
+    ("learning_rate", 0.001, 0.002, False),
+    ("env_kwargs", {"a": 1, "b": 2}, {"b": 2, "a": 1}, True),
+    ("freeze_backbone", "mission=x", "x", False),  # only the per-key fields are read per key
+])
+def test_same_setting(field, saved, wanted, same):
+    from rlbase.sweep_runs import same_setting
+
+    assert same_setting(field, saved, wanted) is same
+
+
 def test_a_sweep_with_evaluation_optimises_the_evaluation(tmp_path):
     proc = run_cli("sweep", "ppo", *TINY, "--total-timesteps", "2048", "--seeds", "0-1", "--eval-freq", "1024",
                    "--eval-episodes", "2", "--log-dir", tmp_path, "--name", "ev", cwd=tmp_path, timeout=600)
