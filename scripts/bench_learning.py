@@ -6,6 +6,12 @@ Run from the repository root (CPU only; every run starts with the same torch.set
     python scripts/bench_learning.py --algos dqn ppo rainbow pqn --seeds 0 1 2 --json learning.json
     python scripts/bench_learning.py --minutes 5 --algos ppo          # a shorter race
     python scripts/bench_learning.py --quick --in-process             # smoke test: numbers meaningless
+    python scripts/bench_learning.py --algos dqn ppo pqn --seeds 0 1 2 --results race.jsonl   # over several sittings
+
+A whole race is hours (five 30-minute runs per seed). With `--results FILE.jsonl` each finished run is
+appended to FILE as it ends, and a later call with the same FILE runs only the jobs not in it (same
+algorithm, library, seed, budget and config); the table covers every result in FILE that the call
+planned. Stop it with Ctrl-C between or during runs: a run cut short is not recorded.
 
 Each (algorithm, library, seed) is one job in a fresh subprocess of this script, one after the
 other, so the runs never share the CPU:
@@ -38,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -272,6 +280,48 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seed_means": summary, "lines": lines}
 
 
+def job_key(job: dict[str, Any]) -> str:
+    """What makes two jobs the same run: every planned field (algorithm, library, seed, budget, config...)."""
+    return json.dumps({k: job[k] for k in PLANNED}, sort_keys=True, default=str)
+
+
+PLANNED = ("kind", "algo", "seed", "config", "budget_s", "warmup_s", "warmup_learning_starts", "games", "threads")
+"""The fields `plan` gives a job (a result holds these plus what it measured)."""
+
+
+def read_results(path: str) -> list[dict[str, Any]]:
+    """The results recorded in the JSONL file `path` (none if it does not exist). A line that is not a
+    whole JSON object (a run killed while its line was written) is skipped, with a message."""
+    if not os.path.exists(path):
+        return []
+    results = []
+    with open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and all(k in entry for k in (*PLANNED, "wall_s", "scores")):
+                results.append(entry)
+            elif line.strip():
+                print(f"{path}:{number}: not a whole result, skipped")
+    return results
+
+
+def append_result(path: str, result: dict[str, Any], revision: str | None) -> None:
+    """One line per finished run, flushed to disk before the next run starts (on a line of its own
+    after a partial line left by a run killed while writing)."""
+    with open(path, "a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write((json.dumps({**result, "rlbase_revision": revision}, default=str) + "\n").encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,11 +332,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--games", type=int, default=10, help="full games played by each trained agent")
     parser.add_argument("--rlbase-only", action="store_true", help="skip the SB3 runs")
+    parser.add_argument("--results", metavar="FILE.jsonl",
+                        help="append each finished run to FILE; with an existing FILE, run only the jobs not in it")
     args = parse_arguments(parser, argv, WORKERS)
     meta = start_invocation(__file__, argv, args, minutes=args.minutes)
     jobs = plan(args)
-    results = run_jobs(jobs, lambda j: f"{j['algo']} {j['kind']} seed {j['seed']}", __file__, WORKERS,
-                       args.in_process, meta)
+    recorded = {job_key(r): r for r in read_results(args.results)} if args.results else {}
+    done = [recorded[job_key(j)] for j in jobs if job_key(j) in recorded]
+    todo = [j for j in jobs if job_key(j) not in recorded]
+    if args.results:
+        others = len(recorded) - len(done)
+        print(f"{args.results}: {len(done)} of the {len(jobs)} planned runs already recorded"
+              f"{f' ({others} other results in it, not planned by this call)' if others else ''}; running {len(todo)}\n")
+    on_result = (lambda r: append_result(args.results, r, meta["rlbase_revision"])) if args.results else None
+    results = done + run_jobs(todo, lambda j: f"{j['algo']} {j['kind']} seed {j['seed']}", __file__, WORKERS,
+                              args.in_process, meta, on_result)
+    order = {job_key(j): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[job_key(r)])
     summary = report(results)
     if args.json:
         configs = {f"{j['algo']}/seed{j['seed']}": j["config"] for j in jobs}

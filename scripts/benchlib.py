@@ -339,15 +339,19 @@ def start_invocation(script: str, argv: list[str] | None, args, **extra: Any) ->
 
 
 def run_jobs(jobs: list[dict[str, Any]], title: Callable[[dict[str, Any]], str], script: str, workers: dict,
-             in_process: bool, meta: dict[str, Any]) -> list[dict[str, Any]]:
+             in_process: bool, meta: dict[str, Any],
+             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every job, one after the other (each in a fresh `script --worker` subprocess unless
-    `in_process`), printing `title(job)` and its wall time; each result is the job plus what it measured."""
+    `in_process`), printing `title(job)` and its wall time; each result is the job plus what it
+    measured, also handed to `on_result` as soon as it is known."""
     results: list[dict[str, Any]] = []
     for i, job in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {title(job)} ...", end=" ", flush=True)
         res = workers[job["kind"]](job) if in_process else run_worker_subprocess(script, job)
         print(f"{res['wall_s']:.1f} s", flush=True)
         results.append({**job, **res})
+        if on_result is not None:
+            on_result(results[-1])
     meta["load_average_end"] = load_average()
     print(f"load average at end: {meta['load_average_end']}\n")
     return results

@@ -65,10 +65,23 @@ def test_transfer_experiment_is_one_sweep_quick(tmp_path):
 def test_bench_learning_quick(tmp_path):
     """The wall-clock race: warm-up speed, a schedule for the budget, training stopped by the clock,
     full games on each library's own env stack, and the ratio lines."""
-    out = tmp_path / "learning.json"
-    proc = run_quick("bench_learning.py", out, "--algos", "ppo")
+    out, record = tmp_path / "learning.json", tmp_path / "race.jsonl"
+    # A race over two sittings: rlbase's run first, then the same race again runs only SB3's.
+    proc = run_quick("bench_learning.py", out, "--algos", "ppo", "--rlbase-only", "--results", str(record))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads(record.read_text())
+    assert first["kind"] == "rlbase" and first["rlbase_revision"]
+    with record.open("a") as fh:
+        fh.write('{"kind": "sb3", "algo": "ppo", "wall')  # a run killed while its line was written
+    proc = run_quick("bench_learning.py", out, "--algos", "ppo", "--results", str(record))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 of the 2 planned runs already recorded; running 1" in proc.stdout
+    assert f"{record}:2: not a whole result, skipped" in proc.stdout
+    assert "ppo rlbase seed 0" not in proc.stdout and "ppo sb3 seed 0" in proc.stdout
+    assert json.loads(record.read_text().splitlines()[-1])["kind"] == "sb3"
     data = json.loads(out.read_text())
+    assert [r["kind"] for r in data["results"]] == ["rlbase", "sb3"]
+    assert data["results"][0]["scores"] == first["scores"]
     runs = {r["kind"]: r for r in data["results"]}
     assert set(runs) == {"rlbase", "sb3"}
     for run in runs.values():
