@@ -301,11 +301,20 @@ def read_results(path: str) -> list[dict[str, Any]]:
                 entry = json.loads(line)
             except ValueError:
                 entry = None
-            if isinstance(entry, dict) and all(k in entry for k in (*PLANNED, "wall_s", "scores")):
+            if isinstance(entry, dict) and all(k in entry for k in PLANNED) and _measured(entry):
                 results.append(entry)
             elif line.strip():
                 print(f"{path}:{number}: not a whole result, skipped")
     return results
+
+
+def _measured(entry: dict[str, Any]) -> bool:
+    """Whether a recorded result holds the numbers the report reads, of the right types."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return (all(number(entry.get(k)) for k in ("wall_s", "warmup_rate", "scheduled_steps", "steps"))
+            and isinstance(entry.get("scores"), list) and bool(entry["scores"]) and all(map(number, entry["scores"])))
 
 
 def append_result(path: str, result: dict[str, Any], revision: str | None) -> None:

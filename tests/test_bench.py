@@ -72,11 +72,13 @@ def test_bench_learning_quick(tmp_path):
     first = json.loads(record.read_text())
     assert first["kind"] == "rlbase" and first["rlbase_revision"]
     with record.open("a") as fh:
+        fh.write(json.dumps({**first, "scores": "none"}) + "\n")  # hand-edited: not a result
         fh.write('{"kind": "sb3", "algo": "ppo", "wall')  # a run killed while its line was written
     proc = run_quick("bench_learning.py", out, "--algos", "ppo", "--results", str(record))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 of the 2 planned runs already recorded; running 1" in proc.stdout
     assert f"{record}:2: not a whole result, skipped" in proc.stdout
+    assert f"{record}:3: not a whole result, skipped" in proc.stdout
     assert "ppo rlbase seed 0" not in proc.stdout and "ppo sb3 seed 0" in proc.stdout
     assert json.loads(record.read_text().splitlines()[-1])["kind"] == "sb3"
     data = json.loads(out.read_text())
