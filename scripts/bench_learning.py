@@ -351,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     todo = [j for j in jobs if job_key(j) not in recorded]
     if args.results:
         others = len(recorded) - len(done)
-        print(f"{args.results}: {len(done)} of the {len(jobs)} planned runs already recorded"
-              f"{f' ({others} other results in it, not planned by this call)' if others else ''}; running {len(todo)}\n")
+        also = f" ({others} other results in it, not planned by this call)" if others else ""
+        print(f"{args.results}: {len(done)} of the {len(jobs)} planned runs already recorded{also}; "
+              f"running {len(todo)}\n")
     on_result = (lambda r: append_result(args.results, r, meta["rlbase_revision"])) if args.results else None
     results = done + run_jobs(todo, lambda j: f"{j['algo']} {j['kind']} seed {j['seed']}", __file__, WORKERS,
                               args.in_process, meta, on_result)
