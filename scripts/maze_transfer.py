@@ -234,16 +234,30 @@ def run_sweep(exp: dict, arms: list[str], seeds: list[int], artifacts: dict[str,
 
 def evaluation(run_dir: Path, seed: int, episodes: int, work: Path, reuse: bool, env_kwargs: str = "") -> dict:
     """`rlbase eval` of the final checkpoint on the held-out split, its env changed by `env_kwargs`
-    (KEY=VALUE,...); with `reuse`, the report that evaluation saved in the run dir."""
+    (KEY=VALUE,...). The report that evaluation saved in the run dir is used instead when it is of the
+    final checkpoint with the same seed and episodes (the same numbers: evaluation is seeded), or with
+    `reuse` whatever it holds."""
     # rlbase eval names the report eval_step_N.json, or eval_step_N_KEY-VALUE_....json for other env kwargs
     suffix = "".join(f"_{item.replace('=', '-')}" for item in sorted(env_kwargs.split(","))) if env_kwargs else ""
     saved = sorted(p for p in run_dir.glob("eval_step_*.json")
                    if re.fullmatch(rf"eval_step_\d+{re.escape(suffix)}\.json", p.name))
-    if reuse and saved:
-        return json.loads(saved[-1].read_text())
+    if saved:
+        report = json.loads(saved[-1].read_text())
+        if reuse or (isinstance(report, dict) and report.get("seed") == 1000 + seed
+                     and report.get("num_episodes") == episodes and report.get("global_step") == final_step(run_dir)):
+            return report
     kwargs = ["--env-kwargs", env_kwargs] if env_kwargs else []
     return json.loads(rlbase("eval", str(run_dir), "--episodes", str(episodes), "--json", "--seed", str(1000 + seed),
                              *kwargs, cwd=work).stdout.strip().splitlines()[-1])
+
+
+def final_step(run_dir: Path) -> int | None:
+    """The step of the run's latest checkpoint (checkpoints/latest.json names it step_N), None if unknown."""
+    try:
+        name = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["path"]
+        return int(name[len("step_"):]) if isinstance(name, str) and name.startswith("step_") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def summarize(results: list[dict], thresholds: list[float]) -> dict:

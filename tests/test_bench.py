@@ -59,6 +59,14 @@ def test_transfer_experiment_is_one_sweep_quick(tmp_path):
     assert (configs["scratch"]["total_timesteps"], configs["frozen"]["total_timesteps"]) == (1024, 512)
     assert [e["case"] for e in sorted(trials.values(), key=lambda e: e["run_dir"])] == ["scratch", "frozen"]
     assert {e["status"] for e in trials.values()} == {"TERMINATED"}
+    # The same command again: nothing left to train, and each final checkpoint's saved evaluation
+    # (same seed and episodes) is read back, not played again.
+    reports = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "maze" / "sweep" / "runs").glob("*/eval_step_*.json")}
+    assert len(reports) == 2
+    again = subprocess.run(proc.args, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in reports} == reports
+    assert json.loads(out.read_text())["runs"] == data["runs"]
 
 
 @pytest.mark.slow
