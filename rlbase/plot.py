@@ -73,8 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--x", choices=tuple(X_LABELS), default="steps",
                         help="x axis: environment steps or wall-clock seconds since the run's start (default: steps)")
     parser.add_argument("--group-by", default=None, metavar="FIELD,FIELD",
-                        help="config fields (or algo) that make an experiment; runs alike in them share a line "
-                             "(default: algo, env id and every field that differs between the runs, seeds aside)")
+                        help="config fields (or algo, or case for a sweep's arms) that make an experiment; runs "
+                             "alike in them share a line (default: algo, env id, a sweep's case and every field "
+                             "that differs between the runs, seeds aside)")
     parser.add_argument("--seeds", action="store_true", help="also draw each run's own curve, thin")
     parser.add_argument("--title", default=None, help="figure title (default: the env id(s) and the tag)")
     parser.add_argument("--width", type=float, default=None,

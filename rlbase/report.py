@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the metric to summarize (default: eval/mean_reward when every run "
                              "evaluated, else rollout/ep_rew_mean)")
     parser.add_argument("--group-by", default=None, metavar="FIELD,FIELD",
-                        help="group by these fields (`algo` and config field names); default: algo, "
-                             "env id and every config field that differs between runs, seeds aside")
+                        help="group by these fields (`algo`, `case` for a sweep's arms, and config field "
+                             "names); default: algo, env id, a sweep's case and every config field that "
+                             "differs between runs, seeds aside")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples per interval")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")

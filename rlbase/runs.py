@@ -6,7 +6,9 @@ work on. Every file read here is input, not trust: a record that is not what it 
     groups = group_runs(runs)                     # {("algo=ppo", "learning_rate=0.001"): [RunRecord, ...]}
     curve = runs[0].curve("rollout/ep_rew_mean")   # [(global_step, seconds since start, value), ...]
 
-A sweep directory (`rlbase sweep`) holds its trials' ordinary run directories under `runs/`.
+A sweep directory (`rlbase sweep`) holds its trials' ordinary run directories under `runs/`, and in
+its trials.json the name of the case (arm) of the search space each trial plays: runs of a sweep with
+cases are grouped by case name, not by the values the cases set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from rlbase.errors import UsageError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SWEEP_FILE = "sweep.json"
+TRIALS_FILE = "trials.json"
+CASE = "case"
+"""The pseudo-field of a sweep's runs: the name of the space's case that the run played (--group-by case)."""
 PRETRAIN = "pretrain"
 """The `algo` of an `rlbase pretrain` run (its curves: val/accuracy or val/mse, train/loss, against samples seen)."""
 IGNORED_FIELDS = ("seed", "run_name", "log_dir", "device", "torch_threads", "total_timesteps", "log_interval",
@@ -39,6 +44,8 @@ class RunRecord:
     path: Path
     algo: str
     config: dict[str, Any]
+    case: str | None = None
+    """The case (arm) of the sweep's space this run played, where it is a sweep's trial with one."""
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
@@ -136,7 +143,27 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
                         continue  # a stray config.json inside a folder of runs is not a run
         if len(found) == before:
             raise UsageError(f"{text}: holds no rlbase run directory (no {CONFIG_FILE} below it)")
+    cases: dict[Path, dict[str, str]] = {}
+    for run in found.values():
+        if run.path.parent.name == "runs":  # perhaps a sweep's trial: SWEEP/runs/TRIAL
+            sweep_dir = run.path.resolve().parent.parent
+            if sweep_dir not in cases:
+                cases[sweep_dir] = sweep_cases(sweep_dir)
+            run.case = cases[sweep_dir].get(run.path.name)
     return [found[key] for key in sorted(found)]
+
+
+def sweep_cases(sweep_dir: Path) -> dict[str, str]:
+    """Trial name -> case name, from a sweep's trials.json (empty where there is none, or where it
+    is not a sweep's: a hand-edited or foreign file is skipped entry by entry, never trusted)."""
+    try:
+        entries = json.loads((sweep_dir / TRIALS_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(entries, dict) or not (sweep_dir / SWEEP_FILE).is_file():
+        return {}
+    return {name: entry[CASE] for name, entry in entries.items()
+            if isinstance(entry, dict) and isinstance(entry.get(CASE), str) and entry[CASE]}
 
 
 def parse_group_by(text: str | None) -> list[str] | None:
@@ -167,20 +194,38 @@ def varying_fields(runs: list[RunRecord]) -> list[str]:
 
 
 def group_runs(runs: list[RunRecord], by: list[str] | None = None) -> dict[tuple[str, ...], list[RunRecord]]:
-    """Runs grouped into experiments: by the fields `by` (`algo` and config field names), or by
-    default by algo, env id and every other config field that differs between the runs (seeds
-    aside), so runs that differ only in their seed form one group. Keys are `field=value` strings."""
+    """Runs grouped into experiments: by the fields `by` (`algo`, `case` and config field names), or
+    by default by algo, env id and every other config field that differs between the runs (seeds
+    aside), so runs that differ only in their seed form one group. A sweep's runs with cases are
+    grouped by case name instead of the fields their cases set (a field that also varies within a
+    case still splits it). Keys are `field=value` strings."""
     if by is None:
-        by = ["algo", "env_id"] + [key for key in varying_fields(runs) if key != "env_id"]
-    known = {"algo"} | {key for run in runs for key in run.config}
+        varying = [key for key in varying_fields(runs) if key != "env_id"]
+        if any(run.case for run in runs):
+            by_case: dict[str | None, list[RunRecord]] = {}
+            for run in runs:
+                by_case.setdefault(run.case, []).append(run)
+            varying = [CASE] + [key for key in varying
+                                if any(len({_hashable(run.config.get(key)) for run in members}) > 1
+                                       for members in by_case.values())]
+        by = ["algo", "env_id"] + varying
+    known = {"algo", *(CASE for run in runs if run.case)} | {key for run in runs for key in run.config}
     unknown = [key for key in by if key not in known]
     if unknown:
         raise UsageError(f"cannot group by {', '.join(unknown)}: not a config field of these runs")
     groups: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
-        key = tuple(f"{name}={run.algo if name == 'algo' else _show(run.config.get(name))}" for name in by)
+        key = tuple(f"{name}={_show(_field(run, name))}" for name in by)
         groups.setdefault(key, []).append(run)
     return groups
+
+
+def _field(run: RunRecord, name: str) -> Any:
+    if name == "algo":
+        return run.algo
+    if name == CASE:
+        return run.case or "-"
+    return run.config.get(name)
 
 
 def _show(value: Any) -> str:

@@ -295,3 +295,41 @@ def test_pretraining_runs_report_and_plot_their_held_out_accuracy(tmp_path, caps
     assert group["final"]["mean"] == pytest.approx(sum(finals) / 2)
     fig = draw(find_runs([tmp_path]))
     assert fig.axes[0].get_xlabel() == "training samples seen" and fig.axes[0].get_ylabel() == "val/accuracy"
+
+
+def test_a_sweeps_runs_group_by_case_name(tmp_path, capsys):
+    """A sweep's arms are named by its space's cases: its runs group by case name, not by the values
+    (such as long backbone paths) the cases set; a field that also varies within a case still splits
+    it; `--group-by case` names them; a hand-edited trials.json is read entry by entry."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    trials = {}
+    weights = "/long/path/pretrained"
+    arms = [("frozen", 0.001, weights), ("frozen", 0.001, weights), ("scratch", 0.001, ""), ("scratch", 0.01, ""),
+            ("scratch", 0.01, "")]
+    for i, (case, lr, weights) in enumerate(arms):
+        run_dir = write_run(sweep / "runs" / f"t{i:04d}", i, lr, [{"global_step": 100, METRIC: float(i)}])
+        config = json.loads((run_dir / "config.json").read_text())
+        config["config"]["backbone_weights"] = weights
+        (run_dir / "config.json").write_text(json.dumps(config))
+        trials[f"t{i:04d}"] = {"case": case, "seed": i}
+    (sweep / "trials.json").write_text(json.dumps(trials))
+    labels = {g["label"]: g["n_runs"] for g in summarize_groups(find_runs([sweep]), METRIC, resamples=50)}
+    assert labels == {"case=frozen, learning_rate=0.001": 2, "case=scratch, learning_rate=0.001": 1,
+                      "case=scratch, learning_rate=0.01": 2}
+    # The sweep's run dirs named one by one (a glob) are still its trials.
+    assert run(report_args(str(sweep / "runs" / "t*"), "--json", "--group-by", "case", "--resamples", "50")) == 0
+    assert {g["label"]: g["n_runs"] for g in json.loads(capsys.readouterr().out)["groups"]} == \
+        {"case=frozen": 2, "case=scratch": 3}
+    # Entries that are not a trial's are skipped: those runs have no case, and group by their values.
+    trials["t0000"] = {"case": ["not", "a", "name"]}
+    trials["t0001"] = "junk"
+    (sweep / "trials.json").write_text(json.dumps(trials))
+    runs = find_runs([sweep])
+    assert [r.case for r in runs] == [None, None, "scratch", "scratch", "scratch"]
+    labels = {g["label"]: g["n_runs"] for g in summarize_groups(runs, METRIC, resamples=50)}
+    assert labels == {"case=-, learning_rate=0.001": 2, "case=scratch, learning_rate=0.001": 1,
+                      "case=scratch, learning_rate=0.01": 2}
+    (sweep / "trials.json").write_text("[1, 2")  # not JSON: no cases at all
+    assert {r.case for r in find_runs([sweep])} == {None}
