@@ -2,8 +2,11 @@
 contract between an algorithm and the rest of rlbase (the run lifecycle, `rlbase eval`, the
 Python API): nothing is looked up by attribute name or probed with `hasattr`.
 
-Adding an agent: write its module (config dataclass, network, loss, update, `train` loop body,
-`load_policy`), end it with `AGENT = Agent(...)`, and list it in `AGENT_MODULES`.
+Adding an agent: write its config module (the config dataclass and its validation, free of torch,
+ending with `SPECS = {NAME: AgentSpec(...)}`) and its module (network, loss, update, `train` loop
+body, `load_policy`, ending with `AGENT = Agent(...)` built from that spec), and list them in
+`CONFIG_MODULES` and `AGENT_MODULES`. What only reads or checks a config (the command line's flags,
+`rlbase sweep`'s driver, `rlbase report`) asks for the spec (`get_spec`) and never imports torch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ if TYPE_CHECKING:
 
 Policy = Callable[["torch.Tensor", "torch.Generator"], "torch.Tensor"]
 """`policy(obs, generator) -> actions`: a batch of observations on the device to actions in the env's format."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An algorithm's name, summary, config dataclass and validation: what its config module declares."""
+
+    name: str
+    summary: str
+    Config: type
+    validate: Callable[[Any], None]
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,19 @@ class Agent:
 
 AGENT_MODULES = {"dqn": "rlbase.agents.dqn", "ppo": "rlbase.agents.ppo", "a2c": "rlbase.agents.a2c",
                  "reinforce": "rlbase.agents.reinforce", "pqn": "rlbase.agents.pqn"}
+CONFIG_MODULES = {"dqn": "rlbase.agents.dqn_config", "ppo": "rlbase.agents.pg_config",
+                  "a2c": "rlbase.agents.pg_config", "reinforce": "rlbase.agents.pg_config",
+                  "pqn": "rlbase.agents.pqn_config"}
 ALGORITHMS = tuple(AGENT_MODULES)
+
+
+def get_spec(name: str) -> AgentSpec:
+    """The `AgentSpec` of algorithm `name`, from its config module (which does not import torch)."""
+    if name not in CONFIG_MODULES:
+        raise UsageError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
+    spec = importlib.import_module(CONFIG_MODULES[name]).SPECS[name]
+    assert spec.name == name, f"{CONFIG_MODULES[name]} declares agent {spec.name!r} as {name!r}"
+    return spec
 
 
 def get_agent(name: str) -> Agent:
@@ -78,5 +103,7 @@ def get_agent(name: str) -> Agent:
     if name not in AGENT_MODULES:
         raise UsageError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
     agent = importlib.import_module(AGENT_MODULES[name]).AGENT
-    assert agent.name == name, f"{AGENT_MODULES[name]} declares agent {agent.name!r}"
+    spec = get_spec(name)
+    assert (agent.name, agent.Config, agent.validate) == (name, spec.Config, spec.validate), \
+        f"{AGENT_MODULES[name]} declares agent {agent.name!r} apart from its spec"
     return agent

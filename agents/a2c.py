@@ -10,47 +10,15 @@ Rollout collection, returns, logging and checkpoints are shared with PPO and REI
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rlbase.agents.pg import ActorCritic, PGConfig, RolloutStorage, pg_agent, train_loop, validate_pg
-from rlbase.config import check
+from rlbase.agents.pg import ActorCritic, RolloutStorage, pg_agent, train_loop
+from rlbase.agents.pg_config import SPECS, A2CConfig, validate_a2c as validate  # noqa: F401 (re-exported)
 from rlbase.envs import TensorVecEnv
 from rlbase.optim import Optimizer, gradient_step, make_adam
 from rlbase.run import Run
-
-
-@dataclass
-class A2CConfig(PGConfig):
-    """A2C hyperparameters (defaults: the Stable-Baselines3 / Baselines values)."""
-
-    # PGConfig's fields with A2C's defaults (documented there, shown by --help).
-    num_envs: int = 16
-    num_steps: int = 5
-    learning_rate: float = 7e-4
-    anneal_lr: bool = False
-    ent_coef: float = 0.0
-    max_grad_norm: float = 0.5
-
-    gae_lambda: float = 1.0
-    """GAE lambda (1.0: n-step returns bootstrapped at the rollout's end, the classic A2C target)."""
-    optimizer: str = "rmsprop"
-    """rmsprop (alpha 0.99, as in the paper and SB3) or adam."""
-    rms_alpha: float = 0.99
-    """RMSprop smoothing constant."""
-    rmsprop_eps: float = 1e-5
-    """RMSprop epsilon (--adam-eps is Adam's, used with --optimizer adam)."""
-    norm_adv: bool = False
-    """Normalise advantages over the rollout."""
-
-
-def validate(cfg: A2CConfig) -> None:
-    validate_pg(cfg)
-    check(cfg.optimizer in ("rmsprop", "adam"), "optimizer", f"use rmsprop or adam, got {cfg.optimizer!r}")
-    check(0.0 < cfg.rms_alpha < 1.0, "rms_alpha", f"must be in (0, 1), got {cfg.rms_alpha}")
-    check(cfg.rmsprop_eps > 0, "rmsprop_eps", f"must be positive, got {cfg.rmsprop_eps}")
 
 
 def make_optimizer(cfg: A2CConfig, groups: list[dict]) -> Optimizer:
@@ -87,4 +55,4 @@ def train(cfg: A2CConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 
 
 Config = A2CConfig
-AGENT = pg_agent("a2c", "Advantage Actor-Critic (synchronous A2C)", A2CConfig, validate, train)
+AGENT = pg_agent(SPECS["a2c"], train)

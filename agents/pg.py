@@ -13,7 +13,6 @@ forward for all envs; values reach the host only at log intervals.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -27,9 +26,9 @@ from rlbase.agents.distributions import (Categorical, DiagGaussian, MultiCategor
 from rlbase.agents.rollout import (ALL_ROWS, Normalizer, RolloutStorage, RunningMeanStd,  # noqa: F401
                                    compute_gae, explained_variance, play_rollout)
 from rlbase import transfer
-from rlbase.agents import Agent, Policy
+from rlbase.agents import Agent, AgentSpec, Policy
+from rlbase.agents.pg_config import PGConfig, validate_pg  # noqa: F401 (re-exported)
 from rlbase.checkpoint import load_module
-from rlbase.config import CommonConfig, check, validate_common
 from rlbase.envs import TensorVecEnv
 from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
@@ -37,74 +36,6 @@ from rlbase.obs import assign
 from rlbase.optim import Optimizer, annealed_lr, make_adam
 from rlbase.run import Run
 from rlbase.transfer import BackboneSpec
-
-
-@dataclass
-class PGConfig(CommonConfig):
-    """Hyperparameters shared by the policy-gradient agents."""
-
-    learning_rate: float = 2.5e-4
-    """Optimiser learning rate (annealed linearly to 0 with --anneal-lr)."""
-    anneal_lr: bool = True
-    """Anneal the learning rate linearly to 0 over training."""
-    lr_restart_step: int = 0
-    """Environment step from which the learning-rate annealing runs from --learning-rate to 0 at
-    --total-timesteps (0: the whole run). A resume may set it (with --learning-rate), e.g. to train on
-    past the end of an annealed run: `rlbase prune` restarts the annealing at its fine-tuning."""
-    adam_eps: float = 1e-5
-    """Adam epsilon."""
-    num_steps: int = 128
-    """Steps per env in each rollout (a rollout is num_steps * num_envs transitions)."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda (1.0: Monte Carlo returns bootstrapped at the rollout's end)."""
-    ent_coef: float = 0.01
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value-loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient-norm clip (0 disables it)."""
-    shared_backbone: bool = False
-    """One backbone for actor and critic (Atari); otherwise each has its own."""
-    ortho_init: bool = True
-    """Orthogonal initialisation (gain sqrt(2) for hidden layers, 0.01 for the policy head, 1 for the value head)."""
-    log_std_init: float = 0.0
-    """Initial log standard deviation of the Gaussian policy (Box actions)."""
-    action_bounds: str = "clip"
-    """Box actions: clip (sample a Gaussian, clip to the bounds in the env) or squash (tanh onto the bounds)."""
-    normalize_obs: bool = False
-    """Normalise observations with running mean/std on the device (saved in checkpoints, used by eval)."""
-    normalize_reward: bool = False
-    """Scale rewards by the running std of the discounted return."""
-    clip_obs: float = 10.0
-    """Normalised observations are clipped to [-clip_obs, clip_obs]."""
-    clip_reward: float = 10.0
-    """Normalised rewards are clipped to [-clip_reward, clip_reward]."""
-    eval_deterministic: bool = True
-    """`rlbase eval` plays the mode (discrete) or mean (continuous) action instead of sampling."""
-    split_envs: bool = False
-    """Step the training envs in two halves, alternately: one half's emulators run in their threads
-    while the agent acts for the other (EnvPool's async mode). For envs that step in threads of their
-    own (Atari ids); needs --num-envs >= 2."""
-
-
-def validate_pg(cfg: PGConfig) -> None:
-    validate_common(cfg)
-    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
-    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
-    check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
-    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
-    check(0.0 <= cfg.gae_lambda <= 1.0, "gae_lambda", f"must be in [0, 1], got {cfg.gae_lambda}")
-    check(cfg.ent_coef >= 0, "ent_coef", "must be >= 0")
-    check(cfg.vf_coef >= 0, "vf_coef", "must be >= 0")
-    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
-    check(cfg.action_bounds in ("clip", "squash"), "action_bounds", f"use clip or squash, got {cfg.action_bounds!r}")
-    check(cfg.clip_obs > 0, "clip_obs", "must be positive")
-    check(cfg.clip_reward > 0, "clip_reward", "must be positive")
-    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
-    check(not cfg.split_envs or cfg.num_envs >= 2, "split_envs", f"needs --num-envs >= 2, got {cfg.num_envs}")
-    check(abs(cfg.log_std_init) <= 20, "log_std_init", f"must be in [-20, 20] (a std of e^x), got {cfg.log_std_init}")
 
 
 def check_env(cfg: PGConfig, env: TensorVecEnv) -> None:
@@ -334,8 +265,7 @@ def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_spa
     return policy
 
 
-def pg_agent(name: str, summary: str, config: type, validate: Callable[[Any], None],
-             train: Callable[[Any, TensorVecEnv, Run], dict[str, Any]]) -> Agent:
+def pg_agent(spec: AgentSpec, train: Callable[[Any, TensorVecEnv, Run], dict[str, Any]]) -> Agent:
     """The `Agent` record of a policy-gradient agent (they share check_env, load_policy and sampling)."""
-    return Agent(name=name, summary=summary, Config=config, validate=validate, check_env=check_env, train=train,
-                 load_policy=load_policy, acting_net=acting_net, exploration="sample")
+    return Agent(name=spec.name, summary=spec.summary, Config=spec.Config, validate=spec.validate, check_env=check_env,
+                 train=train, load_policy=load_policy, acting_net=acting_net, exploration="sample")

@@ -11,47 +11,16 @@ Rollout collection, returns, logging and checkpoints are shared with A2C and REI
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rlbase.agents.pg import ActorCritic, PGConfig, RolloutStorage, pg_agent, train_loop, validate_pg
-from rlbase.config import check
+from rlbase.agents.pg import ActorCritic, RolloutStorage, pg_agent, train_loop
+from rlbase.agents.pg_config import SPECS, PPOConfig, validate_ppo as validate  # noqa: F401 (re-exported)
 from rlbase.envs import TensorVecEnv
 from rlbase.obs import take
 from rlbase.optim import gradient_step
 from rlbase.run import Run
-
-
-@dataclass
-class PPOConfig(PGConfig):
-    """PPO hyperparameters (defaults: the standard Atari values of Schulman et al. / CleanRL)."""
-
-    num_envs: int = 8  # PGConfig's field (documented there) with PPO's default
-
-    update_epochs: int = 4
-    """Passes over each rollout."""
-    num_minibatches: int = 4
-    """Minibatches per epoch (minibatch size = num_steps * num_envs / num_minibatches)."""
-    clip_coef: float = 0.1
-    """Surrogate clipping range epsilon."""
-    clip_vloss: bool = True
-    """Clip the value update around the old values with the same range."""
-    norm_adv: bool = True
-    """Normalise advantages within each minibatch."""
-    target_kl: float = 0.0
-    """Stop the epochs of an update early once the approximate KL exceeds this (0: never)."""
-
-
-def validate(cfg: PPOConfig) -> None:
-    validate_pg(cfg)
-    check(cfg.update_epochs > 0, "update_epochs", f"must be positive, got {cfg.update_epochs}")
-    check(cfg.num_minibatches > 0, "num_minibatches", f"must be positive, got {cfg.num_minibatches}")
-    check(cfg.num_steps * cfg.num_envs >= cfg.num_minibatches, "num_minibatches",
-          f"must be at most num_steps * num_envs = {cfg.num_steps * cfg.num_envs}")
-    check(cfg.clip_coef > 0, "clip_coef", f"must be positive, got {cfg.clip_coef}")
-    check(cfg.target_kl >= 0, "target_kl", "must be >= 0")
 
 
 STATS = ("pg", "v", "ent", "kl", "clip")
@@ -122,4 +91,4 @@ def train(cfg: PPOConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 
 
 Config = PPOConfig
-AGENT = pg_agent("ppo", "Proximal Policy Optimization (clipped surrogate, GAE)", PPOConfig, validate, train)
+AGENT = pg_agent(SPECS["ppo"], train)

@@ -15,7 +15,6 @@ steps. Values reach the host only at log intervals.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -29,7 +28,7 @@ from rlbase.agents.dqn import QActingNet, select_actions
 from rlbase.agents.rollout import ALL_ROWS, RolloutStorage, play_rollout
 from rlbase.backbones import build_backbone
 from rlbase.checkpoint import load_module
-from rlbase.config import CommonConfig, check, validate_common
+from rlbase.agents.pqn_config import SPECS, PQNConfig, validate  # noqa: F401 (re-exported)
 from rlbase.envs import TensorVecEnv
 from rlbase.envs.gym_adapter import unsupported_observations
 from rlbase.errors import UsageError
@@ -37,72 +36,6 @@ from rlbase.obs import Obs, assign, take
 from rlbase.optim import annealed_lr, gradient_step, make_adam
 from rlbase.run import Run
 from rlbase.transfer import BackboneSpec
-
-
-@dataclass
-class PQNConfig(CommonConfig):
-    """PQN hyperparameters (defaults: CleanRL's pqn_atari_envpool values)."""
-
-    num_envs: int = 8  # CommonConfig's field (documented there) with PQN's default
-
-    learning_rate: float = 2.5e-4
-    """Adam learning rate (annealed linearly to 0 with --anneal-lr)."""
-    anneal_lr: bool = True
-    """Anneal the learning rate linearly to 0 over training."""
-    lr_restart_step: int = 0
-    """Environment step from which the learning-rate annealing runs from --learning-rate to 0 at
-    --total-timesteps (0: the whole run). A resume may set it (with --learning-rate), e.g. to train on
-    past the end of an annealed run: `rlbase prune` restarts the annealing at its fine-tuning."""
-    adam_eps: float = 1e-5
-    """Adam epsilon."""
-    num_steps: int = 128
-    """Steps per env in each rollout (a rollout is num_steps * num_envs transitions)."""
-    gamma: float = 0.99
-    """Discount factor."""
-    q_lambda: float = 0.65
-    """Lambda of the Q(lambda) targets: 0 gives 1-step Q-learning targets, 1 the discounted return
-    bootstrapped only at the rollout's end (and at truncations)."""
-    update_epochs: int = 4
-    """Passes over each rollout."""
-    num_minibatches: int = 4
-    """Minibatches per epoch (minibatch size = num_steps * num_envs / num_minibatches)."""
-    max_grad_norm: float = 10.0
-    """Gradient-norm clip (0 disables it)."""
-    exploration_fraction: float = 0.1
-    """Fraction of total_timesteps over which epsilon decays linearly."""
-    exploration_initial_eps: float = 1.0
-    """Epsilon at the start of training."""
-    exploration_final_eps: float = 0.01
-    """Epsilon after the decay."""
-    layer_norm: bool = True
-    """LayerNorm before each hidden activation of the mlp and nature_cnn backbones (impala_cnn: before
-    its last one): what keeps PQN stable without a target network. resnet, vit and text normalise already."""
-    split_envs: bool = False
-    """Step the training envs in two halves, alternately: one half's emulators run in their threads
-    while the agent acts for the other (EnvPool's async mode). For envs that step in threads of their
-    own (Atari ids); needs --num-envs >= 2."""
-
-
-def validate(cfg: PQNConfig) -> None:
-    validate_common(cfg)
-    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
-    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
-    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
-    check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
-    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
-    check(0.0 <= cfg.q_lambda <= 1.0, "q_lambda", f"must be in [0, 1], got {cfg.q_lambda}")
-    check(cfg.update_epochs > 0, "update_epochs", f"must be positive, got {cfg.update_epochs}")
-    check(cfg.num_minibatches > 0, "num_minibatches", f"must be positive, got {cfg.num_minibatches}")
-    check(cfg.num_steps * cfg.num_envs >= cfg.num_minibatches, "num_minibatches",
-          f"must be at most num_steps * num_envs = {cfg.num_steps * cfg.num_envs}, got {cfg.num_minibatches}")
-    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
-    check(0.0 <= cfg.exploration_fraction <= 1.0, "exploration_fraction", "must be in [0, 1]")
-    for name in ("exploration_initial_eps", "exploration_final_eps"):
-        value = getattr(cfg, name)
-        check(0.0 <= value <= 1.0, name, f"epsilon must be in [0, 1], got {value}")
-    check(not cfg.split_envs or cfg.num_envs >= 2, "split_envs", f"needs --num-envs >= 2, got {cfg.num_envs}")
-    check(not (cfg.layer_norm and cfg.backbone_weights), "layer_norm",
-          "pretrained backbones (--backbone-weights) have no LayerNorm layers; add --no-layer-norm")
 
 
 def check_env(cfg: PQNConfig, env: TensorVecEnv) -> None:
@@ -302,6 +235,6 @@ def load_policy(cfg: PQNConfig, tensors: dict[str, torch.Tensor], observation_sp
 
 
 Config = PQNConfig
-AGENT = Agent(name="pqn", summary="Parallelised Q-Networks (Q(lambda) over many envs, LayerNorm, no replay or target net)",
-              Config=PQNConfig, validate=validate, check_env=check_env, train=train, load_policy=load_policy,
-              acting_net=acting_net, exploration="epsilon")
+SPEC = SPECS["pqn"]
+AGENT = Agent(name=SPEC.name, summary=SPEC.summary, Config=SPEC.Config, validate=SPEC.validate, check_env=check_env,
+              train=train, load_policy=load_policy, acting_net=acting_net, exploration="epsilon")

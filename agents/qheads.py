@@ -27,8 +27,6 @@ from torch import nn
 
 from rlbase.agents.noisy import NoisyLinear
 
-HEADS = ("none", "c51", "qrdqn")
-
 
 class QNetwork(nn.Module):
     """Backbone features -> per action: one Q-value, C51 logits over atoms, or QR-DQN quantiles

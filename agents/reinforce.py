@@ -15,36 +15,13 @@ Rollout collection, returns, logging and checkpoints are shared with PPO and A2C
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from rlbase.agents.a2c import update as a2c_update
-from rlbase.agents.pg import PGConfig, pg_agent, train_loop, validate_pg
-from rlbase.config import check
+from rlbase.agents.pg import pg_agent, train_loop
+from rlbase.agents.pg_config import SPECS, ReinforceConfig, validate_reinforce as validate  # noqa: F401 (re-exported)
 from rlbase.envs import TensorVecEnv
 from rlbase.run import Run
-
-
-@dataclass
-class ReinforceConfig(PGConfig):
-    """REINFORCE hyperparameters."""
-
-    # PGConfig's fields with REINFORCE's defaults (documented there, shown by --help).
-    num_envs: int = 8
-    num_steps: int = 500
-    learning_rate: float = 1e-3
-    anneal_lr: bool = False
-    ent_coef: float = 0.0
-
-    gae_lambda: float = 1.0
-    """Must stay 1.0: REINFORCE uses Monte Carlo returns (bootstrapped only at the rollout's end)."""
-    norm_adv: bool = True
-    """Normalise the return-minus-baseline weights over the rollout (reduces variance)."""
-
-
-def validate(cfg: ReinforceConfig) -> None:
-    validate_pg(cfg)
-    check(cfg.gae_lambda == 1.0, "gae_lambda", "REINFORCE uses Monte Carlo returns; use a2c or ppo for lambda < 1")
 
 
 # One gradient step on the whole rollout: -(G - b(s)) log pi(a|s) plus the baseline's regression
@@ -58,4 +35,4 @@ def train(cfg: ReinforceConfig, env: TensorVecEnv, run: Run) -> dict[str, Any]:
 
 
 Config = ReinforceConfig
-AGENT = pg_agent("reinforce", "REINFORCE with a learned baseline", ReinforceConfig, validate, train)
+AGENT = pg_agent(SPECS["reinforce"], train)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
-from rlbase.checkpoint import BEST
 from rlbase.errors import RlbaseError, UsageError
 
 if TYPE_CHECKING:
@@ -141,7 +140,7 @@ class StopOnReturn(Callback):
 def saved_best(run_dir: Path) -> tuple[int | None, float]:
     """(step, evaluation mean) of the best checkpoint kept in `run_dir` (None, -inf when there is
     none, or when its state.json does not say; a run file is input, not trusted)."""
-    from rlbase.checkpoint import STATE_FILE, find_checkpoint
+    from rlbase.checkpoint import BEST, STATE_FILE, find_checkpoint
 
     try:
         state = json.loads((find_checkpoint(run_dir, BEST) / STATE_FILE).read_text())
@@ -217,6 +216,8 @@ class EvalCallback(EveryNSteps):
         if report["mean_return"] > self.best_mean:
             self.best_mean, self.best_step = report["mean_return"], run.global_step
             if self.keep_best:  # the mean goes with it, so a resumed run knows what to beat
+                from rlbase.checkpoint import BEST
+
                 run.save(BEST, extra={"evaluation": {"mean_return": report["mean_return"], "seed": self.seed,
                                                      "episodes": self.episodes}})
         keep_going = True

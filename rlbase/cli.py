@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the flags of `train ALGO` / `pretrain` are added only for the command in `argv`."""
-    from rlbase.agents import ALGORITHMS, get_agent
+    from rlbase.agents import ALGORITHMS, get_spec
     from rlbase.config import add_config_arguments, describe_presets
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -50,7 +50,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an agent", description="Train an agent: rlbase train ALGO --env ID")
     algos = train.add_subparsers(dest="algo", metavar="ALGO", required=True)
     for name in ALGORITHMS:
-        agent = get_agent(name)
+        agent = get_spec(name)  # the config module only: building the parser imports no torch
         p = algos.add_parser(name, help=agent.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
                              description=f"Train {name.upper()}: {agent.summary}. Values come from the dataclass "
                                          "defaults shown here, then the env's preset, then these flags "
@@ -80,7 +80,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         from rlbase.sweep import SCHEDULERS, SEARCHES
 
         for name in ALGORITHMS:
-            agent = get_agent(name)
+            agent = get_spec(name)
             p = sweep_algos.add_parser(name, help=agent.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
                                        epilog=describe_presets(name) if name == chosen_sweep_algo else None)
             if name != chosen_sweep_algo:
@@ -182,10 +182,10 @@ def _say(line: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlbase.agents import get_agent
+    from rlbase.agents import get_spec
     from rlbase.lifecycle import TrainingInterrupted, execute, plan, plan_resume
 
-    agent = get_agent(args.algo)
+    agent = get_spec(args.algo)
     field_names = {f.name for f in dataclasses.fields(agent.Config)}
     values = {k: v for k, v in vars(args).items() if k in field_names}
     if args.config:
@@ -245,11 +245,11 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         if not args.algo:
             raise UsageError("rlbase sweep needs ALGO (e.g. rlbase sweep ppo --env CartPole-v1 --seeds 0-4) or --resume")
-        from rlbase.agents import get_agent
+        from rlbase.agents import get_spec
         from rlbase.config import resolve_config
         from rlbase.space import check_values
 
-        agent = get_agent(args.algo)
+        agent = get_spec(args.algo)  # the sweep's driver never imports torch: only its trials do
         field_names = {f.name for f in dataclasses.fields(agent.Config)}
         base = {k: v for k, v in vars(args).items() if k in field_names and k != "seed"}
         if "env_id" not in base:
@@ -277,7 +277,7 @@ def _sweep(args: argparse.Namespace) -> int:
                          search=args.search, search_seed=args.search_seed, scheduler=args.scheduler, metric=metric,
                          mode=args.mode, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                          name=name)
-        from rlbase.checkpoint import atomic_write_text
+        from rlbase.safefiles import atomic_write_text
 
         # Not sort_keys: the order of the space's `cases` is the order of the trials, and a resume
         # draws them again from this file.

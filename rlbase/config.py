@@ -127,10 +127,10 @@ def saved_config(algo: Any, values: dict[str, Any], source: str) -> tuple[Any, A
     """(agent, config) of a config rlbase saved (config.json, state.json, an artifact's metadata),
     checked like user input: an unknown algo, a field of the wrong type or an invalid value is an
     RlbaseError naming `source` (the file), not a flag."""
-    from rlbase.agents import AGENT_MODULES, get_agent
+    from rlbase.agents import ALGORITHMS, get_agent
     from rlbase.errors import RlbaseError
 
-    if not isinstance(algo, str) or algo not in AGENT_MODULES:
+    if not isinstance(algo, str) or algo not in ALGORITHMS:
         raise RlbaseError(f"{source}: unknown algo {algo!r}")
     agent = get_agent(algo)
     cfg = from_dict(agent.Config, saved_values(values), source)
@@ -382,6 +382,13 @@ def training_threads(cfg: CommonConfig, backbone: str, device_type: str) -> int:
     return 1 if backbone == "mlp" and device_type == "cpu" else torch.get_num_threads()
 
 
+BACKBONE_NAMES = ("mlp", "nature_cnn", "impala_cnn", "resnet", "vit", "film_cnn", "text")
+"""The names of `rlbase.backbones.BACKBONES`, here so that validating a config needs no torch (a test keeps
+them equal)."""
+ACTIVATION_NAMES = ("relu", "tanh")
+"""The names of `rlbase.backbones.ACTIVATIONS`, likewise."""
+
+
 def check(condition: bool, field_name: str, message: str) -> None:
     """Raise a UsageError naming the flag when `condition` is false."""
     if not condition:
@@ -417,12 +424,10 @@ def validate_common(cfg: CommonConfig) -> None:
           f"must be positive, got {cfg.atari_max_episode_steps}")
     check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes), "hidden_sizes",
           f"must be positive integers, got {cfg.hidden_sizes}")
-    from rlbase.backbones import ACTIVATIONS, BACKBONES
-
-    check(cfg.activation in ACTIVATIONS, "activation", f"choose from {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
-
-    check(cfg.backbone == "auto" or cfg.backbone in BACKBONES or "=" in cfg.backbone, "backbone",
-          f"unknown backbone {cfg.backbone!r}; choose from auto, {', '.join(BACKBONES)}")
+    check(cfg.activation in ACTIVATION_NAMES, "activation",
+          f"choose from {', '.join(ACTIVATION_NAMES)}, got {cfg.activation!r}")
+    check(cfg.backbone == "auto" or cfg.backbone in BACKBONE_NAMES or "=" in cfg.backbone, "backbone",
+          f"unknown backbone {cfg.backbone!r}; choose from auto, {', '.join(BACKBONE_NAMES)}")
     check(cfg.backbone_lr_scale >= 0, "backbone_lr_scale", f"must be >= 0, got {cfg.backbone_lr_scale}")
     check(0 < cfg.backbone_width <= 16, "backbone_width", f"must be in (0, 16], got {cfg.backbone_width}")
     check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda"), "device",

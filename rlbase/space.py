@@ -129,10 +129,10 @@ def draw_trials(space: dict[str, tuple[str, list[Any]]], seeds: list[int], num_s
 def check_values(algo: str, base: dict[str, Any], space: dict[str, tuple[str, list[Any]]]) -> None:
     """Validate the base values and every value the space can produce at its ends (choices, grid
     values, range bounds) before any trial starts: a UsageError naming the field."""
-    from rlbase.agents import get_agent
+    from rlbase.agents import get_spec
     from rlbase.config import resolve_config
 
-    agent = get_agent(algo)
+    agent = get_spec(algo)
     agent.validate(resolve_config(agent.Config, algo, base))
     for case, values in space[CASES][1] if CASES in space else []:
         try:

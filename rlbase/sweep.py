@@ -42,16 +42,16 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rlbase.callbacks import Callback
-from rlbase.checkpoint import atomic_write_text
+from rlbase.safefiles import atomic_write_text
 from rlbase.errors import INTERRUPT, RlbaseError, UsageError
 from rlbase.space import CASES, draw_trials, parse_space
+from rlbase.sweep_ray import start_ray, stop_ray
 from rlbase.sweep_runs import FINISHED, check_run_dirs, write_results
 
 SWEEP_FILE, TRIALS_FILE = "sweep.json", "trials.json"
@@ -256,35 +256,6 @@ def _tune_callback(table: _TrialTable) -> Any:
     return TrialEvents()
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Join the cluster at `address`, or start Ray in this process (quiet, no dashboard). False where
-    this process was already connected to a Ray (the caller's own `ray.init`)."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("rlbase sweep needs Ray Tune: pip install 'rlbase[sweep]'") from None
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rlbase runs log for themselves
-    # Training points come before the first evaluation, and carry no eval/mean_reward yet.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Tune's console output at verbose=0 is nothing with its classic reporter; its newer one still prints
-    # a configuration box and a results path. rlbase says what the sweep does and where it writes.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            # address="local": a Ray of its own, even where `ray start` left a cluster on this machine
-            # (plain ray.init() would join that one, and go down with it).
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RlbaseError(f"cannot start Ray{f' at {address}' if address else ''}: {str(exc).splitlines()[0]}") from None
-    return True
-
-
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, resume: bool = False,
               announce: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the sweep; returns the rows of results.json."""
@@ -302,9 +273,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, r
         if started:
             # Stop the Ray processes this sweep started (joined to a cluster: only disconnect). Without
             # it the console script's fast exit leaves Ray's agents running for about a minute.
-            import ray
-
-            ray.shutdown()
+            stop_ray()
 
 
 def _run_tune(spec: SweepSpec, sweep_dir: Path, parsed: dict[str, Any], table: _TrialTable, common: dict[str, Any],
@@ -392,9 +361,9 @@ def planned_trials(spec: SweepSpec) -> int:
 
 
 def _config_cls(algo: str) -> type:
-    from rlbase.agents import get_agent
+    from rlbase.agents import get_spec
 
-    return get_agent(algo).Config
+    return get_spec(algo).Config
 
 
 def _optuna(spec: SweepSpec, parsed: dict[str, tuple[str, list[Any]]], table: _TrialTable) -> tuple[Any, int]:

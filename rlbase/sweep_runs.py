@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlbase.checkpoint import atomic_write_text
+from rlbase.safefiles import atomic_write_text
 from rlbase.errors import RlbaseError
 
 if TYPE_CHECKING:

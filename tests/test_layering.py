@@ -4,8 +4,9 @@
   few leaves (errors, observation helpers, the tokenizer), which themselves import no other layer.
 - rlbase/datasets.py reads the envs through their public names: no `env._private`, no classes
   loaded by string.
-- Importing rlbase's light modules (errors, config) does not import torch: `import rlbase`
-  registers the envs with Gymnasium only.
+- Importing rlbase's light modules (errors, config, the agents' config modules, the command line,
+  the sweep driver, report and plot) does not import torch: `import rlbase` registers the envs with
+  Gymnasium only. Every agent's command-line flags are built and every config validated without it.
 - No envs/ module grows past a size one can hold in one's head.
 """
 
@@ -93,7 +94,9 @@ def test_datasets_use_public_env_names_only():
     assert not by_name, f"rlbase/datasets.py loads modules by name (lines {by_name}); import them"
 
 
-@pytest.mark.parametrize("module", ["rlbase.errors", "rlbase.config"])
+@pytest.mark.parametrize("module", ["rlbase.errors", "rlbase.config", "rlbase.agents.dqn_config",
+                                    "rlbase.agents.pg_config", "rlbase.agents.pqn_config", "rlbase.cli",
+                                    "rlbase.sweep", "rlbase.report", "rlbase.plot"])
 def test_light_modules_import_without_torch(module):
     code = f"import sys, {module}, gymnasium; assert 'rlbase/Maze-v0' in gymnasium.registry; " \
            "print(sorted(m for m in ('torch', 'ale_py', 'rlbase.envs.core') if m in sys.modules))"
@@ -105,3 +108,32 @@ def test_light_modules_import_without_torch(module):
 def test_env_modules_stay_small(path):
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_ENV_LINES, f"envs/{path.name} has {lines} lines (> {MAX_ENV_LINES}): it is probably two things"
+
+
+def test_the_command_line_builds_and_validates_without_torch():
+    code = ("import sys\n"
+            "from rlbase.agents import ALGORITHMS, get_spec\n"
+            "from rlbase.cli import build_parser\n"
+            "from rlbase.config import resolve_config\n"
+            "for name in ALGORITHMS:\n"
+            "    for argv in (['train', name, '--env', 'CartPole-v1'], ['sweep', name, '--env', 'CartPole-v1']):\n"
+            "        build_parser(argv).parse_args(argv)\n"
+            "    spec = get_spec(name)\n"
+            "    spec.validate(resolve_config(spec.Config, name, {'env_id': 'ALE/Breakout-v5'}))\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_config_modules_name_the_registries_they_check():
+    """validate_common checks backbone and activation names without importing the backbones (torch):
+    its lists are the registries' keys, and each agent module's Agent is built from its config module's spec."""
+    from rlbase.agents import ALGORITHMS, get_agent, get_spec
+    from rlbase.backbones import ACTIVATIONS, BACKBONES
+    from rlbase.config import ACTIVATION_NAMES, BACKBONE_NAMES
+
+    assert BACKBONE_NAMES == tuple(BACKBONES) and ACTIVATION_NAMES == tuple(ACTIVATIONS)
+    for name in ALGORITHMS:
+        agent, spec = get_agent(name), get_spec(name)
+        assert (agent.name, agent.summary, agent.Config, agent.validate) == \
+            (spec.name, spec.summary, spec.Config, spec.validate)

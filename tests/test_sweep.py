@@ -109,6 +109,28 @@ def test_ray_unavailable_is_one_line(tmp_path):
     assert "pip install 'rlbase[sweep]'" in assert_one_line_error(proc, 2)
 
 
+def test_the_driver_starts_ray_without_importing_torch(tmp_path):
+    # Only the trials train: the driver parses, validates every value the space can produce and starts
+    # Ray with no torch imported (~1 s of its start-up). A stand-in Ray records what was imported when
+    # the sweep called ray.init, then refuses, which the command reports in one line.
+    fake = tmp_path / "fake"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text(
+        "import json, sys\n"
+        "def is_initialized():\n    return False\n"
+        "def init(**kwargs):\n"
+        f"    open({str(tmp_path / 'imported.json')!r}, 'w').write(json.dumps(sorted(\n"
+        "        m for m in ('torch', 'rlbase.agents.ppo', 'rlbase.checkpoint', 'rlbase.run') if m in sys.modules)))\n"
+        "    raise ConnectionError('stand-in Ray')\n")
+    (tmp_path / "space.yaml").write_text("learning_rate: {grid: [0.001, 0.003]}\ncases: {a: {}, b: {ent_coef: 0.0}}\n")
+    env = dict(os.environ, PYTHONPATH=str(fake), OMP_NUM_THREADS="1")
+    proc = subprocess.run([*rlbase_command(), "sweep", "ppo", *TINY, "--space", "space.yaml", "--seeds", "0-1",
+                           "--log-dir", str(tmp_path / "s")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "cannot start Ray: stand-in Ray" in assert_one_line_error(proc, 1)
+    assert json.loads((tmp_path / "imported.json").read_text()) == []
+
+
 # ---------------------------------------------------------------- real sweeps
 def trials(sweep_dir: Path) -> dict:
     return json.loads((sweep_dir / "trials.json").read_text())
