@@ -17,8 +17,11 @@ Each (algorithm, library, seed) is one job in a fresh subprocess of this script,
 other, so the runs never share the CPU:
 
 1. **Warm-up**: the library trains the algorithm for `--warmup-s` seconds with learning starting
-   almost at once, and its learning-phase speed is read (env steps per second over the last two
-   thirds of the warm-up).
+   almost at once, and its learning-phase speed is read: env steps per second over the last two
+   thirds of the warm-up, over whole iterations (PPO and PQN alternate a rollout of num_steps x
+   num_envs steps with an update of several seconds, so a window cut at another phase of the
+   iteration is off by up to one update: 7% too slow in one run, which ended that run's schedule
+   125 s before its budget).
 2. **Schedule for the budget**: `total_timesteps` = that speed x the budget, so the library's own
    exploration and learning-rate schedules run over the steps that fit; DQN's `learning_starts`
    becomes min(preset, 5% of those steps) and its replay 100,000 transitions (both libraries: SB3
@@ -60,6 +63,8 @@ from benchlib import (BREAKOUT, config_from_dict, parse_arguments, preset_config
 ALGOS = {"dqn": ("dqn", {}), "ppo": ("ppo", {}), "rainbow": ("dqn", {"preset": "rainbow"}), "pqn": ("pqn", {})}
 """Row name -> (rlbase algorithm, extra config values)."""
 SB3_ALGOS = ("dqn", "ppo")
+WARMUP_WINDOW = "whole iterations"
+"""How the warm-up's speed is read (`learning_rate_of`); results recorded with another way do not count."""
 REPLAY = 100_000
 """Replay transitions for DQN on both sides (see the module docstring)."""
 
@@ -84,17 +89,26 @@ def budget_config(cfg, steps: int):
     return dataclasses.replace(cfg, **changes)
 
 
-def learning_rate_of(marks: list[tuple[int, float]], learning_starts: int) -> float:
-    """Env steps/s over the last two thirds of a warm-up's (step, time) marks once learning runs."""
+def learning_rate_of(marks: list[tuple[int, float]], learning_starts: int, period: int = 1) -> float:
+    """Env steps/s over the last two thirds of a warm-up's (step, time) marks once learning runs, over
+    whole iterations of `period` env steps: the window starts at the first mark in those two thirds
+    that is a whole number of periods before the last mark, so both ends sit at the same phase of the
+    rollout-update cycle."""
     marks = [m for m in marks if m[0] > learning_starts]
     if len(marks) < 3:
         raise RuntimeError("the warm-up ended before learning had run for a while: raise --warmup-s")
-    t_end = marks[-1][1]
-    t_from = marks[0][1] + (t_end - marks[0][1]) / 3
-    start = next(m for m in marks if m[1] >= t_from)
-    if marks[-1][1] <= start[1]:
-        raise RuntimeError("warm-up too short to measure a speed")
-    return (marks[-1][0] - start[0]) / (marks[-1][1] - start[1])
+    end = marks[-1]
+    t_from = marks[0][1] + (end[1] - marks[0][1]) / 3
+    start = next((m for m in marks if m[1] >= t_from and (end[0] - m[0]) % period == 0 and m[0] < end[0]), None)
+    if start is None or end[1] <= start[1]:
+        raise RuntimeError("warm-up too short to measure a speed over a whole iteration: raise --warmup-s")
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
+def iteration_steps(cfg) -> int:
+    """Env steps of one rollout-update cycle: num_steps x num_envs for PPO and PQN; 1 for DQN, which
+    updates every few steps."""
+    return cfg.num_steps * cfg.num_envs if hasattr(cfg, "num_steps") else 1
 
 
 # --------------------------------------------------------------------------- rlbase
@@ -126,7 +140,7 @@ def work_rlbase(job: dict[str, Any]) -> dict[str, Any]:
     warm = budget_config(cfg, 10_000_000)
     warm = dataclasses.replace(warm, **({"learning_starts": job["warmup_learning_starts"]} if rl_algo == "dqn" else {}))
     _, marks = rlbase_train(warm, job["warmup_s"], None, warmup=True)
-    rate = learning_rate_of(marks, getattr(warm, "learning_starts", 0))
+    rate = learning_rate_of(marks, getattr(warm, "learning_starts", 0), iteration_steps(warm))
     cfg = budget_config(cfg, int(rate * job["budget_s"]))
     with tempfile.TemporaryDirectory(prefix="rlbase-bench-learning-") as tmp:
         start = time.perf_counter()
@@ -208,7 +222,7 @@ def work_sb3(job: dict[str, Any]) -> dict[str, Any]:
     if algo == "dqn":
         warm = dataclasses.replace(warm, learning_starts=job["warmup_learning_starts"])
     _, marks = sb3_train(algo, warm, job["warmup_s"], warmup=True)
-    rate = learning_rate_of(marks, getattr(warm, "learning_starts", 0))
+    rate = learning_rate_of(marks, getattr(warm, "learning_starts", 0), iteration_steps(warm))
     cfg = budget_config(cfg, int(rate * job["budget_s"]))
     start = time.perf_counter()
     model, _ = sb3_train(algo, cfg, job["budget_s"])
@@ -235,7 +249,8 @@ def plan(args) -> list[dict[str, Any]]:
                 cfg = base_config(algo, seed)
                 jobs.append({"kind": library, "algo": algo, "seed": seed, "config": dataclasses.asdict(cfg),
                              "budget_s": budget_s, "warmup_s": warmup_s,
-                             "warmup_learning_starts": 200 if args.quick else 1_000, "games": games, "threads": args.threads})
+                             "warmup_learning_starts": 200 if args.quick else 1_000, "warmup_window": WARMUP_WINDOW,
+                             "games": games, "threads": args.threads})
     return jobs
 
 
@@ -285,7 +300,8 @@ def job_key(job: dict[str, Any]) -> str:
     return json.dumps({k: job[k] for k in PLANNED}, sort_keys=True, default=str)
 
 
-PLANNED = ("kind", "algo", "seed", "config", "budget_s", "warmup_s", "warmup_learning_starts", "games", "threads")
+PLANNED = ("kind", "algo", "seed", "config", "budget_s", "warmup_s", "warmup_learning_starts", "warmup_window", "games",
+           "threads")
 """The fields `plan` gives a job (a result holds these plus what it measured)."""
 
 

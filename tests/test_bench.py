@@ -133,3 +133,36 @@ def test_bench_split_runs_both_ways(tmp_path):
     assert len(entry["one"]) == len(entry["split"]) == len(entry["ratios"]) == 1
     assert entry["one"][0] > 0 and entry["split"][0] > 0
     assert "env" in entry["shares_split"]  # the CPU times the stages, split runs included
+
+
+def test_warmup_speed_is_read_over_whole_iterations(monkeypatch):
+    """bench_learning's warm-up speed of an algorithm that alternates a rollout (marks every vector step)
+    with a long update (no marks): read over whole iterations it is the true mean speed whatever the
+    phase the warm-up ends at; a window cut anywhere (period 1) is off by up to one update."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from bench_learning import learning_rate_of
+
+    def marks(seconds: float) -> list[tuple[int, float]]:
+        """PPO-like: 128 vector steps of 8 env steps in 1.0 s, then a 2.0 s update; the warm-up stops at
+        the first step after `seconds` (as the run's callback does)."""
+        out, step, now = [], 0, 0.0
+        while not out or now - out[0][1] < seconds:
+            for _ in range(128):
+                now += 1.0 / 128
+                step += 8
+                out.append((step, now))
+                if now - out[0][1] >= seconds:
+                    return out
+            now += 2.0
+        return out
+
+    true_rate = 1024 / 3.0
+    errors_whole, errors_any = [], []
+    for tenths in range(550, 650, 7):  # warm-ups ending at every phase of the 3 s cycle
+        m = marks(tenths / 10)
+        errors_whole.append(abs(learning_rate_of(m, 0, period=1024) / true_rate - 1))
+        errors_any.append(abs(learning_rate_of(m, 0) / true_rate - 1))
+    assert max(errors_whole) < 0.002
+    assert max(errors_any) > 0.03  # the old reading, for contrast: the test can tell them apart
+    with pytest.raises(RuntimeError, match="whole iteration"):
+        learning_rate_of(marks(2.5), 0, period=1024)  # less than one whole iteration in the window
