@@ -333,7 +333,40 @@ def _measured(entry: dict[str, Any]) -> bool:
             and isinstance(entry.get("scores"), list) and bool(entry["scores"]) and all(map(number, entry["scores"])))
 
 
-def append_result(path: str, result: dict[str, Any], revision: str | None) -> None:
+def machine_probe() -> dict[str, Any]:
+    """The CPU's model and the seconds of a fixed one-thread workload (a Python loop and small matmuls),
+    so that results recorded in different sittings, perhaps on machines of different speed, say so:
+    compare a library's score with the other's from the same machine."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = []
+    try:
+        for _ in range(3):  # the fastest of three
+            a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+            start = time.perf_counter()
+            total = 0
+            for i in range(2_000_000):
+                total += i
+            for _ in range(200):
+                a = torch.tanh(a @ a)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {"cpu": model, "probe_s": round(min(times), 3)}
+
+
+def append_result(path: str, result: dict[str, Any], revision: str | None,
+                  machine: dict[str, Any] | None = None) -> None:
     """One line per finished run, flushed to disk before the next run starts (on a line of its own
     after a partial line left by a run killed while writing)."""
     with open(path, "a+b") as fh:
@@ -342,7 +375,8 @@ def append_result(path: str, result: dict[str, Any], revision: str | None) -> No
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
                 fh.write(b"\n")
-        fh.write((json.dumps({**result, "rlbase_revision": revision}, default=str) + "\n").encode())
+        line = {**result, "rlbase_revision": revision, **({"machine": machine} if machine else {})}
+        fh.write((json.dumps(line, default=str) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -370,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         also = f" ({others} other results in it, not planned by this call)" if others else ""
         print(f"{args.results}: {len(done)} of the {len(jobs)} planned runs already recorded{also}; "
               f"running {len(todo)}\n")
-    on_result = (lambda r: append_result(args.results, r, meta["rlbase_revision"])) if args.results else None
+    meta["machine"] = machine_probe()
+    print(f"machine: {meta['machine']['cpu']}; probe {meta['machine']['probe_s']:.2f} s (a fixed one-thread "
+          "workload: results from sittings with another probe time ran on a machine of another speed)\n")
+    on_result = (lambda r: append_result(args.results, r, meta["rlbase_revision"], meta["machine"])) \
+        if args.results else None
     results = done + run_jobs(todo, lambda j: f"{j['algo']} {j['kind']} seed {j['seed']}", __file__, WORKERS,
                               args.in_process, meta, on_result)
     order = {job_key(j): i for i, j in enumerate(jobs)}

@@ -79,6 +79,7 @@ def test_bench_learning_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     first = json.loads(record.read_text())
     assert first["kind"] == "rlbase" and first["rlbase_revision"]
+    assert first["machine"]["probe_s"] > 0 and first["machine"]["cpu"]  # which machine, and its speed
     with record.open("a") as fh:
         fh.write(json.dumps({**first, "scores": "none"}) + "\n")  # hand-edited: not a result
         fh.write('{"kind": "sb3", "algo": "ppo", "wall')  # a run killed while its line was written
