@@ -33,16 +33,6 @@ class AgentSpec:
     """An algorithm's name, summary, config dataclass and validation: what its config module declares."""
 
     name: str
-    summary: str
-    Config: type
-    validate: Callable[[Any], None]
-
-
-@dataclass(frozen=True)
-class Agent:
-    """What an algorithm provides to the run lifecycle."""
-
-    name: str
     """The command-line name (`rlbase train NAME`)."""
     summary: str
     """One line for `rlbase train --help`."""
@@ -50,6 +40,12 @@ class Agent:
     """Its config dataclass (a subclass of `rlbase.config.CommonConfig`)."""
     validate: Callable[[Any], None]
     """Raise a UsageError naming the flag of any invalid value (before anything is built)."""
+
+
+@dataclass(frozen=True)
+class Agent(AgentSpec):
+    """What an algorithm provides to the run lifecycle: its spec, and the algorithm."""
+
     check_env: Callable[[Any, "TensorVecEnv"], None]
     """Raise a UsageError when the agent cannot act in the env (action or observation space)."""
     train: Callable[[Any, "TensorVecEnv", "Run"], dict[str, Any]]
@@ -73,6 +69,11 @@ class Agent:
     """How the evaluation policy explores: `epsilon` (value-based: greedy except with probability
     `cfg.eval_epsilon`) or `sample` (policy-gradient: the mode/mean action when
     `cfg.eval_deterministic`, else a sample of the policy)."""
+
+    @classmethod
+    def of(cls, spec: AgentSpec, **algorithm: Any) -> Agent:
+        """The Agent of `spec` with the algorithm's parts (check_env, train, load_policy, ...)."""
+        return cls(name=spec.name, summary=spec.summary, Config=spec.Config, validate=spec.validate, **algorithm)
 
     def describe_policy(self, cfg: Any) -> str:
         """How the evaluation policy acts, for reports: `deterministic`, `stochastic` or `epsilon-greedy E`."""

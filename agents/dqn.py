@@ -291,5 +291,5 @@ def acting_net(cfg: DQNConfig, tensors: dict[str, torch.Tensor], observation_spa
 
 Config = DQNConfig
 SPEC = SPECS["dqn"]
-AGENT = Agent(name=SPEC.name, summary=SPEC.summary, Config=SPEC.Config, validate=SPEC.validate, check_env=check_env,
-              train=train, load_policy=load_policy, acting_net=acting_net, exploration="epsilon")
+AGENT = Agent.of(SPEC, check_env=check_env, train=train, load_policy=load_policy, acting_net=acting_net,
+                 exploration="epsilon")

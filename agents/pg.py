@@ -267,5 +267,5 @@ def load_policy(cfg: PGConfig, tensors: dict[str, torch.Tensor], observation_spa
 
 def pg_agent(spec: AgentSpec, train: Callable[[Any, TensorVecEnv, Run], dict[str, Any]]) -> Agent:
     """The `Agent` record of a policy-gradient agent (they share check_env, load_policy and sampling)."""
-    return Agent(name=spec.name, summary=spec.summary, Config=spec.Config, validate=spec.validate, check_env=check_env,
-                 train=train, load_policy=load_policy, acting_net=acting_net, exploration="sample")
+    return Agent.of(spec, check_env=check_env, train=train, load_policy=load_policy, acting_net=acting_net,
+                    exploration="sample")

@@ -236,5 +236,5 @@ def load_policy(cfg: PQNConfig, tensors: dict[str, torch.Tensor], observation_sp
 
 Config = PQNConfig
 SPEC = SPECS["pqn"]
-AGENT = Agent(name=SPEC.name, summary=SPEC.summary, Config=SPEC.Config, validate=SPEC.validate, check_env=check_env,
-              train=train, load_policy=load_policy, acting_net=acting_net, exploration="epsilon")
+AGENT = Agent.of(SPEC, check_env=check_env, train=train, load_policy=load_policy, acting_net=acting_net,
+                 exploration="epsilon")
