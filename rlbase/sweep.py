@@ -237,6 +237,19 @@ def _random_trials(spec: SweepSpec, parsed: dict[str, Any], sweep_dir: Path) -> 
     return trials
 
 
+def _left_to_run(spec: SweepSpec, parsed: dict[str, Any], sweep_dir: Path, table: _TrialTable) -> bool:
+    """Whether a resumed sweep has trials left, checked before Ray starts (a bad sweep is one line)."""
+    if spec.search != "random":
+        return spec.num_samples * len(spec.seeds) > len(_told_to_optuna(table))
+    trials = _random_trials(spec, parsed, sweep_dir)
+    check_run_dirs(trials)
+    return bool(_unfinished(trials, table))
+
+
+def _unfinished(trials: list[dict[str, Any]], table: _TrialTable) -> list[dict[str, Any]]:
+    return [t for t in trials if table.entries.get(Path(t["run_dir"]).name, {}).get("status") != FINISHED]
+
+
 def _tune_callback(table: _TrialTable) -> Any:
     from ray.tune import Callback
 
@@ -264,8 +277,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, address: str | None = None, r
         _TrialTable(sweep_dir, {}, spec.metric, spec.mode)
     threads = max(1, int(spec.cpus_per_trial))
     common = {"__algo": spec.algo, "__base": spec.base, "__sweep_dir": str(sweep_dir.resolve()), "__threads": threads}
-    if resume and spec.search == "random":
-        check_run_dirs(_random_trials(spec, parsed, sweep_dir))  # before Ray starts: a bad sweep is one line
+    if resume and not _left_to_run(spec, parsed, sweep_dir, table):
+        return write_results(sweep_dir, spec, table)  # a finished sweep: no Ray to start (3-6 s)
     started = start_ray(address)
     try:
         return _run_tune(spec, sweep_dir, parsed, table, common, resume, announce)
@@ -284,7 +297,7 @@ def _run_tune(spec: SweepSpec, sweep_dir: Path, parsed: dict[str, Any], table: _
     searcher, param_space, num_samples = None, dict(common), 1
     if spec.search == "random":
         trials = _random_trials(spec, parsed, sweep_dir)
-        todo = [t for t in trials if table.entries.get(Path(t["run_dir"]).name, {}).get("status") != FINISHED]
+        todo = _unfinished(trials, table)
         if not todo:
             return write_results(sweep_dir, spec, table)
         param_space["trial"] = tune.grid_search(todo)
@@ -366,6 +379,11 @@ def _config_cls(algo: str) -> type:
     return get_spec(algo).Config
 
 
+def _told_to_optuna(table: _TrialTable) -> list[dict[str, Any]]:
+    """The finished trials with a result: on resume, Optuna is told them and they are not run again."""
+    return [e for e in table.entries.values() if e.get("status") == FINISHED and e.get("last") is not None]
+
+
 def _optuna(spec: SweepSpec, parsed: dict[str, tuple[str, list[Any]]], table: _TrialTable) -> tuple[Any, int]:
     """Tune's OptunaSearch over the space, each suggestion repeated on every seed; on resume the
     finished trials are told to it. Returns (searcher, Tune trials still to run)."""
@@ -385,7 +403,7 @@ def _optuna(spec: SweepSpec, parsed: dict[str, tuple[str, list[Any]]], table: _T
             space[name] = tune.loguniform(*args)
         else:
             space[name] = tune.randint(*args)
-    finished = [e for e in table.entries.values() if e.get("status") == FINISHED and e.get("last") is not None]
+    finished = _told_to_optuna(table)
     points = [e["values"] for e in finished]
     searcher = OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, seed=spec.search_seed,
                             points_to_evaluate=points or None, evaluated_rewards=[e["last"] for e in finished] or None)

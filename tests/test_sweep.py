@@ -99,13 +99,18 @@ def test_bad_sweeps_are_one_line_errors(tmp_path, args, fragment):
     assert not (tmp_path / "sweeps").exists() or not any((tmp_path / "sweeps").iterdir())
 
 
-def test_ray_unavailable_is_one_line(tmp_path):
-    fake = tmp_path / "fake"
-    (fake / "ray").mkdir(parents=True)
+def run_without_ray(tmp_path: Path, *args: object) -> subprocess.CompletedProcess:
+    """The console script with a stand-in `ray` package that cannot be imported."""
+    fake = tmp_path / "no-ray"
+    (fake / "ray").mkdir(parents=True, exist_ok=True)
     (fake / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
     env = dict(os.environ, PYTHONPATH=str(fake), OMP_NUM_THREADS="1")
-    proc = subprocess.run([*rlbase_command(), "sweep", "ppo", *TINY, "--log-dir", str(tmp_path / "s")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*rlbase_command(), *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_ray_unavailable_is_one_line(tmp_path):
+    proc = run_without_ray(tmp_path, "sweep", "ppo", *TINY, "--log-dir", tmp_path / "s")
     assert "pip install 'rlbase[sweep]'" in assert_one_line_error(proc, 2)
 
 
@@ -264,7 +269,10 @@ def test_a_sweep_of_cases(tmp_path):
     assert trials(tmp_path / "arms")["t0000"]["case"] == "shared"
     sweep_file = tmp_path / "arms" / "sweep.json"
     assert list(json.loads(sweep_file.read_text())["space"]["cases"]) == ["shared", "plain"]
-    assert_ok(run_cli("sweep", "--resume", tmp_path / "arms", cwd=tmp_path, timeout=600))  # nothing left to do
+    # Nothing left to do: the results are written again, and no Ray is started (none can be imported here).
+    (tmp_path / "arms" / "results.csv").unlink()
+    assert_ok(run_without_ray(tmp_path, "sweep", "--resume", tmp_path / "arms"))
+    assert list(csv.DictReader((tmp_path / "arms" / "results.csv").open())) == rows
     # A sweep.json whose cases come in another order than its runs were made in (rlbase wrote its keys
     # sorted before): the resume refuses, instead of continuing one arm's runs under another's name.
     spec = json.loads(sweep_file.read_text())
@@ -299,6 +307,7 @@ def test_optuna_with_asha(tmp_path):
         assert entry["status"] == "TERMINATED" and entry["steps"] >= 1024  # ASHA may stop one at its first rung
     suggestions = {json.dumps(e["values"], sort_keys=True) for e in table.values()}
     assert len(suggestions) == 2
+    assert_ok(run_without_ray(tmp_path, "sweep", "--resume", tmp_path / "opt"))  # all told to Optuna: no Ray
 
 
 def test_resume_of_a_trial_whose_run_ended_unrecorded(grid_sweep, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import assert_ok, assert_one_line_error, rlbase_command, run_cli
-from tests.test_sweep import TINY, metrics, trials
+from tests.test_sweep import TINY, metrics, run_without_ray, trials
 
 
 def test_resume_matches_runs_that_wrote_their_backbone_settings_per_key(tmp_path):
@@ -35,7 +35,7 @@ def test_resume_matches_runs_that_wrote_their_backbone_settings_per_key(tmp_path
              for e in trials(tmp_path / "arms").values()}
     assert saved["frozen"]["backbone_weights"] == f"mission={text}"
     assert saved["named"]["backbone"] != "mission=text" and "mission=text" in saved["named"]["backbone"]
-    assert_ok(run_cli("sweep", "--resume", tmp_path / "arms", cwd=tmp_path, timeout=600))  # nothing left to do
+    assert_ok(run_without_ray(tmp_path, "sweep", "--resume", tmp_path / "arms"))  # nothing left to do: no Ray
 
 
 @pytest.mark.parametrize("field,saved,wanted,same", [
