@@ -10,7 +10,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.test_cli import assert_ok, rlbase_command
+from tests.forkcli import run_console
+from tests.test_cli import assert_ok
 
 
 def run_cli(*args, cwd: Path, env_extra: dict[str, str] | None = None,
@@ -18,8 +19,7 @@ def run_cli(*args, cwd: Path, env_extra: dict[str, str] | None = None,
     """The console script as a user runs it (stdout and stderr captured: not a terminal)."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), NO_COLOR="1")
     env.update(env_extra or {})
-    return subprocess.run([*rlbase_command(), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return run_console(list(map(str, args)), cwd=cwd, env=env, timeout=timeout)
 
 
 def read_records(run_dir: Path) -> list[dict]:

@@ -1,7 +1,7 @@
-"""The `rlbase` console script, run as a user runs it (a subprocess per command).
+"""The `rlbase` console script, run as a user runs it: a process per command (tests/forkcli.py: a fork
+of the test process where that is the same as a fresh one).
 
-Each subprocess pays the torch import (a few seconds), so one trained run directory is shared by
-the tests of this module.
+One trained run directory is shared by the tests of this module.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from rlbase.agents.dqn import DQNConfig
 from rlbase.config import flag_name
 
-RLBASE_EXE = Path(sys.executable).parent / "rlbase"
+from tests.forkcli import RLBASE_EXE, run_console
 
 
 def rlbase_command() -> list[str]:
@@ -33,8 +33,10 @@ def rlbase_command() -> list[str]:
 
 def run_cli(*args, cwd: Path, command: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), NO_COLOR="1")
-    return subprocess.run([*(command or rlbase_command()), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    if command is None:
+        return run_console(list(map(str, args)), cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run([*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
@@ -54,7 +56,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """`rlbase train dqn` on CartPole, with the real console script from the venv's bin dir."""
+    """`rlbase train dqn` on CartPole, through the console script's entry point (tests/forkcli.py)."""
     assert RLBASE_EXE.exists(), f"console script {RLBASE_EXE} is not installed"
     log_dir = tmp_path_factory.mktemp("cli_runs")
     proc = run_cli("train", "dqn", "--env", "CartPole-v1", "--total-timesteps", 1500, "--learning-starts", 200,

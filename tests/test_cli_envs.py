@@ -2,7 +2,7 @@
 and resumed; --gym-packages), Gymnasium's Discrete observations (one-hot) and Tuple ones (refused),
 and `rlbase eval --env-kwargs` playing another variant of a run's env.
 
-Each subprocess pays the torch import (about two seconds), so budgets are tiny and the user-env run
+Each command is a process of its own (tests/forkcli.py), so budgets are tiny and the user-env run
 is shared by a module-scoped fixture. The rest of the lifecycle through the CLI: test_cli_lifecycle.py.
 """
 

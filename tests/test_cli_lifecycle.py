@@ -2,7 +2,7 @@
 best checkpoint, the start and done lines, and the progress display on a terminal (tmux) and off
 one.
 
-Each subprocess pays the torch import (about two seconds), so budgets are tiny and the two trained
+Each command is a process of its own (tests/forkcli.py), so budgets are tiny and the two trained
 runs of `eval_runs` (with and without --eval-freq) are shared by every test here that reads them.
 The rest of the lifecycle through the CLI: test_cli_checkpoints.py (checkpoint cadence),
 test_cli_presets.py (--print-config, --help's presets) and test_cli_envs.py (user envs, Gymnasium's

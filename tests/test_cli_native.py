@@ -1,4 +1,4 @@
-"""`rlbase train` / `rlbase eval` on rlbase's own envs, with the real console script.
+"""`rlbase train` / `rlbase eval` on rlbase's own envs, through the console script's entry point.
 
 The batched native env is picked automatically for `rlbase/...` ids, `--env-kwargs` reaches its
 constructor, and evaluation plays the held-out (eval) split and reports the env's outcomes.

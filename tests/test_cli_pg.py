@@ -1,6 +1,6 @@
 """The `rlbase` console script with the policy-gradient agents, run as a user runs it.
 
-Each subprocess pays the torch import (about two seconds here), so budgets are tiny and one PPO
+Each command is a process of its own (tests/forkcli.py), so budgets are tiny and one PPO
 run directory is shared by the eval and resume tests of this module.
 """
 
