@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,9 +46,11 @@ def run_console(args: list[str], *, cwd: Path, env: dict[str, str], timeout: flo
                 entry: Callable[[], object] | None = None) -> subprocess.CompletedProcess:
     """`rlbase ARGS` with `env` in `cwd`: its exit code, stdout and stderr, as `subprocess.run` returns them.
     `entry` replaces the console script's entry point in a fork (for the tests of this module)."""
-    argv = [str(RLBASE_EXE), *map(str, args)]
-    if not _forkable(argv[1:], env):
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    args = list(map(str, args))
+    if not _forkable(args, env):
+        return subprocess.run([*rlbase_command(), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    argv = [str(RLBASE_EXE), *args]
     path = _console_sys_path()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         with warnings.catch_warnings():  # Python >= 3.12 warns of a fork beside threads (pytest-xdist's)
@@ -58,8 +61,18 @@ def run_console(args: list[str], *, cwd: Path, env: dict[str, str], timeout: flo
         status = _wait(pid, argv, timeout)
         out.seek(0)
         err.seek(0)
-        stdout, stderr = (f.read().decode("utf-8", "replace").replace("\r\n", "\n") for f in (out, err))
+        # As subprocess's text mode reads them: universal newlines ("\r" of a progress bar included).
+        stdout, stderr = (f.read().decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+                          for f in (out, err))
     return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), stdout, stderr)
+
+
+def rlbase_command() -> list[str]:
+    """The console script a fresh process runs: the venv's, else the one on PATH, else `python -m rlbase`."""
+    if RLBASE_EXE.exists():
+        return [str(RLBASE_EXE)]
+    found = shutil.which("rlbase")
+    return [found] if found else [sys.executable, "-m", "rlbase"]
 
 
 def _forkable(args: list[str], env: dict[str, str]) -> bool:

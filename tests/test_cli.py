@@ -21,14 +21,8 @@ import pytest
 from rlbase.agents.dqn import DQNConfig
 from rlbase.config import flag_name
 
-from tests.forkcli import RLBASE_EXE, run_console
+from tests.forkcli import RLBASE_EXE, rlbase_command, run_console  # noqa: F401 - rlbase_command: for other tests
 
-
-def rlbase_command() -> list[str]:
-    if RLBASE_EXE.exists():
-        return [str(RLBASE_EXE)]
-    found = shutil.which("rlbase")
-    return [found] if found else [sys.executable, "-m", "rlbase"]
 
 
 def run_cli(*args, cwd: Path, command: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
