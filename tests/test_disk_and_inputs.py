@@ -249,6 +249,21 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
         json.loads((run_dir / "checkpoints" / "latest.json").read_text())
 
 
+@pytest.mark.parametrize("how", ["console script", "python -m rlbase"])
+def test_ctrl_c_while_rlbase_itself_is_imported_is_one_line(tmp_path, how):
+    """Ctrl-C before the command line has installed its handler: during `import rlbase`, which
+    imports gymnasium. A stand-in gymnasium sends the SIGINT from inside that import."""
+    fake = tmp_path / "fake" / "gymnasium"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                      "time.sleep(30)\nraise SystemExit('the SIGINT was not handled')\n")
+    command = [shutil.which("rlbase")] if how == "console script" else [sys.executable, "-m", "rlbase"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([*command, "eval", "no-such-run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "\nrlbase: interrupted\n")
+
+
 def test_a_lost_ctrl_c_still_stops_training(tmp_path):
     """A Ctrl-C whose KeyboardInterrupt a finaliser swallowed still stops the run at the next step,
     with a checkpoint: the command line's SIGINT handler also sets rlbase.errors.INTERRUPT."""
