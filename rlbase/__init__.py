@@ -7,6 +7,7 @@ The agent classes (DQN, PQN, PPO, A2C, REINFORCE, and `load`) live in rlbase.api
 first use, so `import rlbase` stays cheap for the command line.
 """
 
+import itertools as _itertools
 import os as _os
 import signal as _signal
 import sys as _sys
@@ -21,7 +22,7 @@ def _starting_the_command() -> bool:
     if _os.path.splitext(_os.path.basename(main_file))[0] in ("rlbase", "rlbase-script"):
         return True
     argv = getattr(_sys, "orig_argv", [])
-    return _sys.argv[:1] == ["-m"] and any(a == "-m" and b == "rlbase" for a, b in zip(argv, argv[1:]))
+    return _sys.argv[:1] == ["-m"] and any(a == "-m" and b == "rlbase" for a, b in _itertools.pairwise(argv))
 
 
 def _interrupted_starting(signum: int, frame: object) -> None:

@@ -260,7 +260,7 @@ def test_ctrl_c_while_rlbase_itself_is_imported_is_one_line(tmp_path, how):
     command = [shutil.which("rlbase")] if how == "console script" else [sys.executable, "-m", "rlbase"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([*command, "eval", "no-such-run"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert (done.returncode, done.stderr) == (130, "\nrlbase: interrupted\n")
 
 
