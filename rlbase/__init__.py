@@ -19,7 +19,7 @@ def _starting_the_command() -> bool:
     """Whether this import is the `rlbase` command starting: the console script (`__main__` is the
     script itself) or `python -m rlbase` (the package imported while runpy looks for its __main__)."""
     main_file = getattr(_sys.modules.get("__main__"), "__file__", None) or ""
-    if _os.path.splitext(_os.path.basename(main_file))[0] in ("rlbase", "rlbase-script"):
+    if _os.path.basename(main_file) == "rlbase":
         return True
     argv = getattr(_sys, "orig_argv", [])
     return _sys.argv[:1] == ["-m"] and any(a == "-m" and b == "rlbase" for a, b in _itertools.pairwise(argv))

@@ -26,6 +26,7 @@ from rlbase import logger as logger_module
 from rlbase import run as run_module
 from rlbase.checkpoint import load_checkpoint
 from rlbase.cli import main
+from tests.forkcli import rlbase_command
 
 FAST = ["--env", "rlbase/CartPole-v1", "--num-envs", "4", "--hidden-sizes", "16", "--learning-starts", "100",
         "--buffer-size", "2000"]
@@ -203,7 +204,7 @@ def test_bad_eval_input(capsys, tmp_path, small_run, args, message):
 # --- signals, sent to the real console script -------------------------------------------------
 
 def console(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([shutil.which("rlbase") or sys.executable, *args], cwd=tmp_path, text=True,
+    return subprocess.Popen([*rlbase_command(), *args], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -257,7 +258,7 @@ def test_ctrl_c_while_rlbase_itself_is_imported_is_one_line(tmp_path, how):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
                                       "time.sleep(30)\nraise SystemExit('the SIGINT was not handled')\n")
-    command = [shutil.which("rlbase")] if how == "console script" else [sys.executable, "-m", "rlbase"]
+    command = rlbase_command() if how == "console script" else [sys.executable, "-m", "rlbase"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([*command, "eval", "no-such-run"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
