@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlbase.agents import AgentSpec
-from rlbase.config import CommonConfig, check, validate_common
+from rlbase.config import CommonConfig, check, validate_common, validate_epsilon_greedy, validate_learner
 
 HEADS = ("none", "c51", "qrdqn")
 """Value heads (--distributional): one Q-value per action, C51's categorical distribution, QR-DQN's quantiles."""
@@ -92,26 +92,19 @@ class DQNConfig(CommonConfig):
 
 def validate(cfg: DQNConfig) -> None:
     validate_common(cfg)
-    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
-    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
+    validate_learner(cfg)
+    validate_epsilon_greedy(cfg)
     check(cfg.buffer_size >= cfg.batch_size, "buffer_size", "must be at least --batch-size")
     check(cfg.batch_size > 0, "batch_size", f"must be positive, got {cfg.batch_size}")
-    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
     check(cfg.learning_starts >= 0, "learning_starts", f"must be >= 0, got {cfg.learning_starts}")
     check(cfg.train_freq > 0, "train_freq", f"must be positive, got {cfg.train_freq}")
     check(cfg.gradient_steps > 0, "gradient_steps", f"must be positive, got {cfg.gradient_steps}")
     check(cfg.target_update_interval > 0, "target_update_interval", "must be positive")
     check(0.0 < cfg.tau <= 1.0, "tau", f"must be in (0, 1], got {cfg.tau}")
-    check(0.0 <= cfg.exploration_fraction <= 1.0, "exploration_fraction", "must be in [0, 1]")
-    for name in ("exploration_initial_eps", "exploration_final_eps"):
-        value = getattr(cfg, name)
-        check(0.0 <= value <= 1.0, name, f"epsilon must be in [0, 1], got {value}")
-    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
     check(cfg.n_step >= 1, "n_step", f"must be >= 1, got {cfg.n_step}")
     check(cfg.per_alpha >= 0, "per_alpha", "must be >= 0")
     check(0.0 <= cfg.per_beta <= 1.0, "per_beta", "must be in [0, 1]")
     check(cfg.per_eps > 0, "per_eps", f"must be positive (a priority floor), got {cfg.per_eps}")
-    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
     check(cfg.distributional in HEADS, "distributional", f"choose from {', '.join(HEADS)}, got {cfg.distributional!r}")
     check(cfg.num_atoms >= 2, "num_atoms", f"must be at least 2, got {cfg.num_atoms}")
     check(cfg.v_min < cfg.v_max, "v_max", f"must be above --v-min, got {cfg.v_max} (--v-min {cfg.v_min})")

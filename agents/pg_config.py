@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlbase.agents import AgentSpec
-from rlbase.config import CommonConfig, check, validate_common
+from rlbase.config import CommonConfig, check, validate_common, validate_learner, validate_minibatches
 
 
 @dataclass
@@ -62,18 +62,14 @@ class PGConfig(CommonConfig):
 
 def validate_pg(cfg: PGConfig) -> None:
     validate_common(cfg)
-    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
-    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
+    validate_learner(cfg)
     check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
-    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
     check(0.0 <= cfg.gae_lambda <= 1.0, "gae_lambda", f"must be in [0, 1], got {cfg.gae_lambda}")
     check(cfg.ent_coef >= 0, "ent_coef", "must be >= 0")
     check(cfg.vf_coef >= 0, "vf_coef", "must be >= 0")
-    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
     check(cfg.action_bounds in ("clip", "squash"), "action_bounds", f"use clip or squash, got {cfg.action_bounds!r}")
     check(cfg.clip_obs > 0, "clip_obs", "must be positive")
     check(cfg.clip_reward > 0, "clip_reward", "must be positive")
-    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
     check(not cfg.split_envs or cfg.num_envs >= 2, "split_envs", f"needs --num-envs >= 2, got {cfg.num_envs}")
     check(abs(cfg.log_std_init) <= 20, "log_std_init", f"must be in [-20, 20] (a std of e^x), got {cfg.log_std_init}")
 
@@ -100,10 +96,7 @@ class PPOConfig(PGConfig):
 
 def validate_ppo(cfg: PPOConfig) -> None:
     validate_pg(cfg)
-    check(cfg.update_epochs > 0, "update_epochs", f"must be positive, got {cfg.update_epochs}")
-    check(cfg.num_minibatches > 0, "num_minibatches", f"must be positive, got {cfg.num_minibatches}")
-    check(cfg.num_steps * cfg.num_envs >= cfg.num_minibatches, "num_minibatches",
-          f"must be at most num_steps * num_envs = {cfg.num_steps * cfg.num_envs}")
+    validate_minibatches(cfg)
     check(cfg.clip_coef > 0, "clip_coef", f"must be positive, got {cfg.clip_coef}")
     check(cfg.target_kl >= 0, "target_kl", "must be >= 0")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlbase.agents import AgentSpec
-from rlbase.config import CommonConfig, check, validate_common
+from rlbase.config import (CommonConfig, check, validate_common, validate_epsilon_greedy, validate_learner,
+                           validate_minibatches)
 
 
 @dataclass
@@ -55,21 +56,10 @@ class PQNConfig(CommonConfig):
 
 def validate(cfg: PQNConfig) -> None:
     validate_common(cfg)
-    check(cfg.learning_rate > 0, "learning_rate", f"must be positive, got {cfg.learning_rate}")
-    check(cfg.lr_restart_step >= 0, "lr_restart_step", f"must be >= 0, got {cfg.lr_restart_step}")
-    check(cfg.adam_eps > 0, "adam_eps", f"must be positive, got {cfg.adam_eps}")
-    check(cfg.num_steps > 0, "num_steps", f"must be positive, got {cfg.num_steps}")
-    check(0.0 <= cfg.gamma <= 1.0, "gamma", f"must be in [0, 1], got {cfg.gamma}")
+    validate_learner(cfg)
+    validate_minibatches(cfg)
+    validate_epsilon_greedy(cfg)
     check(0.0 <= cfg.q_lambda <= 1.0, "q_lambda", f"must be in [0, 1], got {cfg.q_lambda}")
-    check(cfg.update_epochs > 0, "update_epochs", f"must be positive, got {cfg.update_epochs}")
-    check(cfg.num_minibatches > 0, "num_minibatches", f"must be positive, got {cfg.num_minibatches}")
-    check(cfg.num_steps * cfg.num_envs >= cfg.num_minibatches, "num_minibatches",
-          f"must be at most num_steps * num_envs = {cfg.num_steps * cfg.num_envs}, got {cfg.num_minibatches}")
-    check(cfg.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
-    check(0.0 <= cfg.exploration_fraction <= 1.0, "exploration_fraction", "must be in [0, 1]")
-    for name in ("exploration_initial_eps", "exploration_final_eps"):
-        value = getattr(cfg, name)
-        check(0.0 <= value <= 1.0, name, f"epsilon must be in [0, 1], got {value}")
     check(not cfg.split_envs or cfg.num_envs >= 2, "split_envs", f"needs --num-envs >= 2, got {cfg.num_envs}")
     check(not (cfg.layer_norm and cfg.backbone_weights), "layer_norm",
           "pretrained backbones (--backbone-weights) have no LayerNorm layers; add --no-layer-norm")
