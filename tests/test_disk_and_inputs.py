@@ -260,8 +260,11 @@ def test_ctrl_c_while_rlbase_itself_is_imported_is_one_line(tmp_path, how):
                                       "time.sleep(30)\nraise SystemExit('the SIGINT was not handled')\n")
     command = rlbase_command() if how == "console script" else [sys.executable, "-m", "rlbase"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    # A shell's background job (`cmd &`) inherits SIGINT ignored, and rlbase rightly leaves an
+    # ignored SIGINT alone: the child gets the default disposition, as a command typed at a terminal.
     done = subprocess.run([*command, "eval", "no-such-run"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+                          text=True, timeout=120, check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (done.returncode, done.stderr) == (130, "\nrlbase: interrupted\n")
 
 
