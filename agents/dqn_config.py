@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlbase.agents import AgentSpec
-from rlbase.config import CommonConfig, check, validate_common, validate_epsilon_greedy, validate_learner
+from rlbase.config import CommonConfig, check, validate_common
+from rlbase.config_checks import validate_epsilon_greedy, validate_learner
 
 HEADS = ("none", "c51", "qrdqn")
 """Value heads (--distributional): one Q-value per action, C51's categorical distribution, QR-DQN's quantiles."""

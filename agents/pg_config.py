@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlbase.agents import AgentSpec
-from rlbase.config import CommonConfig, check, validate_common, validate_learner, validate_minibatches
+from rlbase.config import CommonConfig, check, validate_common
+from rlbase.config_checks import validate_learner, validate_minibatches
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The checks every agent's config shares (rlbase.config's validate_learner, validate_epsilon_greedy and
+"""The checks every agent's config shares (rlbase.config_checks: validate_learner, validate_epsilon_greedy and
 validate_minibatches): each agent that has a field refuses its bad values with a one-line UsageError
 that names the flag, and accepts the edge values the field allows. Torch-free: only the configs."""
 
