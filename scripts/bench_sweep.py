@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--env", default="rlbase/CartPole-v1")
-    parser.add_argument("--repeats", type=int, default=1, help="run the whole comparison this many times")
+    parser.add_argument("--repeats", type=int, default=1, help="repeat each measurement (the contention timing and the whole comparison) this many times")
     parser.add_argument("--contention-only", action="store_true",
                         help="measure only what two runs at once cost each other (no sweep, no Ray)")
     args = parser.parse_args()
