@@ -23,6 +23,7 @@ import warnings
 
 from rlbase import __version__
 from rlbase.errors import INTERRUPT, RlbaseError, RlbaseWarning, UsageError
+from rlbase.words import plural
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,12 +161,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--env-kwargs", metavar="KEY=VALUE,...", default=None,
                     help="override env keyword arguments of the run for evaluation (e.g. eval_targets=heldout)")
     return parser
-
-
-def plural(count: int, noun: str) -> str:
-    from rlbase.utils import plural as _plural  # rlbase.utils imports torch: not at import time
-
-    return _plural(count, noun)
 
 
 COMPRESS_COMMANDS = {

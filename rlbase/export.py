@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     from rlbase.config import make_env
     from rlbase.evaluate import evaluate_checkpoint, load_trained
     from rlbase.obs import take
-    from rlbase.utils import plural
+    from rlbase.words import plural
 
     check_arguments(args)
     from rlbase.backbone_compress import export_command, is_backbone_artifact

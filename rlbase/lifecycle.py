@@ -315,7 +315,7 @@ def execute(plan: Plan, *, run_dir: Union[str, Path, None] = NEW, callbacks: Any
 
 def start_line(plan: Plan, run_dir: Path | None) -> str:
     """What a run says when it starts: agent, env, backbone, envs, device, steps and where it writes."""
-    from rlbase.utils import plural
+    from rlbase.words import plural
 
     cfg = plan.config
     resumed = f" from step {plan.start_step:,}" if plan.resume is not None else ""

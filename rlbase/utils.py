@@ -28,11 +28,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def plural(count: int, noun: str) -> str:
-    """`1 step`, `2 steps`, `45,056 steps`."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (network initialisation); env and action RNGs are seeded separately."""
     random.seed(seed)
