@@ -51,7 +51,7 @@ from rlbase.callbacks import Callback
 from rlbase.safefiles import atomic_write_text
 from rlbase.errors import INTERRUPT, RlbaseError, UsageError
 from rlbase.space import CASES, draw_trials, parse_space
-from rlbase.sweep_ray import start_ray, stop_ray
+from rlbase.sweep_ray import start_ray, stop_ray, trials_in_prestarted_workers
 from rlbase.sweep_runs import FINISHED, check_run_dirs, write_results
 
 SWEEP_FILE, TRIALS_FILE = "sweep.json", "trials.json"
@@ -326,7 +326,7 @@ def _run_tune(spec: SweepSpec, sweep_dir: Path, parsed: dict[str, Any], table: _
                                     reuse_actors=True),  # a new actor per trial would import torch again
         run_config=tune.RunConfig(name="ray", storage_path=str(sweep_dir.resolve()), verbose=0,
                                   callbacks=[_tune_callback(table), JsonLoggerCallback()]))
-    with _tune_messages(announce):
+    with _tune_messages(announce), trials_in_prestarted_workers():
         tuner.fit()
     return write_results(sweep_dir, spec, table)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from rlbase.errors import RlbaseError, UsageError
 
@@ -68,3 +68,27 @@ def stop_ray() -> None:
     if node is not None:
         node.kill_all_processes = monitor_first
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def trials_in_prestarted_workers() -> Iterator[None]:
+    """Let Tune's trial actors start in the Python workers Ray pre-started with `ray.init`.
+
+    Tune creates every trial actor with a runtime env that sets PL_DISABLE_FORK=1 (a PyTorch Lightning
+    workaround, ray-project/ray#28197). Ray only hands an actor an idle worker started with the same
+    runtime env, and its pre-started workers have none, so each trial actor got a new Python process
+    (1.5-2 s here before the trial's own imports) while the pre-started ones sat idle. rlbase trials do
+    not use Lightning: the variable is left out while the sweep runs, and put back after. Where Tune's
+    internals differ, nothing changes (a new worker per trial actor, as before)."""
+    try:
+        from ray.tune.execution.class_cache import DEFAULT_ENV_VARS
+    except ImportError:
+        yield
+        return
+    saved = dict(DEFAULT_ENV_VARS)
+    DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+    try:
+        yield
+    finally:
+        DEFAULT_ENV_VARS.clear()
+        DEFAULT_ENV_VARS.update(saved)
